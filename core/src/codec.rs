@@ -1,0 +1,81 @@
+//! The seam between a wire protocol and the machine.
+//!
+//! A [`Codec`] turns received messages into [`Signal`]s for the core (and items for the
+//! application), and turns the core's [`Payload`] requests into messages. It is sans-IO like the
+//! core, so the same codec serves the tokio transport, an in-memory simulation, or a runtime of
+//! your own.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::io::{Payload, Signal};
+use crate::types::{ConnectionId, OpenMode};
+
+/// One WebSocket data message, owned by this crate so no transport type leaks into public APIs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Message {
+    /// A text message. The bytes are valid UTF-8 (transports check before handing it over).
+    Text(Bytes),
+    /// A binary message (for example a compressed stream chunk).
+    Binary(Bytes),
+}
+
+impl Message {
+    /// The payload bytes, text or binary.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Message::Text(b) | Message::Binary(b) => b,
+        }
+    }
+
+    /// A text message from a string.
+    pub fn text(s: impl Into<String>) -> Message {
+        Message::Text(Bytes::from(s.into()))
+    }
+}
+
+/// What one received message meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded<T> {
+    /// A fact for the core, if any.
+    pub signal: Option<Signal>,
+    /// Something for the application, if any (for example a dispatched event).
+    pub item: Option<T>,
+}
+
+impl<T> Decoded<T> {
+    /// Nothing: a message that completes no payload (a partial compressed chunk), or one that
+    /// carries nothing the core or application needs.
+    pub fn nothing() -> Self {
+        Decoded {
+            signal: None,
+            item: None,
+        }
+    }
+}
+
+/// A wire protocol plugged between the transport and the core.
+///
+/// The driver calls [`reset`](Codec::reset) before each new transport, then
+/// [`decode`](Codec::decode) for every received data message and [`encode`](Codec::encode) for
+/// every [`Output::Send`](crate::Output::Send).
+pub trait Codec {
+    /// What the codec hands to the application.
+    type Item;
+    /// Why a message could not be decoded or a payload encoded.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Where to connect for this attempt (a resume may go to a different URL).
+    fn url(&self, mode: OpenMode) -> String;
+
+    /// A new transport `conn` is about to open: drop all per-connection state (compression
+    /// contexts, send-rate windows, half-received messages).
+    fn reset(&mut self, conn: ConnectionId, mode: OpenMode);
+
+    /// Decode one received message.
+    fn decode(&mut self, now: Instant, msg: Message) -> Result<Decoded<Self::Item>, Self::Error>;
+
+    /// Build the message for a payload the core asked for.
+    fn encode(&mut self, now: Instant, payload: Payload) -> Result<Message, Self::Error>;
+}

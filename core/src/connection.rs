@@ -1,0 +1,233 @@
+//! The public, sans-IO connection lifecycle.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use statig::blocking::{IntoStateMachineExt, StateMachine};
+
+use crate::config::Config;
+use crate::io::{Input, Output};
+use crate::machine::{Ctx, Ev, Machine, Next, State as Inner, Stats};
+use crate::types::{ConnectionId, OpenMode, Phase, State, Status};
+
+/// Room reserved in the output queue at construction so the steady state never allocates.
+const OUTPUT_CAPACITY: usize = 16;
+
+/// The lifecycle of one logical gateway connection (one shard), as a pure state machine.
+///
+/// `Connection` does no I/O and reads no clock. The caller (a driver) owns the socket and time:
+///
+/// 1. Feed facts with [`handle_input`](Self::handle_input) and the passing of time with
+///    [`handle_timeout`](Self::handle_timeout), always with the caller's current `now`.
+/// 2. **After every call that mutates the machine, drain [`poll_output`](Self::poll_output)
+///    until it returns `None`**, carrying out each output in order.
+/// 3. Sleep until [`poll_timeout`](Self::poll_timeout) (or until the next input), then call
+///    `handle_timeout`. Calling it early or twice is harmless.
+///
+/// The machine guarantees that at most one transport is live: a new
+/// [`Output::Open`] is emitted only once the driver has confirmed, with `Closed` or
+/// `OpenFailed`, that the previous transport is gone. The driver MUST report exactly one of
+/// those for every `Open`, and MUST report it after an [`Output::Abort`] at once.
+///
+/// Two connections compare equal (and hash equal) when every future input would make them
+/// behave the same: statistics such as counters and the last latency are not compared. This
+/// makes the type usable as a state in a model checker.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use handover_core::{Config, Connection, Input, Output, Signal};
+///
+/// let mut conn = Connection::new(Config::default(), 7);
+/// let now = Instant::now();
+/// conn.handle_input(now, Input::Start);
+/// let Some(Output::Open { conn: id, .. }) = conn.poll_output() else { unreachable!() };
+/// conn.handle_input(now, Input::Opened(id));
+/// conn.handle_input(now, Input::Signal { conn: id, signal: Signal::Hello { interval: Duration::from_secs(41) } });
+/// while let Some(out) = conn.poll_output() {
+///     // send the identify, start timers...
+///     let _ = out;
+/// }
+/// assert!(conn.poll_timeout().is_some());
+/// ```
+#[derive(Clone)]
+pub struct Connection {
+    sm: StateMachine<Machine>,
+    out: VecDeque<Output>,
+    stats: Stats,
+}
+
+impl Connection {
+    /// A new machine in the `Closed` state. `seed` drives all randomness (heartbeat and backoff
+    /// jitter): the same seed and the same inputs give the same outputs.
+    pub fn new(config: Config, seed: u64) -> Self {
+        Connection {
+            sm: Machine::new(config, seed).state_machine(),
+            out: VecDeque::with_capacity(OUTPUT_CAPACITY),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Feed one fact. Inputs tagged with a connection id other than the transport that may be
+    /// live now are ignored entirely.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        let tagged = match input {
+            Input::Opened(c) | Input::OpenFailed(c) => Some(c),
+            Input::Closed { conn, .. } | Input::Signal { conn, .. } => Some(conn),
+            Input::Start | Input::Stop(_) | Input::Restart(_) => None,
+        };
+        if let Some(c) = tagged
+            && self.sm.state().conn() != Some(c)
+        {
+            return;
+        }
+        self.dispatch(now, Ev::Input(input));
+    }
+
+    /// Let time pass up to `now`: fires every deadline at or before it. Spurious calls are no-ops.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // A beat can be due right after a probe window closes, so loop while deadlines are due.
+        // Each pass strictly advances some deadline; bounded defensively.
+        for _ in 0..8 {
+            match self.poll_timeout() {
+                Some(at) if at <= now => self.dispatch(now, Ev::Timeout),
+                _ => return,
+            }
+            if self.poll_timeout().is_some_and(|at| at <= now) {
+                continue;
+            }
+            return;
+        }
+    }
+
+    /// The next thing the caller must do, in order. Drain until `None` after every mutation.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sm.state().deadline()
+    }
+
+    /// The current lifecycle state.
+    pub fn state(&self) -> State {
+        self.sm.state().view()
+    }
+
+    /// The transport that may be live now (from its `Open` until its `Closed`).
+    pub fn live_connection(&self) -> Option<ConnectionId> {
+        self.sm.state().conn()
+    }
+
+    /// The transport on which application payloads may be sent now: only once the handshake was
+    /// accepted and while the connection is healthy or probing.
+    pub fn sendable_connection(&self) -> Option<ConnectionId> {
+        match self.sm.state() {
+            Inner::Identified { conn, .. } | Inner::Stale { conn, .. } => Some(*conn),
+            _ => None,
+        }
+    }
+
+    /// Whether a session is held that the next connection would resume.
+    pub fn is_resumable(&self) -> bool {
+        self.sm.inner().session
+    }
+
+    /// The finer-grained phase.
+    pub fn phase(&self) -> Phase {
+        match self.sm.state() {
+            Inner::Closed { next: Next::Idle } if self.stats.opens == 0 => Phase::NotConnected,
+            Inner::Closed { next: Next::Idle } => Phase::Stopped,
+            Inner::Closed {
+                next: Next::Reconnect { .. },
+            } => Phase::BackingOff,
+            Inner::Closed {
+                next: Next::Failed(_),
+            } => Phase::Failed,
+            Inner::Opening { .. } => Phase::Connecting,
+            Inner::AwaitingHello { .. } => Phase::AwaitingHello,
+            Inner::Handshaking {
+                mode: OpenMode::Identify,
+                ..
+            } => Phase::Identifying,
+            Inner::Handshaking {
+                mode: OpenMode::Resume,
+                ..
+            } => Phase::Resuming,
+            Inner::Identified { .. } => Phase::Receiving,
+            Inner::Stale { .. } => Phase::Stale,
+            Inner::Draining { .. } => Phase::Draining,
+        }
+    }
+
+    /// A snapshot for status pages and metrics.
+    pub fn status(&self) -> Status {
+        let m = self.sm.inner();
+        let s = &self.stats;
+        Status {
+            state: self.state(),
+            phase: self.phase(),
+            connection: self.live_connection(),
+            resumable: m.session,
+            attempts: m.attempts,
+            identified_since: match self.sm.state() {
+                Inner::Identified { .. } | Inner::Stale { .. } => m.identified_at,
+                _ => None,
+            },
+            last_ack_at: s.last_ack_at,
+            latency: s.latency,
+            reconnect_at: match self.sm.state() {
+                Inner::Closed {
+                    next: Next::Reconnect { at },
+                } => Some(*at),
+                _ => None,
+            },
+            last_close_code: s.last_close_code,
+            gave_up: s.gave_up,
+            opens: s.opens,
+            identifies: s.identifies,
+            resumes: s.resumes,
+            ready: s.ready,
+            resumed: s.resumed,
+            reconnects: s.reconnects,
+        }
+    }
+
+    fn dispatch(&mut self, now: Instant, ev: Ev) {
+        let mut ctx = Ctx {
+            now,
+            out: &mut self.out,
+            stats: &mut self.stats,
+        };
+        self.sm.handle_with_context(&ev, &mut ctx);
+    }
+}
+
+impl PartialEq for Connection {
+    fn eq(&self, other: &Self) -> bool {
+        self.sm.state() == other.sm.state()
+            && self.sm.inner() == other.sm.inner()
+            && self.out == other.out
+    }
+}
+
+impl Eq for Connection {}
+
+impl std::hash::Hash for Connection {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.sm.state().hash(state);
+        self.sm.inner().hash(state);
+        self.out.hash(state);
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("state", self.sm.state())
+            .field("session", &self.sm.inner().session)
+            .field("attempts", &self.sm.inner().attempts)
+            .field("pending_outputs", &self.out.len())
+            .finish()
+    }
+}

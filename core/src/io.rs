@@ -1,0 +1,141 @@
+//! The machine's input and output vocabulary.
+
+use std::time::Duration;
+
+use crate::types::{ConnectionId, GiveUpReason, OpenMode, RestartReason, State, StopIntent};
+
+/// A fact fed to [`Connection::handle_input`](crate::Connection::handle_input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// Begin connecting (from the initial state, after a stop, or after giving up).
+    Start,
+    /// Close the transport and stay closed until the next `Start` or `Restart`.
+    Stop(StopIntent),
+    /// Close the live transport keeping the session resumable, then connect again.
+    ///
+    /// Safe at any moment, any number of times: while a fresh connection is already being made
+    /// or the old one is draining, it is absorbed into the step under way.
+    Restart(RestartReason),
+    /// The driver opened the transport it was asked to open.
+    Opened(ConnectionId),
+    /// The driver could not open the transport. The transport is not live any more.
+    OpenFailed(ConnectionId),
+    /// The transport is gone: the close handshake finished, the peer dropped it, or it was
+    /// aborted. `code` is the peer's close code, if it sent a close frame.
+    Closed {
+        /// Which transport.
+        conn: ConnectionId,
+        /// The peer's close code, if any.
+        code: Option<u16>,
+    },
+    /// A protocol-level fact derived by the protocol layer from a received frame.
+    Signal {
+        /// The transport the frame came from.
+        conn: ConnectionId,
+        /// What it meant.
+        signal: Signal,
+    },
+}
+
+/// Protocol-level facts. The protocol layer derives them from frames; the core knows no wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// The peer greeted us and told us how often to heartbeat.
+    Hello {
+        /// Heartbeat interval.
+        interval: Duration,
+    },
+    /// The handshake was accepted.
+    HandshakeAccepted {
+        /// `true` if an existing session was resumed, `false` if a new one started.
+        resumed: bool,
+    },
+    /// The peer acknowledged a heartbeat.
+    HeartbeatAck,
+    /// The peer asked for a heartbeat now.
+    HeartbeatRequested,
+    /// The peer asked us to reconnect (and resume).
+    ReconnectRequested,
+    /// The peer invalidated the session.
+    SessionInvalidated {
+        /// Whether the session may still be resumed.
+        resumable: bool,
+    },
+}
+
+/// Work for the caller, drained with [`Connection::poll_output`](crate::Connection::poll_output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Output {
+    /// Open a new transport. The caller MUST later report `Opened` or `OpenFailed`, and after
+    /// `Opened`, exactly one `Closed`, all tagged with `conn`.
+    Open {
+        /// Fresh id for this transport.
+        conn: ConnectionId,
+        /// What the handshake on it must do.
+        mode: OpenMode,
+    },
+    /// Send a payload on the transport.
+    Send {
+        /// The transport.
+        conn: ConnectionId,
+        /// What to send; the protocol layer builds the bytes.
+        payload: Payload,
+    },
+    /// Start the close handshake with this code; keep reading until the peer's close or EOF,
+    /// then report `Closed`.
+    Close {
+        /// The transport.
+        conn: ConnectionId,
+        /// WebSocket close code to send.
+        code: u16,
+    },
+    /// Drop the transport at once (no close handshake) and report `Closed` (or `OpenFailed` if it
+    /// was still opening).
+    Abort {
+        /// The transport.
+        conn: ConnectionId,
+    },
+    /// Something the application may want to know.
+    Event(Event),
+}
+
+/// A payload the core asks the protocol layer to build and send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Payload {
+    /// The handshake: identify (new session) or resume.
+    Handshake(OpenMode),
+    /// A heartbeat.
+    Heartbeat,
+}
+
+/// Events for the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Event {
+    /// The lifecycle state changed.
+    StateChanged {
+        /// Previous state.
+        from: State,
+        /// New state.
+        to: State,
+    },
+    /// A new session started on `conn`.
+    Ready {
+        /// The transport.
+        conn: ConnectionId,
+    },
+    /// The held session was resumed on `conn`.
+    Resumed {
+        /// The transport.
+        conn: ConnectionId,
+    },
+    /// A reconnect is scheduled.
+    ReconnectScheduled {
+        /// How the next connection will start.
+        mode: OpenMode,
+        /// After how long.
+        delay: Duration,
+    },
+    /// The machine stopped trying; it waits for an explicit `Start`. Emitted once.
+    GaveUp(GiveUpReason),
+}

@@ -1,0 +1,619 @@
+//! The private statig machine. The public wrapper is [`crate::Connection`].
+//!
+//! Every handler receives facts that concern the current transport only: the wrapper drops
+//! inputs tagged with any other connection id before they get here.
+
+#![allow(unreachable_pub)]
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use statig::prelude::*;
+
+use crate::config::Config;
+use crate::io::{Event, Input, Output, Payload, Signal};
+use crate::types::{
+    CloseClass, ConnectingPhase, ConnectionId, GiveUpReason, OpenMode, State as View, StopIntent,
+};
+
+/// What the machine handles: an input, or "time has passed" (checked against deadlines).
+pub enum Ev {
+    Input(Input),
+    Timeout,
+}
+
+/// Per-call context: the caller's clock, the output queue and statistics. Owned by the wrapper.
+pub struct Ctx<'a> {
+    pub now: Instant,
+    pub out: &'a mut VecDeque<Output>,
+    pub stats: &'a mut Stats,
+}
+
+/// Counters and observations that never influence behaviour (kept out of equality and hashing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub last_ack_at: Option<Instant>,
+    pub latency: Option<Duration>,
+    pub last_close_code: Option<u16>,
+    pub gave_up: Option<GiveUpReason>,
+    pub opens: u64,
+    pub identifies: u64,
+    pub resumes: u64,
+    pub ready: u64,
+    pub resumed: u64,
+    pub reconnects: u64,
+}
+
+/// Seeded randomness. Hashes by its current seed so model checking sees it as state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rng(fastrand::Rng);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(fastrand::Rng::with_seed(seed))
+    }
+
+    /// Uniform duration in `[lo, hi]`.
+    fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        let span = hi.saturating_sub(lo).as_nanos().min(u64::MAX as u128) as u64;
+        lo + Duration::from_nanos(self.0.u64(0..=span))
+    }
+}
+
+impl std::hash::Hash for Rng {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.get_seed().hash(state);
+    }
+}
+
+/// Heartbeat bookkeeping of one transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Heartbeat {
+    interval: Duration,
+    next_beat: Instant,
+    awaiting_ack: bool,
+    sent_at: Option<Instant>,
+}
+
+impl Heartbeat {
+    fn beat(&mut self, conn: ConnectionId, ctx: &mut Ctx<'_>) {
+        ctx.out.push_back(Output::Send {
+            conn,
+            payload: Payload::Heartbeat,
+        });
+        self.awaiting_ack = true;
+        self.sent_at = Some(ctx.now);
+    }
+
+    fn ack(&mut self, ctx: &mut Ctx<'_>) {
+        self.awaiting_ack = false;
+        ctx.stats.last_ack_at = Some(ctx.now);
+        if let Some(sent) = self.sent_at.take() {
+            ctx.stats.latency = Some(ctx.now.saturating_duration_since(sent));
+        }
+    }
+
+    fn schedule_next(&mut self, now: Instant) {
+        self.next_beat += self.interval;
+        if self.next_beat <= now {
+            self.next_beat = now + self.interval;
+        }
+    }
+
+    pub fn next_beat(&self) -> Instant {
+        self.next_beat
+    }
+}
+
+/// What to do once a draining transport is confirmed gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum After {
+    Reconnect,
+    Stop,
+}
+
+/// What Closed is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Next {
+    /// Waiting for a start (initial state, or after a stop).
+    Idle,
+    /// A reconnect is due at this instant.
+    Reconnect { at: Instant },
+    /// Gave up; only an explicit start leaves.
+    Failed(GiveUpReason),
+}
+
+/// Behaviour-relevant shared state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Machine {
+    pub cfg: Config,
+    pub rng: Rng,
+    pub next_id: u64,
+    /// A session is held that the next connection should resume.
+    pub session: bool,
+    /// Consecutive connections that ended before they were stable.
+    pub attempts: u32,
+    /// When the current transport's handshake was accepted.
+    pub identified_at: Option<Instant>,
+}
+
+impl Machine {
+    pub fn new(cfg: Config, seed: u64) -> Self {
+        Machine {
+            cfg,
+            rng: Rng::new(seed),
+            next_id: 1,
+            session: false,
+            attempts: 0,
+            identified_at: None,
+        }
+    }
+}
+
+#[state_machine(
+    initial = "State::closed(Next::Idle)",
+    state(derive(Debug, Clone, PartialEq, Eq, Hash)),
+    superstate(derive(Debug)),
+    after_transition = "Self::after_transition"
+)]
+impl Machine {
+    #[state]
+    fn closed(&mut self, context: &mut Ctx<'_>, next: &mut Next, event: &Ev) -> Outcome<State> {
+        match (event, *next) {
+            (Ev::Input(Input::Start), Next::Idle | Next::Failed(_)) => {
+                self.attempts = 0;
+                context.stats.gave_up = None;
+                self.open(context)
+            }
+            (Ev::Input(Input::Restart(_)), Next::Idle) => self.open(context),
+            (Ev::Input(Input::Stop(intent)), _) => {
+                self.apply_stop_intent(*intent);
+                match next {
+                    Next::Reconnect { .. } => Transition(State::closed(Next::Idle)),
+                    _ => Handled,
+                }
+            }
+            (Ev::Timeout, Next::Reconnect { at }) if context.now >= at => self.open(context),
+            _ => Handled,
+        }
+    }
+
+    #[state]
+    fn opening(
+        &mut self,
+        context: &mut Ctx<'_>,
+        conn: &mut ConnectionId,
+        mode: &mut OpenMode,
+        deadline: &mut Instant,
+        event: &Ev,
+    ) -> Outcome<State> {
+        match event {
+            Ev::Input(Input::Opened(_)) => Transition(State::awaiting_hello(
+                *conn,
+                *mode,
+                context.now + self.cfg.hello_timeout,
+            )),
+            Ev::Input(Input::OpenFailed(_) | Input::Closed { .. }) => {
+                self.connection_ended(context, After::Reconnect)
+            }
+            Ev::Input(Input::Stop(intent)) => {
+                self.apply_stop_intent(*intent);
+                self.abort(context, *conn, After::Stop)
+            }
+            Ev::Timeout if context.now >= *deadline => self.abort(context, *conn, After::Reconnect),
+            // Start and Restart are absorbed: a fresh connection is being made right now.
+            _ => Handled,
+        }
+    }
+
+    /// Every state in which an opened transport may carry protocol traffic.
+    #[superstate]
+    fn live(
+        &mut self,
+        context: &mut Ctx<'_>,
+        conn: &mut ConnectionId,
+        event: &Ev,
+    ) -> Outcome<State> {
+        let conn = *conn;
+        let keep = self.cfg.close_rules.keep_resumable_code;
+        match event {
+            Ev::Input(Input::Stop(intent)) => {
+                self.apply_stop_intent(*intent);
+                let code = match intent {
+                    StopIntent::EndSession => self.cfg.close_rules.end_session_code,
+                    StopIntent::KeepResumable => keep,
+                };
+                self.drain(context, conn, code, After::Stop)
+            }
+            Ev::Input(Input::Restart(_)) => self.drain(context, conn, keep, After::Reconnect),
+            Ev::Input(Input::Closed { code, .. }) => self.peer_closed(context, *code),
+            Ev::Input(Input::OpenFailed(_)) => self.peer_closed(context, None),
+            Ev::Input(Input::Signal {
+                signal: Signal::ReconnectRequested,
+                ..
+            }) => self.drain(context, conn, keep, After::Reconnect),
+            Ev::Input(Input::Signal {
+                signal: Signal::SessionInvalidated { resumable },
+                ..
+            }) => {
+                let code = if *resumable {
+                    keep
+                } else {
+                    self.session = false;
+                    self.cfg.close_rules.end_session_code
+                };
+                self.drain(context, conn, code, After::Reconnect)
+            }
+            _ => Handled,
+        }
+    }
+
+    #[state(superstate = "live")]
+    fn awaiting_hello(
+        &mut self,
+        context: &mut Ctx<'_>,
+        conn: &mut ConnectionId,
+        mode: &mut OpenMode,
+        deadline: &mut Instant,
+        event: &Ev,
+    ) -> Outcome<State> {
+        match event {
+            Ev::Input(Input::Start | Input::Restart(_)) => Handled,
+            Ev::Input(Input::Signal {
+                signal: Signal::Hello { interval },
+                ..
+            }) => {
+                let interval = (*interval).max(Duration::from_millis(1));
+                let first = self.rng.between(Duration::ZERO, interval);
+                context.out.push_back(Output::Send {
+                    conn: *conn,
+                    payload: Payload::Handshake(*mode),
+                });
+                match mode {
+                    OpenMode::Identify => context.stats.identifies += 1,
+                    OpenMode::Resume => context.stats.resumes += 1,
+                }
+                let hb = Heartbeat {
+                    interval,
+                    next_beat: context.now + first,
+                    awaiting_ack: false,
+                    sent_at: None,
+                };
+                let deadline = context.now + self.cfg.handshake_timeout;
+                Transition(State::handshaking(*conn, *mode, deadline, hb))
+            }
+            Ev::Timeout if context.now >= *deadline => {
+                let keep = self.cfg.close_rules.keep_resumable_code;
+                self.drain(context, *conn, keep, After::Reconnect)
+            }
+            Ev::Timeout => Handled,
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "live")]
+    fn handshaking(
+        &mut self,
+        context: &mut Ctx<'_>,
+        conn: &mut ConnectionId,
+        mode: &mut OpenMode,
+        deadline: &mut Instant,
+        hb: &mut Heartbeat,
+        event: &Ev,
+    ) -> Outcome<State> {
+        // `mode` is state data read by `Connection::phase`; the handshake was already sent.
+        let _ = mode;
+        let keep = self.cfg.close_rules.keep_resumable_code;
+        match event {
+            Ev::Input(Input::Start | Input::Restart(_)) => Handled,
+            Ev::Input(Input::Signal {
+                signal: Signal::HandshakeAccepted { resumed },
+                ..
+            }) => {
+                self.session = true;
+                self.identified_at = Some(context.now);
+                let ev = if *resumed {
+                    context.stats.resumed += 1;
+                    Event::Resumed { conn: *conn }
+                } else {
+                    context.stats.ready += 1;
+                    Event::Ready { conn: *conn }
+                };
+                context.out.push_back(Output::Event(ev));
+                Transition(State::identified(*conn, *hb))
+            }
+            Ev::Input(Input::Signal {
+                signal: Signal::HeartbeatAck,
+                ..
+            }) => {
+                hb.ack(context);
+                Handled
+            }
+            Ev::Input(Input::Signal {
+                signal: Signal::HeartbeatRequested,
+                ..
+            }) => {
+                hb.beat(*conn, context);
+                Handled
+            }
+            Ev::Timeout if context.now >= *deadline => {
+                self.drain(context, *conn, keep, After::Reconnect)
+            }
+            Ev::Timeout if context.now >= hb.next_beat => {
+                if hb.awaiting_ack {
+                    // No ACK between two beats before the handshake even finished: give this
+                    // transport up rather than probing.
+                    self.drain(context, *conn, keep, After::Reconnect)
+                } else {
+                    hb.beat(*conn, context);
+                    hb.schedule_next(context.now);
+                    Handled
+                }
+            }
+            Ev::Timeout => Handled,
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "live")]
+    fn identified(
+        &mut self,
+        context: &mut Ctx<'_>,
+        conn: &mut ConnectionId,
+        hb: &mut Heartbeat,
+        event: &Ev,
+    ) -> Outcome<State> {
+        match event {
+            Ev::Input(Input::Start) => Handled,
+            Ev::Input(Input::Signal {
+                signal: Signal::HeartbeatAck,
+                ..
+            }) => {
+                hb.ack(context);
+                Handled
+            }
+            Ev::Input(Input::Signal {
+                signal: Signal::HeartbeatRequested,
+                ..
+            }) => {
+                hb.beat(*conn, context);
+                Handled
+            }
+            Ev::Timeout if context.now >= hb.next_beat => {
+                if hb.awaiting_ack {
+                    // Liveness missed: send one probe and give it the grace period.
+                    hb.beat(*conn, context);
+                    let deadline = context.now + self.cfg.probe_grace;
+                    Transition(State::stale(*conn, *hb, deadline))
+                } else {
+                    hb.beat(*conn, context);
+                    hb.schedule_next(context.now);
+                    Handled
+                }
+            }
+            Ev::Timeout => Handled,
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "live")]
+    fn stale(
+        &mut self,
+        context: &mut Ctx<'_>,
+        conn: &mut ConnectionId,
+        hb: &mut Heartbeat,
+        deadline: &mut Instant,
+        event: &Ev,
+    ) -> Outcome<State> {
+        match event {
+            Ev::Input(Input::Start) => Handled,
+            Ev::Input(Input::Signal {
+                signal: Signal::HeartbeatAck,
+                ..
+            }) => {
+                hb.ack(context);
+                hb.next_beat = context.now + hb.interval;
+                Transition(State::identified(*conn, *hb))
+            }
+            Ev::Input(Input::Signal {
+                signal: Signal::HeartbeatRequested,
+                ..
+            }) => {
+                hb.beat(*conn, context);
+                Handled
+            }
+            Ev::Timeout if context.now >= *deadline => {
+                // A zombie: the socket may look open but nothing answers. Close resumable.
+                let keep = self.cfg.close_rules.keep_resumable_code;
+                self.drain(context, *conn, keep, After::Reconnect)
+            }
+            Ev::Timeout => Handled,
+            _ => Super,
+        }
+    }
+
+    /// The only way out is the driver's confirmation that the transport is gone.
+    #[state]
+    fn draining(
+        &mut self,
+        context: &mut Ctx<'_>,
+        conn: &mut ConnectionId,
+        deadline: &mut Option<Instant>,
+        after: &mut After,
+        event: &Ev,
+    ) -> Outcome<State> {
+        match event {
+            Ev::Input(Input::Closed { .. } | Input::OpenFailed(_)) => {
+                self.connection_ended(context, *after)
+            }
+            Ev::Input(Input::Stop(intent)) => {
+                self.apply_stop_intent(*intent);
+                *after = After::Stop;
+                Handled
+            }
+            Ev::Input(Input::Start | Input::Restart(_)) => {
+                *after = After::Reconnect;
+                Handled
+            }
+            Ev::Timeout if deadline.is_some_and(|d| context.now >= d) => {
+                context.out.push_back(Output::Abort { conn: *conn });
+                *deadline = None;
+                Handled
+            }
+            _ => Handled,
+        }
+    }
+}
+
+impl Machine {
+    fn after_transition(&mut self, source: &State, target: &State, context: &mut Ctx<'_>) {
+        let (from, to) = (source.view(), target.view());
+        if from != to {
+            context
+                .out
+                .push_back(Output::Event(Event::StateChanged { from, to }));
+        }
+    }
+
+    fn apply_stop_intent(&mut self, intent: StopIntent) {
+        if intent == StopIntent::EndSession {
+            self.session = false;
+        }
+    }
+
+    fn open(&mut self, ctx: &mut Ctx<'_>) -> Outcome<State> {
+        let conn = ConnectionId(self.next_id);
+        self.next_id += 1;
+        let mode = if self.session {
+            OpenMode::Resume
+        } else {
+            OpenMode::Identify
+        };
+        ctx.stats.opens += 1;
+        ctx.out.push_back(Output::Open { conn, mode });
+        Transition(State::opening(conn, mode, ctx.now + self.cfg.open_timeout))
+    }
+
+    fn drain(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        conn: ConnectionId,
+        code: u16,
+        after: After,
+    ) -> Outcome<State> {
+        ctx.out.push_back(Output::Close { conn, code });
+        let deadline = Some(ctx.now + self.cfg.drain_deadline);
+        Transition(State::draining(conn, deadline, after))
+    }
+
+    fn abort(&mut self, ctx: &mut Ctx<'_>, conn: ConnectionId, after: After) -> Outcome<State> {
+        ctx.out.push_back(Output::Abort { conn });
+        Transition(State::draining(conn, None, after))
+    }
+
+    /// The peer (or the network) ended the transport without our asking.
+    fn peer_closed(&mut self, ctx: &mut Ctx<'_>, code: Option<u16>) -> Outcome<State> {
+        ctx.stats.last_close_code = code;
+        match self.cfg.close_rules.classify(code) {
+            CloseClass::Resume => self.connection_ended(ctx, After::Reconnect),
+            CloseClass::NewSession => {
+                self.session = false;
+                self.connection_ended(ctx, After::Reconnect)
+            }
+            CloseClass::Fatal => {
+                self.session = false;
+                self.identified_at = None;
+                self.give_up(ctx, GiveUpReason::FatalClose { code })
+            }
+        }
+    }
+
+    fn give_up(&mut self, ctx: &mut Ctx<'_>, reason: GiveUpReason) -> Outcome<State> {
+        ctx.stats.gave_up = Some(reason);
+        ctx.out.push_back(Output::Event(Event::GaveUp(reason)));
+        Transition(State::closed(Next::Failed(reason)))
+    }
+
+    /// The transport is confirmed gone. Decide what comes next.
+    fn connection_ended(&mut self, ctx: &mut Ctx<'_>, after: After) -> Outcome<State> {
+        let stable = self
+            .identified_at
+            .take()
+            .is_some_and(|at| ctx.now.saturating_duration_since(at) >= self.cfg.stable_after);
+        if stable {
+            self.attempts = 0;
+        } else {
+            self.attempts = self.attempts.saturating_add(1);
+        }
+        match after {
+            After::Stop => Transition(State::closed(Next::Idle)),
+            After::Reconnect => {
+                if let Some(max) = self.cfg.max_attempts
+                    && self.attempts >= max
+                {
+                    let attempts = self.attempts;
+                    return self.give_up(ctx, GiveUpReason::MaxAttempts { attempts });
+                }
+                let backoff = self.cfg.backoff;
+                let ceiling = backoff.ceiling(self.attempts.max(1));
+                let delay = self.rng.between(backoff.floor.min(ceiling), ceiling);
+                let mode = if self.session {
+                    OpenMode::Resume
+                } else {
+                    OpenMode::Identify
+                };
+                ctx.stats.reconnects += 1;
+                ctx.out
+                    .push_back(Output::Event(Event::ReconnectScheduled { mode, delay }));
+                Transition(State::closed(Next::Reconnect {
+                    at: ctx.now + delay,
+                }))
+            }
+        }
+    }
+}
+
+impl State {
+    /// The public view of this state.
+    pub fn view(&self) -> View {
+        match self {
+            State::Closed { .. } => View::Closed,
+            State::Opening { .. } => View::Connecting(ConnectingPhase::Opening),
+            State::AwaitingHello { .. } => View::Connecting(ConnectingPhase::AwaitingHello),
+            State::Handshaking { .. } => View::Connecting(ConnectingPhase::Handshaking),
+            State::Identified { .. } => View::Identified,
+            State::Stale { .. } => View::Stale,
+            State::Draining { .. } => View::Draining,
+        }
+    }
+
+    /// The transport that may be live in this state.
+    pub fn conn(&self) -> Option<ConnectionId> {
+        match self {
+            State::Closed { .. } => None,
+            State::Opening { conn, .. }
+            | State::AwaitingHello { conn, .. }
+            | State::Handshaking { conn, .. }
+            | State::Identified { conn, .. }
+            | State::Stale { conn, .. }
+            | State::Draining { conn, .. } => Some(*conn),
+        }
+    }
+
+    /// The earliest instant at which a timeout may change something.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            State::Closed {
+                next: Next::Reconnect { at },
+            } => Some(*at),
+            State::Closed { .. } => None,
+            State::Opening { deadline, .. } | State::AwaitingHello { deadline, .. } => {
+                Some(*deadline)
+            }
+            State::Handshaking { deadline, hb, .. } => Some((*deadline).min(hb.next_beat())),
+            State::Identified { hb, .. } => Some(hb.next_beat()),
+            State::Stale { deadline, .. } => Some(*deadline),
+            State::Draining { deadline, .. } => *deadline,
+        }
+    }
+}
