@@ -1,1 +1,2 @@
+//! Benchmarks for the lifecycle core (filled in below).
 fn main() {}

@@ -26,6 +26,9 @@ pub struct Config {
     pub max_attempts: Option<u32>,
     /// Close-code rules from the protocol layer.
     pub close_rules: CloseRules,
+    /// When `true`, a handshake that starts a new session first asks the driver for a permit
+    /// ([`Output::AcquirePermit`](crate::Output::AcquirePermit)). Default `false`.
+    pub gate_new_sessions: bool,
 }
 
 impl Default for Config {
@@ -40,6 +43,7 @@ impl Default for Config {
             stable_after: Duration::from_secs(60),
             max_attempts: None,
             close_rules: CloseRules::default(),
+            gate_new_sessions: false,
         }
     }
 }

@@ -71,7 +71,10 @@ impl Connection {
     /// live now are ignored entirely.
     pub fn handle_input(&mut self, now: Instant, input: Input) {
         let tagged = match input {
-            Input::Opened(c) | Input::OpenFailed(c) => Some(c),
+            Input::Opened(c)
+            | Input::OpenFailed(c)
+            | Input::PermitGranted(c)
+            | Input::PermitDenied(c) => Some(c),
             Input::Closed { conn, .. } | Input::Signal { conn, .. } => Some(conn),
             Input::Start | Input::Stop(_) | Input::Restart(_) => None,
         };
@@ -146,6 +149,7 @@ impl Connection {
             } => Phase::Failed,
             Inner::Opening { .. } => Phase::Connecting,
             Inner::AwaitingHello { .. } => Phase::AwaitingHello,
+            Inner::AwaitingPermit { .. } => Phase::AwaitingPermit,
             Inner::Handshaking {
                 mode: OpenMode::Identify,
                 ..

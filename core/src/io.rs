@@ -28,6 +28,11 @@ pub enum Input {
         /// The peer's close code, if any.
         code: Option<u16>,
     },
+    /// The permit asked for with [`Output::AcquirePermit`] was granted: send the handshake.
+    PermitGranted(ConnectionId),
+    /// The permit was refused (for example an identify budget guard tripped). The machine
+    /// closes the transport and gives up until the next `Start`.
+    PermitDenied(ConnectionId),
     /// A protocol-level fact derived by the protocol layer from a received frame.
     Signal {
         /// The transport the frame came from.
@@ -73,6 +78,14 @@ pub enum Output {
         conn: ConnectionId,
         /// What the handshake on it must do.
         mode: OpenMode,
+    },
+    /// Only with [`Config::gate_new_sessions`](crate::Config::gate_new_sessions): before a
+    /// handshake that starts a new session, acquire a permit (Discord: the identify
+    /// concurrency queue) and answer with `PermitGranted` or `PermitDenied`. Heartbeats keep
+    /// flowing meanwhile; the handshake timeout starts when the permit is granted.
+    AcquirePermit {
+        /// The transport waiting for the permit.
+        conn: ConnectionId,
     },
     /// Send a payload on the transport.
     Send {

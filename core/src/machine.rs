@@ -110,6 +110,7 @@ impl Heartbeat {
 pub enum After {
     Reconnect,
     Stop,
+    GiveUp(GiveUpReason),
 }
 
 /// What Closed is waiting for.
@@ -265,26 +266,73 @@ impl Machine {
             }) => {
                 let interval = (*interval).max(Duration::from_millis(1));
                 let first = self.rng.between(Duration::ZERO, interval);
-                context.out.push_back(Output::Send {
-                    conn: *conn,
-                    payload: Payload::Handshake(*mode),
-                });
-                match mode {
-                    OpenMode::Identify => context.stats.identifies += 1,
-                    OpenMode::Resume => context.stats.resumes += 1,
-                }
                 let hb = Heartbeat {
                     interval,
                     next_beat: context.now + first,
                     awaiting_ack: false,
                     sent_at: None,
                 };
-                let deadline = context.now + self.cfg.handshake_timeout;
-                Transition(State::handshaking(*conn, *mode, deadline, hb))
+                if *mode == OpenMode::Identify && self.cfg.gate_new_sessions {
+                    context.out.push_back(Output::AcquirePermit { conn: *conn });
+                    Transition(State::awaiting_permit(*conn, hb))
+                } else {
+                    self.handshake(context, *conn, *mode, hb)
+                }
             }
             Ev::Timeout if context.now >= *deadline => {
                 let keep = self.cfg.close_rules.keep_resumable_code;
                 self.drain(context, *conn, keep, After::Reconnect)
+            }
+            Ev::Timeout => Handled,
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "live")]
+    fn awaiting_permit(
+        &mut self,
+        context: &mut Ctx<'_>,
+        conn: &mut ConnectionId,
+        hb: &mut Heartbeat,
+        event: &Ev,
+    ) -> Outcome<State> {
+        match event {
+            Ev::Input(Input::Start | Input::Restart(_)) => Handled,
+            Ev::Input(Input::PermitGranted(_)) => {
+                self.handshake(context, *conn, OpenMode::Identify, *hb)
+            }
+            Ev::Input(Input::PermitDenied(_)) => {
+                let code = self.cfg.close_rules.end_session_code;
+                self.drain(
+                    context,
+                    *conn,
+                    code,
+                    After::GiveUp(GiveUpReason::PermitDenied),
+                )
+            }
+            Ev::Input(Input::Signal {
+                signal: Signal::HeartbeatAck,
+                ..
+            }) => {
+                hb.ack(context);
+                Handled
+            }
+            Ev::Input(Input::Signal {
+                signal: Signal::HeartbeatRequested,
+                ..
+            }) => {
+                hb.beat(*conn, context);
+                Handled
+            }
+            Ev::Timeout if context.now >= hb.next_beat => {
+                if hb.awaiting_ack {
+                    let keep = self.cfg.close_rules.keep_resumable_code;
+                    self.drain(context, *conn, keep, After::Reconnect)
+                } else {
+                    hb.beat(*conn, context);
+                    hb.schedule_next(context.now);
+                    Handled
+                }
             }
             Ev::Timeout => Handled,
             _ => Super,
@@ -451,8 +499,14 @@ impl Machine {
                 *after = After::Stop;
                 Handled
             }
-            Ev::Input(Input::Start | Input::Restart(_)) => {
+            Ev::Input(Input::Start) => {
                 *after = After::Reconnect;
+                Handled
+            }
+            Ev::Input(Input::Restart(_)) => {
+                if *after == After::Stop {
+                    *after = After::Reconnect;
+                }
                 Handled
             }
             Ev::Timeout if deadline.is_some_and(|d| context.now >= d) => {
@@ -492,6 +546,25 @@ impl Machine {
         ctx.stats.opens += 1;
         ctx.out.push_back(Output::Open { conn, mode });
         Transition(State::opening(conn, mode, ctx.now + self.cfg.open_timeout))
+    }
+
+    fn handshake(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        conn: ConnectionId,
+        mode: OpenMode,
+        hb: Heartbeat,
+    ) -> Outcome<State> {
+        ctx.out.push_back(Output::Send {
+            conn,
+            payload: Payload::Handshake(mode),
+        });
+        match mode {
+            OpenMode::Identify => ctx.stats.identifies += 1,
+            OpenMode::Resume => ctx.stats.resumes += 1,
+        }
+        let deadline = ctx.now + self.cfg.handshake_timeout;
+        Transition(State::handshaking(conn, mode, deadline, hb))
     }
 
     fn drain(
@@ -547,6 +620,7 @@ impl Machine {
         }
         match after {
             After::Stop => Transition(State::closed(Next::Idle)),
+            After::GiveUp(reason) => self.give_up(ctx, reason),
             After::Reconnect => {
                 if let Some(max) = self.cfg.max_attempts
                     && self.attempts >= max
@@ -580,6 +654,7 @@ impl State {
             State::Closed { .. } => View::Closed,
             State::Opening { .. } => View::Connecting(ConnectingPhase::Opening),
             State::AwaitingHello { .. } => View::Connecting(ConnectingPhase::AwaitingHello),
+            State::AwaitingPermit { .. } => View::Connecting(ConnectingPhase::AwaitingPermit),
             State::Handshaking { .. } => View::Connecting(ConnectingPhase::Handshaking),
             State::Identified { .. } => View::Identified,
             State::Stale { .. } => View::Stale,
@@ -593,6 +668,7 @@ impl State {
             State::Closed { .. } => None,
             State::Opening { conn, .. }
             | State::AwaitingHello { conn, .. }
+            | State::AwaitingPermit { conn, .. }
             | State::Handshaking { conn, .. }
             | State::Identified { conn, .. }
             | State::Stale { conn, .. }
@@ -611,7 +687,7 @@ impl State {
                 Some(*deadline)
             }
             State::Handshaking { deadline, hb, .. } => Some((*deadline).min(hb.next_beat())),
-            State::Identified { hb, .. } => Some(hb.next_beat()),
+            State::Identified { hb, .. } | State::AwaitingPermit { hb, .. } => Some(hb.next_beat()),
             State::Stale { deadline, .. } => Some(*deadline),
             State::Draining { deadline, .. } => *deadline,
         }

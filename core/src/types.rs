@@ -111,6 +111,8 @@ pub enum GiveUpReason {
         /// The close code, if a close frame was received.
         code: Option<u16>,
     },
+    /// The permit to start a new session was refused.
+    PermitDenied,
     /// [`Config::max_attempts`](crate::Config::max_attempts) consecutive attempts failed.
     MaxAttempts {
         /// How many attempts were made.
@@ -123,6 +125,7 @@ impl std::fmt::Display for GiveUpReason {
         match self {
             GiveUpReason::FatalClose { code: Some(c) } => write!(f, "fatal close code {c}"),
             GiveUpReason::FatalClose { code: None } => write!(f, "fatal close"),
+            GiveUpReason::PermitDenied => write!(f, "permit to start a new session refused"),
             GiveUpReason::MaxAttempts { attempts } => {
                 write!(f, "gave up after {attempts} failed attempts")
             }
@@ -156,6 +159,7 @@ impl State {
         match self {
             State::Connecting(ConnectingPhase::Opening) => "opening",
             State::Connecting(ConnectingPhase::AwaitingHello) => "awaiting_hello",
+            State::Connecting(ConnectingPhase::AwaitingPermit) => "awaiting_permit",
             State::Connecting(ConnectingPhase::Handshaking) => "handshaking",
             State::Identified => "identified",
             State::Stale => "stale",
@@ -172,6 +176,8 @@ pub enum ConnectingPhase {
     Opening,
     /// The transport is open; waiting for the peer's hello.
     AwaitingHello,
+    /// Hello received; waiting for the permit to start a new session.
+    AwaitingPermit,
     /// Hello received, handshake (identify or resume) sent; waiting for acceptance.
     Handshaking,
 }
@@ -186,6 +192,8 @@ pub enum Phase {
     Connecting,
     /// Transport open, waiting for hello.
     AwaitingHello,
+    /// Waiting for the permit to start a new session (identify queue).
+    AwaitingPermit,
     /// Handshake sent to start a new session.
     Identifying,
     /// Handshake sent to resume a session.
@@ -211,6 +219,7 @@ impl Phase {
             Phase::NotConnected => "not_connected",
             Phase::Connecting => "connecting",
             Phase::AwaitingHello => "awaiting_hello",
+            Phase::AwaitingPermit => "awaiting_permit",
             Phase::Identifying => "identifying",
             Phase::Resuming => "resuming",
             Phase::Receiving => "receiving",
