@@ -58,11 +58,15 @@ impl<T> Decoded<T> {
 /// A wire protocol plugged between the transport and the core.
 ///
 /// The driver calls [`reset`](Codec::reset) before each new transport, then
-/// [`decode`](Codec::decode) for every received data message and [`encode`](Codec::encode) for
-/// every [`Output::Send`](crate::Output::Send).
+/// [`decode`](Codec::decode) for every received data message, [`encode`](Codec::encode) for
+/// every [`Output::Send`](crate::Output::Send) and [`encode_command`](Codec::encode_command) for
+/// every application command (only while
+/// [`Connection::sendable_connection`](crate::Connection::sendable_connection) is `Some`).
 pub trait Codec {
     /// What the codec hands to the application.
     type Item;
+    /// What the application asks the codec to send (for example a presence update).
+    type Command;
     /// Why a message could not be decoded or a payload encoded.
     type Error: std::error::Error + Send + Sync + 'static;
 
@@ -78,4 +82,12 @@ pub trait Codec {
 
     /// Build the message for a payload the core asked for.
     fn encode(&mut self, now: Instant, payload: Payload) -> Result<Message, Self::Error>;
+
+    /// Build the message for an application command. Send limits (size, rate) are the codec's
+    /// to enforce: an error means nothing may be sent.
+    fn encode_command(
+        &mut self,
+        now: Instant,
+        command: Self::Command,
+    ) -> Result<Message, Self::Error>;
 }
