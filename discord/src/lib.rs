@@ -7,3 +7,4 @@
 
 pub mod mock;
 pub mod protocol;
+pub mod runtime;

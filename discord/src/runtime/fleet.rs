@@ -1,0 +1,220 @@
+//! Many shards of one bot: one identify queue, one merged event stream.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use handover_core::{Config, RestartReason, StopIntent};
+use handover_transport_ws::{DriverGone, TransportConfig};
+use tokio::sync::mpsc;
+
+use super::queue::IdentifyGate;
+use super::shard::{self, ShardConfig, ShardEvent, ShardHandle};
+use super::status::ShardStatus;
+use crate::protocol::{
+    CLOSE_RULES, GatewayConfig, IdentifyQueueConfig, ProtocolError, SessionStartLimit, ShardId,
+};
+
+/// Which shards a fleet runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardSelection {
+    /// Shards `ids` of `total` (for a bot split over several processes).
+    Range {
+        /// The shard ids this fleet runs.
+        ids: Range<u32>,
+        /// The bot's total shard count.
+        total: u32,
+    },
+    /// All shards `0..total`.
+    All {
+        /// The bot's total shard count.
+        total: u32,
+    },
+}
+
+impl ShardSelection {
+    fn resolve(&self) -> Result<(Range<u32>, u32), FleetError> {
+        let (ids, total) = match self {
+            ShardSelection::Range { ids, total } => (ids.clone(), *total),
+            ShardSelection::All { total } => (0..*total, *total),
+        };
+        if total == 0 || ids.is_empty() || ids.end > total {
+            return Err(FleetError::BadSelection {
+                reason: format!(
+                    "shards {ids:?} of {total} is not a non-empty range within the total"
+                ),
+            });
+        }
+        Ok((ids, total))
+    }
+}
+
+/// Settings of a [`Fleet`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FleetConfig {
+    /// Template for every shard's gateway settings (token, intents, URL, compression...); the
+    /// shard id is set per shard.
+    pub gateway: GatewayConfig,
+    /// Which shards to run.
+    pub shards: ShardSelection,
+    /// Lifecycle timers and backoff for every shard.
+    pub lifecycle: Config,
+    /// Socket limits and TLS roots for every shard.
+    pub transport: TransportConfig,
+    /// Identify pacing shared by all shards.
+    pub identify: IdentifyQueueConfig,
+    /// The `session_start_limit` from `GET /gateway/bot`, if known.
+    pub session_start_limit: Option<SessionStartLimit>,
+    /// Merged events buffered for the application. Default 4096.
+    pub event_capacity: usize,
+    /// Seed for the shards' jitter (each shard derives its own).
+    pub seed: u64,
+}
+
+impl FleetConfig {
+    /// A fleet running `shards` with defaults elsewhere.
+    pub fn new(gateway: GatewayConfig, shards: ShardSelection) -> Self {
+        FleetConfig {
+            gateway,
+            shards,
+            lifecycle: Config {
+                close_rules: CLOSE_RULES,
+                ..Config::default()
+            },
+            transport: TransportConfig::default(),
+            identify: IdentifyQueueConfig::default(),
+            session_start_limit: None,
+            event_capacity: 4096,
+            seed: 0x6a09_e667_f3bc_c908,
+        }
+    }
+}
+
+/// Why a fleet could not start or act.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// The shard selection is empty or outside the total.
+    #[error("bad shard selection: {reason}")]
+    BadSelection {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A shard's configuration was refused.
+    #[error("shard {shard}: {source}")]
+    Shard {
+        /// The shard.
+        shard: u32,
+        /// Why.
+        #[source]
+        source: ProtocolError,
+    },
+    /// No shard with that id runs in this fleet.
+    #[error("no shard {shard} in this fleet")]
+    NoSuchShard {
+        /// The id asked for.
+        shard: u32,
+    },
+    /// The shard's task has exited.
+    #[error(transparent)]
+    Gone(#[from] DriverGone),
+}
+
+/// Many shards sharing one identify queue, with one merged event stream.
+#[derive(Debug)]
+pub struct Fleet {
+    shards: BTreeMap<u32, ShardHandle>,
+    events: mpsc::Receiver<ShardEvent>,
+    _gate: IdentifyGate,
+}
+
+impl Fleet {
+    /// Spawns every selected shard and starts connecting. Identifies are paced by the shared
+    /// queue; must be called within a tokio runtime.
+    pub fn start(config: FleetConfig) -> Result<Fleet, FleetError> {
+        let (ids, total) = config.shards.resolve()?;
+        let gate = IdentifyGate::spawn(config.identify, config.session_start_limit);
+        let (tx, rx) = mpsc::channel(config.event_capacity.max(1));
+        let mut shards = BTreeMap::new();
+        for id in ids {
+            let mut gateway = config.gateway.clone();
+            gateway.shard = ShardId::new(id, total)
+                .map_err(|source| FleetError::Shard { shard: id, source })?;
+            let mut shard_config = ShardConfig::new(gateway);
+            shard_config.lifecycle = config.lifecycle;
+            shard_config.transport = config.transport.clone();
+            shard_config.seed = config.seed ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let handle = shard::spawn(shard_config, gate.permits_for(id), tx.clone())
+                .map_err(|source| FleetError::Shard { shard: id, source })?;
+            shards.insert(id, handle);
+        }
+        Ok(Fleet {
+            shards,
+            events: rx,
+            _gate: gate,
+        })
+    }
+
+    /// The next event of any shard, tagged with its shard id; `None` once every shard ended.
+    pub async fn next_event(&mut self) -> Option<ShardEvent> {
+        self.events.recv().await
+    }
+
+    /// The shard ids this fleet runs, ascending.
+    pub fn shard_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.shards.keys().copied()
+    }
+
+    /// A handle to one shard.
+    pub fn shard(&self, id: u32) -> Option<&ShardHandle> {
+        self.shards.get(&id)
+    }
+
+    /// A snapshot of every shard, by id.
+    pub fn status(&self) -> Vec<ShardStatus> {
+        self.shards.values().map(ShardHandle::status).collect()
+    }
+
+    /// Restart one shard (see [`ShardHandle::restart`]).
+    pub async fn restart(&self, id: u32, reason: RestartReason) -> Result<(), FleetError> {
+        let shard = self
+            .shards
+            .get(&id)
+            .ok_or(FleetError::NoSuchShard { shard: id })?;
+        Ok(shard.restart(reason).await?)
+    }
+
+    /// Restart every shard, concurrently.
+    pub async fn restart_all(&self, reason: RestartReason) -> Result<(), FleetError> {
+        let all = self.shards.values().map(|s| s.restart(reason));
+        for r in futures_util::future::join_all(all).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Stop one shard; returns once its socket is gone.
+    pub async fn stop(&self, id: u32, intent: StopIntent) -> Result<(), FleetError> {
+        let shard = self
+            .shards
+            .get(&id)
+            .ok_or(FleetError::NoSuchShard { shard: id })?;
+        Ok(shard.stop(intent).await?)
+    }
+
+    /// Stop every shard concurrently; returns once every socket is gone (each bounded by the
+    /// drain deadline, after which sockets are aborted).
+    pub async fn stop_all(&self, intent: StopIntent) -> Result<(), FleetError> {
+        let all = self.shards.values().map(|s| s.stop(intent));
+        for r in futures_util::future::join_all(all).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Stop every shard with `intent` and end their tasks.
+    pub async fn shutdown(self, intent: StopIntent) {
+        let _ = self.stop_all(intent).await;
+        futures_util::future::join_all(self.shards.values().map(ShardHandle::shutdown)).await;
+    }
+}

@@ -1,0 +1,18 @@
+//! The tokio runtime: [`Shard`] (one gateway connection) and [`Fleet`] (many shards sharing one
+//! identify queue).
+//!
+//! A shard is one task owning the lifecycle core, the Discord codec and at most one socket (the
+//! `handover-transport-ws` driver). Every command (`restart`, `stop`, `send`) is serialized
+//! through that task, so a health monitor may call [`ShardHandle::restart`] from any task, at any
+//! moment, any number of times: the shard never has two sockets, resumes instead of identifying
+//! when the session allows it, and delivers each dispatch once.
+
+mod fleet;
+mod queue;
+mod shard;
+mod status;
+
+pub use fleet::{Fleet, FleetConfig, FleetError, ShardSelection};
+pub use queue::IdentifyGate;
+pub use shard::{Shard, ShardConfig, ShardEvent, ShardEventKind, ShardHandle};
+pub use status::ShardStatus;

@@ -1,0 +1,379 @@
+//! One shard: the lifecycle core, the Discord codec and the WebSocket driver, as one task.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use handover_core::{
+    Codec, Config, Connection, ConnectionId, Decoded, Event, Message, OpenMode, Payload,
+    RestartReason, State, StopIntent,
+};
+use handover_transport_ws::{
+    DriverEvent, DriverEvents, DriverGone, DriverHandle, PermitSource, SendError, TransportConfig,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::queue::IdentifyGate;
+use super::status::{Observed, ShardStatus, describe_give_up};
+use crate::protocol::session::Gap;
+use crate::protocol::{
+    CLOSE_RULES, Command, DiscordCodec, Dispatch, GatewayConfig, GatewayEvent, IdentifyQueueConfig,
+    ProtocolError, Ready, Resumed,
+};
+
+/// Everything one shard needs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ShardConfig {
+    /// Token, intents, shard id, gateway URL, compression, send limits.
+    pub gateway: GatewayConfig,
+    /// Lifecycle timers and backoff. Its close rules are always Discord's.
+    pub lifecycle: Config,
+    /// Socket limits and TLS roots.
+    pub transport: TransportConfig,
+    /// Seed for heartbeat and backoff jitter.
+    pub seed: u64,
+    /// Events buffered for the application before the shard stops reading its socket.
+    /// Default 1024.
+    pub event_capacity: usize,
+    /// Identify pacing and the budget guard for a shard started on its own. A fleet replaces
+    /// it with the queue its shards share. Default: one bucket, Discord's 5 s window, at most
+    /// 10 identifies in 10 minutes.
+    pub identify: IdentifyQueueConfig,
+}
+
+impl ShardConfig {
+    /// Defaults for everything but the gateway settings.
+    pub fn new(gateway: GatewayConfig) -> Self {
+        let seed = u64::from(gateway.shard.id).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x4a11;
+        ShardConfig {
+            gateway,
+            lifecycle: Config {
+                close_rules: CLOSE_RULES,
+                ..Config::default()
+            },
+            transport: TransportConfig::default(),
+            seed,
+            event_capacity: 1024,
+            identify: IdentifyQueueConfig::default(),
+        }
+    }
+}
+
+/// Something that happened on a shard, for the application.
+#[derive(Debug, Clone)]
+pub struct ShardEvent {
+    /// The shard it happened on.
+    pub shard: u32,
+    /// What happened.
+    pub kind: ShardEventKind,
+}
+
+/// The kinds of [`ShardEvent`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ShardEventKind {
+    /// A dispatched event (op 0), once and in order within a session.
+    Dispatch(Dispatch),
+    /// A new session started (READY).
+    Ready(Ready),
+    /// The session was resumed (RESUMED); replayed events came before this.
+    Resumed(Resumed),
+    /// A session that had delivered events was lost; the events between its last sequence
+    /// number and the new session's READY will never arrive.
+    Gap(Gap),
+    /// The lifecycle state changed.
+    StateChanged {
+        /// Previous state.
+        from: State,
+        /// New state.
+        to: State,
+    },
+    /// A reconnect was scheduled.
+    Reconnecting {
+        /// Resume or identify.
+        mode: OpenMode,
+        /// After how many milliseconds.
+        delay_ms: u64,
+    },
+    /// The shard stopped trying on its own (fatal close code, identify budget exceeded...).
+    /// It stays closed until started again.
+    GaveUp {
+        /// Why, readable.
+        reason: String,
+    },
+    /// A transport or protocol problem that the shard handles itself (logged, recorded in the
+    /// status). Informational.
+    Warning {
+        /// What went wrong, readable.
+        message: String,
+    },
+}
+
+/// A cloneable handle to command a shard from any task (health monitors, HTTP control...).
+///
+/// Every call is serialized through the shard's task. Dropping a call's future mid-way leaves
+/// the shard consistent.
+#[derive(Clone)]
+pub struct ShardHandle {
+    shard: u32,
+    driver: DriverHandle<ObservedCodec>,
+    observed: Arc<Mutex<Observed>>,
+}
+
+impl ShardHandle {
+    /// The shard id.
+    pub fn id(&self) -> u32 {
+        self.shard
+    }
+
+    /// Connect (again) after a stop or after giving up. Idempotent while connected.
+    pub async fn start(&self) -> Result<(), DriverGone> {
+        self.driver.start().await
+    }
+
+    /// Close the socket keeping the session resumable, then connect again and resume.
+    ///
+    /// Safe from any task, any number of times, concurrently: restarts that arrive while a
+    /// fresh connection is being made or while the old socket drains are absorbed into the
+    /// step under way. There is never more than one socket.
+    pub async fn restart(&self, reason: RestartReason) -> Result<(), DriverGone> {
+        self.driver.restart(reason).await
+    }
+
+    /// Stop. Returns only once the socket is confirmed gone (bounded by the drain deadline,
+    /// after which the socket is aborted).
+    pub async fn stop(&self, intent: StopIntent) -> Result<(), DriverGone> {
+        self.driver.stop(intent).await
+    }
+
+    /// Send a command (presence update, request guild members...). Refused with a typed error,
+    /// and nothing sent, when not identified, over 4096 bytes or over the send rate.
+    pub async fn send(&self, command: Command) -> Result<(), SendError> {
+        self.driver.send(command).await
+    }
+
+    /// A snapshot of the shard.
+    pub fn status(&self) -> ShardStatus {
+        let core = self.driver.status();
+        let observed = lock(&self.observed).clone();
+        ShardStatus::build(self.shard, &core, &observed, self.driver.live_transports())
+    }
+
+    /// Stop (keeping the session resumable) and end the shard's task.
+    pub async fn shutdown(&self) {
+        self.driver.shutdown().await
+    }
+}
+
+impl std::fmt::Debug for ShardHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardHandle")
+            .field("shard", &self.shard)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running shard: its handle and its event stream.
+#[derive(Debug)]
+pub struct Shard {
+    handle: ShardHandle,
+    events: mpsc::Receiver<ShardEvent>,
+}
+
+impl Shard {
+    /// Spawn the shard's task and start connecting. Must be called within a tokio runtime.
+    ///
+    /// Fails only on a configuration that cannot work (a typed protocol error).
+    pub fn start(config: ShardConfig) -> Result<Shard, ProtocolError> {
+        let (tx, rx) = mpsc::channel(config.event_capacity.max(1));
+        let gate = IdentifyGate::spawn(config.identify, None);
+        let permits = gate.permits_for(config.gateway.shard.id);
+        let handle = spawn(config, permits, tx)?;
+        Ok(Shard { handle, events: rx })
+    }
+
+    /// The next event, or `None` once the shard's task has ended.
+    pub async fn next_event(&mut self) -> Option<ShardEvent> {
+        self.events.recv().await
+    }
+
+    /// A cloneable handle for other tasks.
+    pub fn handle(&self) -> ShardHandle {
+        self.handle.clone()
+    }
+
+    /// See [`ShardHandle::restart`].
+    pub async fn restart(&self, reason: RestartReason) -> Result<(), DriverGone> {
+        self.handle.restart(reason).await
+    }
+
+    /// See [`ShardHandle::stop`].
+    pub async fn stop(&self, intent: StopIntent) -> Result<(), DriverGone> {
+        self.handle.stop(intent).await
+    }
+
+    /// See [`ShardHandle::send`].
+    pub async fn send(&self, command: Command) -> Result<(), SendError> {
+        self.handle.send(command).await
+    }
+
+    /// See [`ShardHandle::status`].
+    pub fn status(&self) -> ShardStatus {
+        self.handle.status()
+    }
+}
+
+/// Spawns a shard whose events go to `events` (a fleet shares one sender among its shards).
+pub(crate) fn spawn(
+    config: ShardConfig,
+    permits: Arc<dyn PermitSource>,
+    events: mpsc::Sender<ShardEvent>,
+) -> Result<ShardHandle, ProtocolError> {
+    let shard = config.gateway.shard.id;
+    let codec = DiscordCodec::new(config.gateway)?;
+    let mut lifecycle = config.lifecycle;
+    lifecycle.close_rules = CLOSE_RULES;
+    lifecycle.gate_new_sessions = true;
+    let connection = Connection::new(lifecycle, config.seed);
+    let observed = Arc::new(Mutex::new(Observed::default()));
+    let codec = ObservedCodec {
+        inner: codec,
+        observed: observed.clone(),
+    };
+    let (driver, driver_events) =
+        handover_transport_ws::Driver::spawn(connection, codec, config.transport, Some(permits));
+    tokio::spawn(pump(shard, driver_events, events, observed.clone()));
+    let handle = ShardHandle {
+        shard,
+        driver,
+        observed,
+    };
+    let starter = handle.driver.clone();
+    tokio::spawn(async move {
+        let _ = starter.start().await;
+    });
+    Ok(handle)
+}
+
+/// Forwards the driver's events to the application, as shard events, recording what the
+/// status needs. Ends when the driver ends or the application drops its receiver.
+async fn pump(
+    shard: u32,
+    mut from: DriverEvents<ObservedCodec>,
+    to: mpsc::Sender<ShardEvent>,
+    observed: Arc<Mutex<Observed>>,
+) {
+    while let Some(ev) = from.next_event().await {
+        let kind = match ev {
+            DriverEvent::Item(GatewayEvent::Dispatch(d)) => ShardEventKind::Dispatch(d),
+            DriverEvent::Item(GatewayEvent::Ready(r)) => {
+                info!(shard, "ready");
+                ShardEventKind::Ready(r)
+            }
+            DriverEvent::Item(GatewayEvent::Resumed(r)) => {
+                info!(shard, "resumed");
+                ShardEventKind::Resumed(r)
+            }
+            DriverEvent::Item(GatewayEvent::Gap(g)) => {
+                warn!(
+                    shard,
+                    last_seq = g.last_seq,
+                    "session lost; events after it are gone"
+                );
+                ShardEventKind::Gap(g)
+            }
+            DriverEvent::Core(Event::StateChanged { from, to }) => {
+                debug!(shard, from = from.name(), to = to.name(), "state");
+                ShardEventKind::StateChanged { from, to }
+            }
+            DriverEvent::Core(Event::ReconnectScheduled { mode, delay }) => {
+                info!(
+                    shard,
+                    ?mode,
+                    delay_ms = delay.as_millis() as u64,
+                    "reconnecting"
+                );
+                ShardEventKind::Reconnecting {
+                    mode,
+                    delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                }
+            }
+            DriverEvent::Core(Event::GaveUp(reason)) => {
+                let reason = describe_give_up(reason);
+                warn!(shard, %reason, "gave up");
+                ShardEventKind::GaveUp { reason }
+            }
+            DriverEvent::Core(_) | DriverEvent::Transport(_) => continue,
+            DriverEvent::Error(e) => {
+                let message = e.to_string();
+                warn!(shard, error = %message, "transport");
+                lock(&observed).last_error = Some(message.clone());
+                ShardEventKind::Warning { message }
+            }
+            _ => continue,
+        };
+        if to.send(ShardEvent { shard, kind }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The Discord codec, recording delivery statistics for the status as it decodes.
+pub(crate) struct ObservedCodec {
+    inner: DiscordCodec,
+    observed: Arc<Mutex<Observed>>,
+}
+
+impl Codec for ObservedCodec {
+    type Item = GatewayEvent;
+    type Command = Command;
+    type Error = ProtocolError;
+
+    fn url(&self, mode: OpenMode) -> String {
+        self.inner.url(mode)
+    }
+
+    fn reset(&mut self, conn: ConnectionId, mode: OpenMode) {
+        self.inner.reset(conn, mode)
+    }
+
+    fn decode(
+        &mut self,
+        now: Instant,
+        msg: Message,
+    ) -> Result<Decoded<GatewayEvent>, ProtocolError> {
+        let result = self.inner.decode(now, msg);
+        let mut o = lock(&self.observed);
+        match &result {
+            Ok(Decoded {
+                item: Some(item), ..
+            }) => {
+                o.last_event_at = Some(now);
+                match item {
+                    GatewayEvent::Ready(r) => o.session_id = Some(r.session_id.clone()),
+                    GatewayEvent::Resumed(r) => o.session_id = Some(r.session_id.clone()),
+                    _ => {}
+                }
+            }
+            Ok(_) => {}
+            Err(e) => o.last_error = Some(e.to_string()),
+        }
+        o.delivery = self.inner.stats();
+        result
+    }
+
+    fn encode(&mut self, now: Instant, payload: Payload) -> Result<Message, ProtocolError> {
+        self.inner.encode(now, payload)
+    }
+
+    fn encode_command(&mut self, now: Instant, command: Command) -> Result<Message, ProtocolError> {
+        self.inner.encode_command(now, command)
+    }
+}
+
+/// Locks the observation record. A panic while holding it cannot leave it inconsistent (plain
+/// counters), so a poisoned lock is used as is.
+fn lock(m: &Mutex<Observed>) -> MutexGuard<'_, Observed> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
