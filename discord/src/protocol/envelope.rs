@@ -1,0 +1,269 @@
+//! The gateway payload envelope `{op, d, s, t}`: parsed without parsing `d`.
+//!
+//! Source: <https://discord.com/developers/docs/events/gateway-events#payload-structure>.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{OpCode, ProtocolError};
+
+/// Largest payload the gateway accepts from a client, in bytes. A larger one makes Discord close
+/// the connection with 4002, so the codec refuses it before sending.
+///
+/// Source: <https://discord.com/developers/docs/events/gateway#sending-events>.
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
+
+/// A received payload, parsed down to the envelope only: `d` stays raw JSON borrowed from the
+/// message buffer.
+#[derive(Debug, Clone)]
+pub struct Envelope<'a> {
+    /// The opcode number (kept raw so unknown ones can be reported with their number).
+    pub op: u64,
+    /// The event data, raw; `None` when absent or `null`.
+    pub d: Option<&'a RawValue>,
+    /// The sequence number (dispatches only).
+    pub s: Option<u64>,
+    /// The event name (dispatches only).
+    pub t: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    op: Option<u64>,
+    #[serde(borrow, default)]
+    d: Option<&'a RawValue>,
+    #[serde(default)]
+    s: Option<u64>,
+    #[serde(borrow, default)]
+    t: Option<Cow<'a, str>>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Parses the envelope of one complete JSON message. `d` is validated as JSON but not
+    /// interpreted.
+    pub fn parse(bytes: &'a [u8]) -> Result<Envelope<'a>, ProtocolError> {
+        // serde would read a struct from a JSON array too; the envelope is always an object.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ProtocolError::MalformedJson {
+                reason: "payload is not a json object".into(),
+            });
+        }
+        let wire: Wire<'a> =
+            serde_json::from_slice(bytes).map_err(|e| ProtocolError::malformed(&e))?;
+        let op = wire.op.ok_or(ProtocolError::MissingField {
+            field: "op",
+            context: "payload",
+        })?;
+        Ok(Envelope {
+            op,
+            d: wire.d,
+            s: wire.s,
+            t: wire.t,
+        })
+    }
+
+    /// The opcode, if Discord defines it.
+    pub fn opcode(&self) -> Result<OpCode, ProtocolError> {
+        OpCode::from_code(self.op).ok_or(ProtocolError::UnknownOpcode { op: self.op })
+    }
+}
+
+/// Serializes `{"op": op, "d": d}`, the shape of every payload a client sends.
+pub fn encode_payload<T: Serialize + ?Sized>(op: OpCode, d: &T) -> Result<Vec<u8>, ProtocolError> {
+    #[derive(Serialize)]
+    struct Out<'a, T: ?Sized> {
+        op: u8,
+        d: &'a T,
+    }
+    serde_json::to_vec(&Out { op: op.code(), d }).map_err(|_| ProtocolError::InvalidCommand {
+        reason: "payload could not be serialized",
+    })
+}
+
+/// Valid JSON text kept as bytes. Received event data shares the message buffer (no copy).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RawJson(Bytes);
+
+impl RawJson {
+    /// The JSON text `raw`, which borrows from `buf` when it was parsed out of it (no copy);
+    /// otherwise it is copied.
+    pub(crate) fn from_buffer(buf: &Bytes, raw: &RawValue) -> RawJson {
+        let sub = raw.get().as_bytes();
+        let start = (sub.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+        match start.checked_add(sub.len()) {
+            Some(end) if end <= buf.len() && start <= buf.len() => RawJson(buf.slice(start..end)),
+            _ => RawJson(Bytes::copy_from_slice(sub)),
+        }
+    }
+
+    /// Copies `raw` into a new buffer.
+    pub fn from_raw(raw: &RawValue) -> RawJson {
+        RawJson(Bytes::copy_from_slice(raw.get().as_bytes()))
+    }
+
+    /// Checks that `text` is one JSON value and keeps it (for [`Command::Raw`](super::Command::Raw)).
+    pub fn parse(text: impl Into<String>) -> Result<RawJson, ProtocolError> {
+        let text: String = text.into();
+        serde_json::from_str::<&RawValue>(&text).map_err(|e| ProtocolError::malformed(&e))?;
+        Ok(RawJson(Bytes::from(text)))
+    }
+
+    /// The JSON `null`.
+    pub fn null() -> RawJson {
+        RawJson(Bytes::from_static(b"null"))
+    }
+
+    /// The JSON text as bytes (UTF-8).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        // Invariant: the bytes always come from a `&str` (a RawValue), so they are UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or("null")
+    }
+
+    /// The underlying buffer, for zero-copy forwarding.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// Length of the JSON text in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the text is empty (never, for values produced by this crate).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Parses the JSON into a typed value (for the events the application cares about).
+    pub fn deserialize<'a, T: Deserialize<'a>>(&'a self) -> Result<T, ProtocolError> {
+        serde_json::from_slice(&self.0).map_err(|e| ProtocolError::malformed(&e))
+    }
+}
+
+impl fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 200;
+        let s = self.as_str();
+        if s.len() <= SHOWN {
+            write!(f, "RawJson({s})")
+        } else {
+            let cut = (0..=SHOWN)
+                .rev()
+                .find(|&i| s.is_char_boundary(i))
+                .unwrap_or(0);
+            write!(f, "RawJson({}... {} bytes)", &s[..cut], s.len())
+        }
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match serde_json::from_str::<&RawValue>(self.as_str()) {
+            Ok(raw) => raw.serialize(serializer),
+            Err(e) => Err(serde::ser::Error::custom(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_documented_shapes() {
+        let hello = br#"{"op":10,"d":{"heartbeat_interval":45000}}"#;
+        let e = Envelope::parse(hello).unwrap();
+        assert_eq!(e.opcode().unwrap(), OpCode::Hello);
+        assert_eq!(e.d.unwrap().get(), r#"{"heartbeat_interval":45000}"#);
+        assert_eq!((e.s, e.t.as_deref()), (None, None));
+
+        let ack = br#"{"op":11}"#;
+        let e = Envelope::parse(ack).unwrap();
+        assert_eq!(e.opcode().unwrap(), OpCode::HeartbeatAck);
+        assert!(e.d.is_none());
+
+        let dispatch = br#"{"op":0,"d":{},"s":42,"t":"GATEWAY_EVENT_NAME"}"#;
+        let e = Envelope::parse(dispatch).unwrap();
+        assert_eq!(e.s, Some(42));
+        assert_eq!(e.t.as_deref(), Some("GATEWAY_EVENT_NAME"));
+
+        let null_fields = br#"{"t":null,"s":null,"op":9,"d":false}"#;
+        let e = Envelope::parse(null_fields).unwrap();
+        assert_eq!(e.opcode().unwrap(), OpCode::InvalidSession);
+        assert_eq!(e.d.unwrap().get(), "false");
+    }
+
+    #[test]
+    fn d_is_not_interpreted_but_must_be_json() {
+        let deep = br#"{"op":0,"s":1,"t":"X","d":{"a":[1,2,{"b":"\u00e9"}],"c":null}}"#;
+        let e = Envelope::parse(deep).unwrap();
+        assert_eq!(e.d.unwrap().get(), r#"{"a":[1,2,{"b":"\u00e9"}],"c":null}"#);
+        assert!(matches!(
+            Envelope::parse(br#"{"op":0,"d":{"a":}"#),
+            Err(ProtocolError::MalformedJson { .. })
+        ));
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        assert_eq!(
+            Envelope::parse(br#"{"d":null}"#).unwrap_err(),
+            ProtocolError::MissingField {
+                field: "op",
+                context: "payload"
+            }
+        );
+        let e = Envelope::parse(br#"{"op":42}"#).unwrap();
+        assert_eq!(e.opcode(), Err(ProtocolError::UnknownOpcode { op: 42 }));
+        assert!(matches!(
+            Envelope::parse(b"\xff\xfe"),
+            Err(ProtocolError::MalformedJson { .. })
+        ));
+        assert!(matches!(
+            Envelope::parse(br#"[1,2]"#),
+            Err(ProtocolError::MalformedJson { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_reason_quotes_no_content() {
+        let err = Envelope::parse(br#"{"op":"secret-looking-value"}"#).unwrap_err();
+        assert!(!err.to_string().contains("secret-looking-value"), "{err}");
+    }
+
+    #[test]
+    fn raw_json_shares_the_buffer() {
+        let buf = Bytes::from_static(br#"{"op":0,"s":3,"t":"X","d":{"k":"v"}}"#);
+        let e = Envelope::parse(&buf).unwrap();
+        let raw = RawJson::from_buffer(&buf, e.d.unwrap());
+        assert_eq!(raw.as_str(), r#"{"k":"v"}"#);
+        let inner = raw.as_bytes().as_ptr() as usize;
+        let outer = buf.as_ptr() as usize;
+        assert!(
+            inner > outer && inner < outer + buf.len(),
+            "copied instead of sliced"
+        );
+        #[derive(Deserialize)]
+        struct K {
+            k: String,
+        }
+        assert_eq!(raw.deserialize::<K>().unwrap().k, "v");
+    }
+
+    #[test]
+    fn encodes_op_and_d() {
+        let out = encode_payload(OpCode::Heartbeat, &Some(251u64)).unwrap();
+        assert_eq!(out, br#"{"op":1,"d":251}"#);
+        let out = encode_payload(OpCode::Heartbeat, &None::<u64>).unwrap();
+        assert_eq!(out, br#"{"op":1,"d":null}"#);
+    }
+}

@@ -1,0 +1,9 @@
+//! Protocol tests built from Discord's documented payload shapes, and a test that drives the
+//! lifecycle core with the codec and hand-fed server frames, without any socket.
+
+mod drive_core;
+mod fixtures;
+mod harness;
+mod payloads;
+mod send_limits;
+mod transport_compression;
