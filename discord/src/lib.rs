@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod http;
 pub mod mock;
 pub mod protocol;
 pub mod runtime;
