@@ -249,14 +249,22 @@ impl ZlibStreamEncoder {
             if out.capacity() - out.len() < 64 {
                 out.reserve(out.capacity().max(64));
             }
-            let in0 = self.deflate.total_in();
-            // Compressing into a Vec with spare room cannot fail with a valid stream state.
-            let _ = self
+            let (in0, out0) = (self.deflate.total_in(), self.deflate.total_out());
+            if self
                 .deflate
-                .compress_vec(input, &mut out, FlushCompress::Sync);
+                .compress_vec(input, &mut out, FlushCompress::Sync)
+                .is_err()
+            {
+                // Only a misuse of the stream state can fail; nothing more can be produced.
+                return out;
+            }
             let consumed = usize::try_from(self.deflate.total_in() - in0).unwrap_or(0);
             input = input.get(consumed..).unwrap_or_default();
+            let produced = self.deflate.total_out() - out0;
             if input.is_empty() && out.ends_with(&ZLIB_SUFFIX) && out.len() < out.capacity() {
+                return out;
+            }
+            if consumed == 0 && produced == 0 && out.len() < out.capacity() {
                 return out;
             }
         }

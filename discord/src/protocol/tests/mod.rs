@@ -5,5 +5,6 @@ mod drive_core;
 mod fixtures;
 mod harness;
 mod payloads;
+mod robustness;
 mod send_limits;
 mod transport_compression;
