@@ -266,11 +266,11 @@ async fn serve(tcp: TcpStream, s: &Arc<Shared>) {
                         {
                             return;
                         }
-                        if t.as_str() == "identify" || t.as_str() == "resume" {
-                            if let Some((n, size)) = s.behavior().flood {
-                                flood(ws, s, n, size).await;
-                                return;
-                            }
+                        if (t.as_str() == "identify" || t.as_str() == "resume")
+                            && let Some((n, size)) = s.behavior().flood
+                        {
+                            flood(ws, s, n, size).await;
+                            return;
                         }
                     }
                     WsMessage::Close(frame) => {
