@@ -107,7 +107,7 @@ impl fmt::Debug for HttpOptions {
 }
 
 /// Why `GET /gateway/bot` failed. Never carries the token.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HttpError {
     /// The base URL is not an `http(s)://host[:port][/prefix]` URL.

@@ -102,6 +102,8 @@ pub enum GatewayEvent {
     Dispatch(Dispatch),
     /// A session that had delivered events was lost and a new one is starting: the events in
     /// between will never arrive. Reported once, on the new connection's HELLO, before READY.
+    /// (Should a server ever answer a RESUME with READY, the replaced session is reported at
+    /// the next HELLO instead, since one message yields one item.)
     Gap(Gap),
 }
 
