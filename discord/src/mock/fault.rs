@@ -57,6 +57,13 @@ impl From<ShardKey> for Target {
     }
 }
 
+impl From<u32> for Target {
+    /// Every socket of shard `shard` of the first token.
+    fn from(shard: u32) -> Target {
+        Target::Shard(ShardKey::from(shard))
+    }
+}
+
 impl From<ConnectionId> for Target {
     fn from(conn: ConnectionId) -> Target {
         Target::Connection(conn)

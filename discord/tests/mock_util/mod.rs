@@ -52,6 +52,8 @@ pub enum Frame {
     Close(Option<u16>),
     /// A ping.
     Ping,
+    /// A pong.
+    Pong,
     /// The TCP stream ended without a close frame.
     Eof,
 }
@@ -91,6 +93,30 @@ impl Client {
         Client {
             ws,
             inflate,
+            raw: Vec::new(),
+            last_seq: None,
+        }
+    }
+
+    /// Connect with a small, fixed TCP receive buffer (no autotuning), so a client that stops
+    /// reading pushes back on the server quickly.
+    pub async fn connect_small_buffer(url: &str) -> Client {
+        let addr = url.trim_start_matches("ws://");
+        let addr: std::net::SocketAddr = addr.parse().expect("loopback address");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(32 * 1024).expect("rcvbuf");
+        let tcp = socket.connect(addr).await.expect("tcp connect");
+        let full = format!("{url}/?v=10&encoding=json");
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::client_async(full, MaybeTlsStream::Plain(tcp)),
+        )
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+        Client {
+            ws,
+            inflate: Inflate::None,
             raw: Vec::new(),
             last_seq: None,
         }
@@ -161,9 +187,8 @@ impl Client {
             }
             Some(Ok(Message::Close(f))) => Frame::Close(f.map(|f| u16::from(f.code))),
             Some(Ok(Message::Ping(_))) => Frame::Ping,
-            Some(Ok(Message::Pong(_) | Message::Frame(_))) => {
-                return Box::pin(self.recv_within(within)).await;
-            }
+            Some(Ok(Message::Pong(_))) => Frame::Pong,
+            Some(Ok(Message::Frame(_))) => return Box::pin(self.recv_within(within)).await,
         })
     }
 
