@@ -449,6 +449,8 @@ where
                 self.pump();
             }
             TransportWake::Socket(SocketEvent::Message(msg)) => self.decode(conn, msg),
+            // Nothing to do but loop: the linger deadline is armed from `next_deadline`.
+            TransportWake::Socket(SocketEvent::PeerClosing) => {}
             TransportWake::Socket(SocketEvent::Gone { code, error }) => {
                 if let Some(error) = error {
                     debug!(%conn, %error, "socket failed");

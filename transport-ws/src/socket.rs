@@ -315,6 +315,8 @@ enum Closing {
 pub(crate) enum SocketEvent {
     /// A data message to decode.
     Message(Message),
+    /// The peer sent a close frame; the socket now lingers until EOF or its deadline.
+    PeerClosing,
     /// The socket is finished: drop it and report `Closed` with this code.
     Gone {
         code: Option<u16>,
@@ -385,6 +387,8 @@ impl Socket {
                             if let Err(e) = self.poll_write(cx) {
                                 return Poll::Ready(self.gone(conn, e));
                             }
+                            // The driver must arm the linger deadline now.
+                            return Poll::Ready(SocketEvent::PeerClosing);
                         }
                         Closing::ByPeer { .. } => {}
                     }

@@ -276,6 +276,37 @@ async fn peer_close_frame_is_answered_and_its_code_reported() {
 }
 
 #[tokio::test]
+async fn peer_close_without_eof_is_dropped_after_the_close_timeout() {
+    let server = TestServer::start(Behavior::default()).await;
+    let transport = TransportConfig {
+        close_timeout: Duration::from_millis(200),
+        ..TransportConfig::default()
+    };
+    let mut c = Client::spawn(server.url(), core_config(), transport);
+    c.handle.start().await.unwrap();
+    c.wait_ready().await;
+
+    let began = Instant::now();
+    server.act(Action::CloseAndHold(4000));
+    assert!(
+        c.wait_for(|e| matches!(e, DriverEvent::Transport(TransportEvent::Closed { .. })))
+            .await
+    );
+    // The driver answered, waited for an EOF that never came, and dropped the socket itself.
+    assert!(began.elapsed() >= Duration::from_millis(200));
+    assert_eq!(
+        c.facts().last(),
+        Some(&TransportEvent::Closed {
+            conn: ConnectionId(1),
+            code: Some(4000)
+        })
+    );
+    assert!(server.wait_until(LIMIT, |s| s.ended == 1).await);
+    c.wait_ready().await;
+    assert_eq!(server.counts().max_live, 1);
+}
+
+#[tokio::test]
 async fn handshake_never_completing_hits_the_connect_timeout() {
     let server = TestServer::start(Behavior {
         upgrade: false,

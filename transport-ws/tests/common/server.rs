@@ -53,6 +53,8 @@ impl Default for Behavior {
 pub enum Action {
     Send(WsMessage),
     Close(u16),
+    /// Send a close frame, then neither read the reply nor close TCP until the client does.
+    CloseAndHold(u16),
     Drop,
 }
 
@@ -297,6 +299,14 @@ async fn serve(tcp: TcpStream, s: &Arc<Shared>) {
                     if ws.send(WsMessage::Close(Some(frame))).await.is_err() {
                         return;
                     }
+                }
+                Some(Action::CloseAndHold(code)) => {
+                    let frame = CloseFrame { code: code.into(), reason: "".into() };
+                    if ws.send(WsMessage::Close(Some(frame))).await.is_err() {
+                        return;
+                    }
+                    drain_raw(ws.into_inner()).await;
+                    return;
                 }
                 Some(Action::Drop) | None => return,
             },
