@@ -248,7 +248,8 @@ impl<C: Codec> DriverEvents<C> {
 
 /// Hard ceiling of locally held events, as a multiple of `max_pending_events`. Reading stops at
 /// `max_pending_events`; past this ceiling (only reachable by lifecycle events piling up while
-/// the application never reads) the oldest event is dropped.
+/// the application never reads, for example through hours of reconnects) the oldest lifecycle
+/// event is dropped. Items are never dropped.
 const PENDING_CEILING_FACTOR: usize = 8;
 
 struct PendingPermit {
@@ -638,8 +639,16 @@ where
             return;
         }
         if self.pending.len() >= self.max_pending.saturating_mul(PENDING_CEILING_FACTOR) {
-            warn!("event reader stalled; dropping the oldest event");
-            self.pending.pop_front();
+            // Items are never dropped (they are only produced while reading, far below the
+            // ceiling); the oldest lifecycle event goes instead.
+            if let Some(i) = self
+                .pending
+                .iter()
+                .position(|e| !matches!(e, DriverEvent::Item(_)))
+            {
+                warn!("event reader stalled; dropping the oldest lifecycle event");
+                self.pending.remove(i);
+            }
         }
         self.pending.push_back(event);
     }
