@@ -1,0 +1,137 @@
+//! A fleet of shards sharing one identify queue against the mock gateway.
+
+use std::time::Duration;
+
+use handover_core::{RestartReason, StopIntent};
+use handover_discord::mock::{MockConfig, MockServer};
+use handover_discord::runtime::{Fleet, FleetConfig, ShardEventKind, ShardSelection};
+use handover_tests::{WAIT, gateway, identify_queue, lifecycle, mock_config};
+
+const SHARDS: u32 = 16;
+
+fn fleet_config(url: &str) -> FleetConfig {
+    let mut config = FleetConfig::new(
+        gateway(url, 0, SHARDS),
+        ShardSelection::All { total: SHARDS },
+    );
+    config.lifecycle = lifecycle();
+    // A little over the gateway's window: a grant and the IDENTIFY it lets go are not the
+    // same instant, and Discord enforces the window on arrival.
+    config.identify = handover_discord::protocol::IdentifyQueueConfig {
+        bucket_window: Duration::from_millis(120),
+        ..identify_queue()
+    };
+    config
+}
+
+async fn next_of_kind(fleet: &mut Fleet, pred: impl Fn(&ShardEventKind) -> bool) -> u32 {
+    loop {
+        let ev = tokio::time::timeout(WAIT, fleet.next_event())
+            .await
+            .expect("fleet event in time")
+            .expect("fleet alive");
+        if pred(&ev.kind) {
+            return ev.shard;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_shards_identify_one_bucket_at_a_time() {
+    let mock = MockServer::start(MockConfig {
+        shards: SHARDS,
+        max_concurrency: 1,
+        identify_window: Duration::from_millis(100),
+        ..mock_config()
+    })
+    .await
+    .expect("mock starts");
+    let mut fleet = Fleet::start(fleet_config(&mock.url())).expect("valid config");
+    assert_eq!(fleet.shard_ids().count(), SHARDS as usize);
+
+    let mut ready = Vec::new();
+    while ready.len() < SHARDS as usize {
+        ready.push(next_of_kind(&mut fleet, |k| matches!(k, ShardEventKind::Ready(_))).await);
+    }
+    ready.sort_unstable();
+    assert_eq!(ready, (0..SHARDS).collect::<Vec<_>>());
+
+    let c = mock.handle().counters();
+    for id in 0..SHARDS {
+        let s = c.shard(id);
+        assert_eq!(s.identifies, 1, "shard {id} identified more than once");
+        assert_eq!(
+            s.invalid_sessions_sent, 0,
+            "shard {id} hit the concurrency limit"
+        );
+        assert_eq!(s.max_live_sockets, 1, "shard {id} had two sockets");
+    }
+    assert_eq!(c.max_live_sockets, SHARDS as usize);
+
+    // Events from every shard arrive on the merged stream, tagged.
+    mock.handle().dispatch(
+        5,
+        "MESSAGE_CREATE",
+        &serde_json::json!({ "content": "five" }),
+    );
+    let shard = next_of_kind(&mut fleet, |k| matches!(k, ShardEventKind::Dispatch(_))).await;
+    assert_eq!(shard, 5);
+
+    // Restarting every shard resumes each of them: no identify spent.
+    fleet
+        .restart_all(RestartReason::Requested)
+        .await
+        .expect("alive");
+    let mut resumed = 0;
+    while resumed < SHARDS {
+        next_of_kind(&mut fleet, |k| matches!(k, ShardEventKind::Resumed(_))).await;
+        resumed += 1;
+    }
+    let c = mock.handle().counters();
+    assert!((0..SHARDS).all(|id| c.shard(id).identifies == 1));
+    assert_eq!(fleet.status().len(), SHARDS as usize);
+    assert!(fleet.status().iter().all(|s| s.phase == "receiving"));
+
+    // Graceful shutdown: every socket gone.
+    tokio::time::timeout(WAIT, fleet.shutdown(StopIntent::EndSession))
+        .await
+        .expect("shutdown in time");
+    mock.handle()
+        .wait_for(WAIT, |c| c.live_sockets == 0)
+        .await
+        .expect("no socket left");
+}
+
+#[tokio::test]
+async fn a_range_of_shards_runs_only_those() {
+    let mock = MockServer::start(MockConfig {
+        shards: 4,
+        ..mock_config()
+    })
+    .await
+    .expect("mock starts");
+    let mut config = fleet_config(&mock.url());
+    config.shards = ShardSelection::Range {
+        ids: 2..4,
+        total: 4,
+    };
+    let mut fleet = Fleet::start(config).expect("valid config");
+    let mut ready = vec![
+        next_of_kind(&mut fleet, |k| matches!(k, ShardEventKind::Ready(_))).await,
+        next_of_kind(&mut fleet, |k| matches!(k, ShardEventKind::Ready(_))).await,
+    ];
+    ready.sort_unstable();
+    assert_eq!(ready, vec![2, 3]);
+    assert!(fleet.stop(0, StopIntent::EndSession).await.is_err());
+    assert!(
+        Fleet::start({
+            let mut c = fleet_config(&mock.url());
+            c.shards = ShardSelection::Range {
+                ids: 3..5,
+                total: 4,
+            };
+            c
+        })
+        .is_err()
+    );
+}
