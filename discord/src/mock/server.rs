@@ -30,7 +30,7 @@ use handover_transport_ws::memory::{MemoryPeer, PeerAction};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -192,6 +192,7 @@ impl MockHandle {
 pub struct MockServer {
     handle: MockHandle,
     addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
@@ -224,11 +225,13 @@ impl MockServer {
             timer: Notify::new(),
             changed,
         });
-        let task = tokio::spawn(supervise(listener, inner.clone()));
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(supervise(listener, inner.clone(), stopped));
         debug!(%addr, "mock gateway listening");
         Ok(MockServer {
             handle: MockHandle { inner },
             addr,
+            stop: Some(stop),
             task,
         })
     }
@@ -256,7 +259,10 @@ impl MockServer {
     /// Stop listening and close every socket; returns once they are gone. Counters stay
     /// readable through handles (live sockets drop to zero).
     pub async fn shutdown(mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // The supervisor returns only after every socket task has ended.
         let _ = (&mut self.task).await;
         self.handle.inner.with(|s, now| {
             s.routes.clear();
@@ -271,11 +277,17 @@ impl Drop for MockServer {
     }
 }
 
-async fn supervise(listener: TcpListener, inner: Arc<Inner>) {
+async fn supervise(listener: TcpListener, inner: Arc<Inner>, mut stopped: oneshot::Receiver<()>) {
     let mut tasks = JoinSet::new();
     tasks.spawn(run_timer(inner.clone()));
     loop {
         tokio::select! {
+            _ = &mut stopped => {
+                drop(listener);
+                tasks.shutdown().await;
+                debug!("mock gateway stopped");
+                return;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => {
                     tasks.spawn(serve_socket(tcp, inner.clone()));
