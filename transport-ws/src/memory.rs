@@ -3,7 +3,7 @@
 //!
 //! A [`MemoryPeer`] plays the server side (for example the mock gateway's sans-IO model);
 //! a [`MemoryDriver`] plays the client side: it owns a core
-//! [`Connection`](handover_core::Connection), a [`Codec`] and the peer, moves messages between
+//! [`Connection`], a [`Codec`] and the peer, moves messages between
 //! them through an in-memory link, and advances a virtual clock straight to the next thing that
 //! happens (a core deadline, a peer deadline, a message arriving), never sleeping.
 //!

@@ -582,6 +582,17 @@ async fn decode_errors_are_reported_and_not_fatal() {
 }
 
 #[tokio::test]
+async fn pings_are_answered() {
+    let server = TestServer::start(Behavior::default()).await;
+    let mut c = Client::spawn(server.url(), core_config(), TransportConfig::default());
+    c.handle.start().await.unwrap();
+    c.wait_ready().await;
+    server.act(Action::Send(WsMessage::Ping("are you there".into())));
+    assert!(server.wait_until(LIMIT, |s| s.pongs == 1).await);
+    assert_eq!(c.handle.status().state, State::Identified);
+}
+
+#[tokio::test]
 async fn send_only_when_identified_and_nothing_on_error() {
     let server = TestServer::start(Behavior::default()).await;
     let mut c = Client::spawn(server.url(), core_config(), TransportConfig::default());

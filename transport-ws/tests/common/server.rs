@@ -70,6 +70,8 @@ pub struct Counts {
     /// Close codes received from clients (`None`: close frame without a code).
     pub close_codes: Vec<Option<u16>>,
     pub commands: Vec<String>,
+    /// Pongs received (answers to our pings).
+    pub pongs: usize,
     /// Flood messages handed to the socket so far.
     pub flood_sent: usize,
     /// Handlers that finished.
@@ -285,6 +287,7 @@ async fn serve(tcp: TcpStream, s: &Arc<Shared>) {
                         }
                         // The next read flushes tungstenite's reply and ends the stream.
                     }
+                    WsMessage::Pong(_) => s.update(|c| c.pongs += 1),
                     _ => {}
                 }
             }
