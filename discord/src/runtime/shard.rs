@@ -9,6 +9,7 @@ use handover_core::{
 };
 use handover_transport_ws::{
     DriverEvent, DriverEvents, DriverGone, DriverHandle, PermitSource, SendError, TransportConfig,
+    TransportEvent,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -88,6 +89,14 @@ pub enum ShardEventKind {
         from: State,
         /// New state.
         to: State,
+    },
+    /// A socket opened (TCP, TLS and WebSocket upgrade done).
+    SocketOpened,
+    /// The socket is gone: every open socket ends with exactly one of these. `code` is the
+    /// gateway's close code if it sent a close frame; `None` after an abort or a drop.
+    SocketClosed {
+        /// The gateway's close code, if any.
+        code: Option<u16>,
     },
     /// A reconnect was scheduled.
     Reconnecting {
@@ -303,6 +312,11 @@ async fn pump(
                 let reason = describe_give_up(reason);
                 warn!(shard, %reason, "gave up");
                 ShardEventKind::GaveUp { reason }
+            }
+            DriverEvent::Transport(TransportEvent::Opened { .. }) => ShardEventKind::SocketOpened,
+            DriverEvent::Transport(TransportEvent::Closed { code, .. }) => {
+                debug!(shard, ?code, "socket gone");
+                ShardEventKind::SocketClosed { code }
             }
             DriverEvent::Core(_) | DriverEvent::Transport(_) => continue,
             DriverEvent::Error(e) => {
