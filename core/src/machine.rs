@@ -194,14 +194,25 @@ impl Machine {
                 *mode,
                 context.now + self.cfg.hello_timeout,
             )),
-            Ev::Input(Input::OpenFailed(_) | Input::Closed { .. }) => {
-                self.connection_ended(context, After::Reconnect)
+            Ev::Input(Input::OpenFailed(_)) => self.connection_ended(context, After::Reconnect),
+            // Out of contract (no `Opened` yet), but the transport is gone all the same and its
+            // close code is classified like any other.
+            Ev::Input(Input::Closed { code, .. }) => {
+                self.transport_gone(context, *code, After::Reconnect)
             }
             Ev::Input(Input::Stop(intent)) => {
                 self.apply_stop_intent(*intent);
                 self.abort(context, *conn, After::Stop)
             }
             Ev::Timeout if context.now >= *deadline => self.abort(context, *conn, After::Reconnect),
+            // Out of contract before `Opened`, but a lost session is a fact wherever it is heard.
+            Ev::Input(Input::Signal {
+                signal: Signal::SessionInvalidated { resumable: false },
+                ..
+            }) => {
+                self.session = false;
+                Handled
+            }
             // Start and Restart are absorbed: a fresh connection is being made right now.
             _ => Handled,
         }
@@ -491,8 +502,17 @@ impl Machine {
         event: &Ev,
     ) -> Outcome<State> {
         match event {
-            Ev::Input(Input::Closed { .. } | Input::OpenFailed(_)) => {
-                self.connection_ended(context, *after)
+            // The peer's close code still counts: a fatal or new-session code that crossed our
+            // close frame must not be retried or resumed.
+            Ev::Input(Input::Closed { code, .. }) => self.transport_gone(context, *code, *after),
+            Ev::Input(Input::OpenFailed(_)) => self.connection_ended(context, *after),
+            Ev::Input(Input::Signal {
+                signal: Signal::SessionInvalidated { resumable: false },
+                ..
+            }) => {
+                // The close is already under way; only forget the session.
+                self.session = false;
+                Handled
             }
             Ev::Input(Input::Stop(intent)) => {
                 self.apply_stop_intent(*intent);
@@ -586,12 +606,24 @@ impl Machine {
 
     /// The peer (or the network) ended the transport without our asking.
     fn peer_closed(&mut self, ctx: &mut Ctx<'_>, code: Option<u16>) -> Outcome<State> {
+        self.transport_gone(ctx, code, After::Reconnect)
+    }
+
+    /// The driver reported the transport closed, with the peer's close code if it sent one.
+    /// The code's class overrides what was planned: fatal gives up, new-session forgets the
+    /// session.
+    fn transport_gone(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        code: Option<u16>,
+        after: After,
+    ) -> Outcome<State> {
         ctx.stats.last_close_code = code;
         match self.cfg.close_rules.classify(code) {
-            CloseClass::Resume => self.connection_ended(ctx, After::Reconnect),
+            CloseClass::Resume => self.connection_ended(ctx, after),
             CloseClass::NewSession => {
                 self.session = false;
-                self.connection_ended(ctx, After::Reconnect)
+                self.connection_ended(ctx, after)
             }
             CloseClass::Fatal => {
                 self.session = false;

@@ -253,7 +253,8 @@ pub struct Status {
     pub latency: Option<Duration>,
     /// When the next reconnect is due, while backing off.
     pub reconnect_at: Option<Instant>,
-    /// Close code of the last transport close the peer initiated, if it sent one.
+    /// Close code the peer sent when the last transport ended (`None` if it ended without a
+    /// close frame). Includes the peer's answer to a close the machine started.
     pub last_close_code: Option<u16>,
     /// Why the machine gave up, when it did.
     pub gave_up: Option<GiveUpReason>,
