@@ -135,3 +135,52 @@ async fn a_range_of_shards_runs_only_those() {
         .is_err()
     );
 }
+
+#[tokio::test]
+async fn connect_asks_the_gateway_for_url_shards_and_limits() {
+    let mock = MockServer::start(MockConfig {
+        shards: 3,
+        ..mock_config()
+    })
+    .await
+    .expect("mock starts");
+    // The configured URL is wrong on purpose: the answer of /gateway/bot must replace it.
+    let mut config = fleet_config("ws://127.0.0.1:9");
+    config.shards = ShardSelection::Recommended;
+    let mut fleet = Fleet::connect(
+        config,
+        &mock.http_base(),
+        &handover_discord::http::HttpOptions::default(),
+    )
+    .await
+    .expect("lookup and start");
+    let mut ready = Vec::new();
+    while ready.len() < 3 {
+        ready.push(next_of_kind(&mut fleet, |k| matches!(k, ShardEventKind::Ready(_))).await);
+    }
+    ready.sort_unstable();
+    assert_eq!(ready, vec![0, 1, 2]);
+    assert_eq!(mock.handle().counters().http_requests, 1);
+
+    // A bad token fails the lookup with a typed error, before any socket opens.
+    let mut bad = fleet_config(&mock.url());
+    bad.gateway.token = handover_discord::protocol::Token::new("wrong-token").expect("well formed");
+    bad.shards = ShardSelection::Recommended;
+    let err = Fleet::connect(
+        bad,
+        &mock.http_base(),
+        &handover_discord::http::HttpOptions::default(),
+    )
+    .await
+    .expect_err("401");
+    assert!(
+        matches!(
+            err,
+            handover_discord::runtime::FleetError::Lookup(
+                handover_discord::http::HttpError::InvalidToken
+            )
+        ),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("wrong-token"));
+}

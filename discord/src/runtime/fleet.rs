@@ -7,9 +7,12 @@ use handover_core::{Config, RestartReason, StopIntent};
 use handover_transport_ws::{DriverGone, TransportConfig};
 use tokio::sync::mpsc;
 
+use tracing::info;
+
 use super::queue::IdentifyGate;
 use super::shard::{self, ShardConfig, ShardEvent, ShardHandle};
 use super::status::ShardStatus;
+use crate::http::{HttpError, HttpOptions, gateway_bot};
 use crate::protocol::{
     CLOSE_RULES, GatewayConfig, IdentifyQueueConfig, ProtocolError, SessionStartLimit, ShardId,
 };
@@ -29,6 +32,9 @@ pub enum ShardSelection {
         /// The bot's total shard count.
         total: u32,
     },
+    /// All shards of the count Discord recommends in `GET /gateway/bot`
+    /// (only with [`Fleet::connect`]).
+    Recommended,
 }
 
 impl ShardSelection {
@@ -36,6 +42,11 @@ impl ShardSelection {
         let (ids, total) = match self {
             ShardSelection::Range { ids, total } => (ids.clone(), *total),
             ShardSelection::All { total } => (0..*total, *total),
+            ShardSelection::Recommended => {
+                return Err(FleetError::BadSelection {
+                    reason: "the recommended shard count is only known to Fleet::connect".into(),
+                });
+            }
         };
         if total == 0 || ids.is_empty() || ids.end > total {
             return Err(FleetError::BadSelection {
@@ -118,6 +129,9 @@ pub enum FleetError {
     /// The shard's task has exited.
     #[error(transparent)]
     Gone(#[from] DriverGone),
+    /// `GET /gateway/bot` failed (invalid token, rate limited, unreachable...).
+    #[error("gateway lookup failed: {0}")]
+    Lookup(#[from] HttpError),
 }
 
 /// Many shards sharing one identify queue, with one merged event stream.
@@ -129,6 +143,31 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// Asks Discord (`GET {api_base}/api/v10/gateway/bot`) for the gateway URL, the
+    /// recommended shard count and the session start limit, then [`start`](Self::start)s.
+    ///
+    /// The URL and limit from the answer replace the configured ones; the shard count is used
+    /// when the selection is [`ShardSelection::Recommended`].
+    pub async fn connect(
+        mut config: FleetConfig,
+        api_base: &str,
+        http: &HttpOptions,
+    ) -> Result<Fleet, FleetError> {
+        let bot = gateway_bot(api_base, &config.gateway.token, http).await?;
+        info!(
+            shards = bot.shards,
+            remaining = bot.session_start_limit.remaining,
+            max_concurrency = bot.session_start_limit.max_concurrency,
+            "gateway lookup"
+        );
+        config.gateway.gateway_url = bot.url;
+        if config.shards == ShardSelection::Recommended {
+            config.shards = ShardSelection::All { total: bot.shards };
+        }
+        config.session_start_limit = Some(bot.session_start_limit);
+        Fleet::start(config)
+    }
+
     /// Spawns every selected shard and starts connecting. Identifies are paced by the shared
     /// queue; must be called within a tokio runtime.
     pub fn start(config: FleetConfig) -> Result<Fleet, FleetError> {
