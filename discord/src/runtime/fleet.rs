@@ -135,6 +135,24 @@ pub enum FleetError {
 }
 
 /// Many shards sharing one identify queue, with one merged event stream.
+///
+/// ```no_run
+/// use handover_discord::http::{DEFAULT_API_BASE, HttpOptions};
+/// use handover_discord::protocol::{GatewayConfig, Intents, Token};
+/// use handover_discord::runtime::{Fleet, FleetConfig, ShardEventKind, ShardSelection};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let token = Token::new(std::env::var("DISCORD_TOKEN")?)?;
+/// let gateway = GatewayConfig::new(token, Intents::GUILDS | Intents::GUILD_MESSAGES);
+/// let config = FleetConfig::new(gateway, ShardSelection::Recommended);
+/// let mut fleet = Fleet::connect(config, DEFAULT_API_BASE, &HttpOptions::default()).await?;
+/// while let Some(event) = fleet.next_event().await {
+///     if let ShardEventKind::Dispatch(d) = event.kind {
+///         println!("shard {} #{} {}", event.shard, d.seq, d.event_type);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Fleet {
     shards: BTreeMap<u32, ShardHandle>,

@@ -184,6 +184,34 @@ impl std::fmt::Debug for ShardHandle {
 }
 
 /// A running shard: its handle and its event stream.
+///
+/// ```no_run
+/// use handover_core::{RestartReason, StopIntent};
+/// use handover_discord::protocol::{GatewayConfig, Intents, Token};
+/// use handover_discord::runtime::{Shard, ShardConfig, ShardEventKind};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let token = Token::new(std::env::var("DISCORD_TOKEN")?)?;
+/// let config = ShardConfig::new(GatewayConfig::new(token, Intents::GUILD_MESSAGES));
+/// let mut shard = Shard::start(config)?;
+///
+/// // A health monitor may restart the shard from any task, any number of times.
+/// let monitor = shard.handle();
+/// tokio::spawn(async move { monitor.restart(RestartReason::HealthMonitor).await });
+///
+/// while let Some(event) = shard.next_event().await {
+///     match event.kind {
+///         ShardEventKind::Dispatch(d) => println!("#{} {}", d.seq, d.event_type),
+///         ShardEventKind::GaveUp { reason } => {
+///             eprintln!("stopped: {reason}");
+///             break;
+///         }
+///         _ => {}
+///     }
+/// }
+/// shard.stop(StopIntent::EndSession).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Shard {
     handle: ShardHandle,
