@@ -1,0 +1,142 @@
+//! The steady-state heartbeat/ACK path allocates nothing: a counting global allocator proves
+//! it with a count, not a timing.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use handover_core::{Config, Connection, Input, Output, Payload, Signal, State};
+
+/// Counts allocations made by the current thread (the test harness runs other threads).
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    // `try_with`: thread-local storage may already be gone while a thread exits.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; counting has no effect
+// on the memory handed out.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    let before = allocations();
+    let v = std::hint::black_box(vec![1u8; 64]);
+    assert!(allocations() > before);
+    drop(v);
+}
+
+#[test]
+fn heartbeat_and_ack_allocate_nothing() {
+    let mut conn = Connection::new(Config::default(), 99);
+    let mut now = Instant::now();
+    conn.handle_input(now, Input::Start);
+    let Some(Output::Open { conn: id, .. }) = conn.poll_output() else {
+        panic!("open expected")
+    };
+    for input in [
+        Input::Opened(id),
+        Input::Signal {
+            conn: id,
+            signal: Signal::Hello {
+                interval: Duration::from_millis(41_250),
+            },
+        },
+        Input::Signal {
+            conn: id,
+            signal: Signal::HandshakeAccepted { resumed: false },
+        },
+    ] {
+        conn.handle_input(now, input);
+        while conn.poll_output().is_some() {}
+    }
+    assert_eq!(conn.state(), State::Identified);
+
+    let mut cycle = |now: &mut Instant| {
+        let at = conn.poll_timeout().expect("next beat");
+        *now = at;
+        conn.handle_timeout(at);
+        let mut beats = 0;
+        while let Some(out) = conn.poll_output() {
+            if let Output::Send {
+                payload: Payload::Heartbeat,
+                ..
+            } = out
+            {
+                beats += 1;
+            }
+        }
+        let ack_at = at + Duration::from_millis(30);
+        conn.handle_input(
+            ack_at,
+            Input::Signal {
+                conn: id,
+                signal: Signal::HeartbeatAck,
+            },
+        );
+        // A server-requested beat and its ACK, the other steady-state path.
+        conn.handle_input(
+            ack_at,
+            Input::Signal {
+                conn: id,
+                signal: Signal::HeartbeatRequested,
+            },
+        );
+        while conn.poll_output().is_some() {}
+        conn.handle_input(
+            ack_at,
+            Input::Signal {
+                conn: id,
+                signal: Signal::HeartbeatAck,
+            },
+        );
+        let _ = conn.status();
+        beats
+    };
+    // Warm up.
+    for _ in 0..10 {
+        cycle(&mut now);
+    }
+    let before = allocations();
+    let mut beats = 0;
+    for _ in 0..10_000 {
+        beats += cycle(&mut now);
+    }
+    let allocated = allocations() - before;
+    assert_eq!(beats, 10_000);
+    assert_eq!(conn.state(), State::Identified);
+    assert_eq!(allocated, 0, "allocations on the heartbeat/ack path");
+}
