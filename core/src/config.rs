@@ -4,7 +4,13 @@ use std::time::Duration;
 
 use crate::types::CloseRules;
 
-/// Configuration of a [`Connection`](crate::Connection).
+/// Configuration of a [`Connection`](crate::Connection): every timer and policy, each with a
+/// documented default.
+///
+/// The heartbeat interval is not configured here: the peer announces it
+/// ([`Signal::Hello`](crate::Signal::Hello)). The first beat is sent after a random fraction of
+/// one interval (drawn from the connection's seed) so that many connections opened together do
+/// not beat in step; later beats follow every interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Config {
     /// How long the driver may take to open a transport before it is aborted. Default 10 s.

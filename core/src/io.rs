@@ -10,6 +10,9 @@ pub enum Input {
     /// Begin connecting (from the initial state, after a stop, or after giving up).
     Start,
     /// Close the transport and stay closed until the next `Start` or `Restart`.
+    ///
+    /// Safe in every state, any number of times: the machine reaches `Closed` within the drain
+    /// deadline (plus the driver's confirmation of an abort) and opens nothing meanwhile.
     Stop(StopIntent),
     /// Close the live transport keeping the session resumable, then connect again.
     ///

@@ -81,6 +81,18 @@ const BOUNDS: Bounds = Bounds {
     skews: 1,
 };
 
+/// With `MODEL_CHECK_DEEP=1`: three transports in 10 ms (about 700,000 states in all; run it
+/// with `--release`). The state counts are then printed but not pinned.
+const DEEP_BOUNDS: Bounds = Bounds {
+    horizon: ms(10),
+    max_conn: 3,
+    skews: 1,
+};
+
+fn deep() -> bool {
+    std::env::var_os("MODEL_CHECK_DEEP").is_some_and(|v| v == "1")
+}
+
 /// What the checker drives: the real [`Connection`], or a broken wrapper around it.
 trait Sut: Clone + Eq + Hash {
     fn handle_input(&mut self, now: Instant, input: Input);
@@ -869,7 +881,8 @@ fn explored() -> &'static [Explored; 2] {
         let run = |gate: bool| {
             let cfg = model_config(gate);
             let started = std::time::Instant::now();
-            let result = explore(Connection::new(cfg, 0x5eed), &cfg, BOUNDS);
+            let bounds = if deep() { DEEP_BOUNDS } else { BOUNDS };
+            let result = explore(Connection::new(cfg, 0x5eed), &cfg, bounds);
             match result {
                 Ok(e) => {
                     println!(
@@ -895,10 +908,10 @@ fn explored() -> &'static [Explored; 2] {
 fn every_reachable_state_keeps_the_invariants() {
     let [off, on] = explored();
     // Pinned: a change that explodes or collapses the space must be looked at.
-    assert_eq!(
-        (off.states, on.states),
-        (56_826, 68_190),
-        "reachable state counts changed (permit gate off, on)"
+    assert!(
+        deep() || (off.states, on.states) == (56_826, 68_190),
+        "reachable state counts changed (permit gate off, on): {:?}",
+        (off.states, on.states)
     );
     let all_states = [
         "closed",
