@@ -15,9 +15,7 @@ use std::time::Duration;
 
 use handover_core::{RestartReason, StopIntent};
 use handover_discord::mock::{DEFAULT_TOKEN, MockConfig, MockServer};
-use handover_discord::protocol::{
-    Command, GatewayConfig, Intents, Status, Token, UpdatePresence,
-};
+use handover_discord::protocol::{Command, GatewayConfig, Intents, Status, Token, UpdatePresence};
 use handover_discord::runtime::{Shard, ShardConfig, ShardEventKind};
 
 #[tokio::main]
@@ -36,14 +34,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let monitor = shard.handle();
 
     let mut restarted = false;
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(10), shard.next_event()).await? {
+    while let Some(event) =
+        tokio::time::timeout(Duration::from_secs(10), shard.next_event()).await?
+    {
         match event.kind {
             ShardEventKind::Ready(ready) => {
                 println!("ready: session {}", ready.session_id);
                 // 3. Commands are refused with a typed error (nothing sent) when over 4096
                 //    bytes, over the send rate, or while not identified.
                 shard
-                    .send(Command::UpdatePresence(UpdatePresence::status(Status::Idle)))
+                    .send(Command::UpdatePresence(UpdatePresence::status(
+                        Status::Idle,
+                    )))
                     .await?;
                 mock.handle().dispatch(
                     0,
