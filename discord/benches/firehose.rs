@@ -39,6 +39,7 @@ use handover_discord::protocol::{Compression, GatewayConfig, Intents, Token};
 use handover_discord::runtime::{Shard, ShardConfig, ShardEventKind};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// The event every stream sends.
 const EVENT: &str = "MESSAGE_CREATE";
@@ -128,6 +129,13 @@ struct Plan {
     cap: Duration,
     /// Distinct payloads in rotation (one mock stream each).
     distinct: u64,
+    /// Only this client, if set (`--only`).
+    only_client: Option<Client>,
+    /// Only this compression, if set (`--only-compression`).
+    only_compression: Option<Compression>,
+    /// Socket read buffer for every client, in bytes (`--read-buffer`); 0 keeps each client's
+    /// default (tungstenite's 128 KiB for the raw clients, the driver's 4 KiB for the shard).
+    read_buffer: u64,
 }
 
 impl Plan {
@@ -151,11 +159,14 @@ fn main() {
     let full = args.iter().any(|a| a == "--bench");
     let mut plan = if full {
         Plan {
-            plain: 200_000,
-            compressed: 50_000,
+            plain: 1_000_000,
+            compressed: 200_000,
             reps: 3,
             cap: Duration::from_secs(60),
             distinct: DISTINCT,
+            only_client: None,
+            only_compression: None,
+            read_buffer: 0,
         }
     } else {
         // `cargo test --benches`: prove the harness works, measure nothing worth keeping.
@@ -165,6 +176,9 @@ fn main() {
             reps: 1,
             cap: Duration::from_secs(20),
             distinct: DISTINCT,
+            only_client: None,
+            only_compression: None,
+            read_buffer: 0,
         }
     };
     if let Some(n) = arg("--plain") {
@@ -175,6 +189,16 @@ fn main() {
     }
     if let Some(n) = arg("--distinct") {
         plan.distinct = n.clamp(1, 4096);
+    }
+    let text = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    plan.only_client = text("--only").and_then(|s| Client::parse(s));
+    plan.only_compression = text("--only-compression").and_then(|s| parse_compression(s));
+    if let Some(n) = arg("--read-buffer") {
+        plan.read_buffer = n;
     }
     if let Some(n) = arg("--reps") {
         plan.reps = usize::try_from(n).unwrap_or(1).max(1);
@@ -229,6 +253,10 @@ fn parent(plan: &Plan) -> bool {
     for c in Client::ALL {
         println!("  {:<6} {}", c.name(), c.describe());
     }
+    match plan.read_buffer {
+        0 => println!("read buffers: each client's default (raw 128 KiB, shard 4 KiB)"),
+        n => println!("read buffers: {n} bytes for every client"),
+    }
     println!();
     println!(
         "| client | compression | events | events/s (median) | events/s (min-max) | JSON MB/s | wire B/event | client CPU µs/event | mock CPU µs/event | peak RSS Δ |"
@@ -236,12 +264,18 @@ fn parent(plan: &Plan) -> bool {
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut ok = true;
     for compression in COMPRESSIONS {
+        if plan.only_compression.is_some_and(|c| c != compression) {
+            continue;
+        }
         let count = plan.count(if compression == Compression::None {
             plan.plain
         } else {
             plan.compressed
         });
         for client in Client::ALL {
+            if plan.only_client.is_some_and(|c| c != client) {
+                continue;
+            }
             let mut runs = Vec::new();
             for _ in 0..plan.reps {
                 match run_once(&rt, &exe, client, compression, count, plan) {
@@ -329,6 +363,7 @@ fn run_once(
             &count.to_string(),
             &mock.url(),
             &cap.as_secs().to_string(),
+            &plan.read_buffer.to_string(),
         ])
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
@@ -508,16 +543,18 @@ impl Meter {
 }
 
 fn child(args: &[String]) -> i32 {
-    let (Some(client), Some(compression), Some(count), Some(url), Some(cap)) = (
+    let (Some(client), Some(compression), Some(count), Some(url), Some(cap), Some(read_buffer)) = (
         args.first().and_then(|s| Client::parse(s)),
         args.get(1).and_then(|s| parse_compression(s)),
         args.get(2).and_then(|s| s.parse::<u64>().ok()),
         args.get(3),
         args.get(4).and_then(|s| s.parse::<u64>().ok()),
+        args.get(5).and_then(|s| s.parse::<usize>().ok()),
     ) else {
-        eprintln!("usage: --child CLIENT COMPRESSION COUNT URL CAP_SECS");
+        eprintln!("usage: --child CLIENT COMPRESSION COUNT URL CAP_SECS READ_BUFFER");
         return 2;
     };
+    let read_buffer = (read_buffer > 0).then_some(read_buffer);
     let cap = Duration::from_secs(cap);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -526,9 +563,10 @@ fn child(args: &[String]) -> i32 {
     let result = rt.block_on(async {
         match client {
             Client::Raw | Client::Naive => {
-                raw_client(client == Client::Naive, compression, count, url, cap).await
+                let naive = client == Client::Naive;
+                raw_client(naive, compression, count, url, cap, read_buffer).await
             }
-            Client::Shard => shard_client(compression, count, url, cap).await,
+            Client::Shard => shard_client(compression, count, url, cap, read_buffer).await,
         }
     });
     match result {
@@ -554,7 +592,7 @@ impl Inflater {
     fn new(compression: Compression) -> Result<Inflater, String> {
         Ok(match compression {
             Compression::ZlibStream => {
-                Inflater::Zlib(flate2::Decompress::new(true), Vec::with_capacity(64 << 10))
+                Inflater::Zlib(flate2::Decompress::new(true), vec![0; 64 << 10])
             }
             Compression::ZstdStream => Inflater::Zstd(
                 zstd::stream::raw::Decoder::new().map_err(|e| e.to_string())?,
@@ -569,18 +607,23 @@ impl Inflater {
         match self {
             Inflater::None => Ok(frame),
             Inflater::Zlib(d, out) => {
-                out.clear();
-                let start = d.total_in();
+                // `decompress` into an initialized buffer: `decompress_vec` would zero-fill the
+                // whole spare capacity on every call with flate2's default backend.
+                let (in0, out0) = (d.total_in(), d.total_out());
                 loop {
-                    let used = usize::try_from(d.total_in() - start).unwrap_or(usize::MAX);
+                    let used = usize::try_from(d.total_in() - in0).unwrap_or(usize::MAX);
+                    let written = usize::try_from(d.total_out() - out0).unwrap_or(usize::MAX);
                     let input = frame.get(used..).unwrap_or_default();
-                    d.decompress_vec(input, out, flate2::FlushDecompress::Sync)
+                    let space = out.get_mut(written..).unwrap_or_default();
+                    d.decompress(input, space, flate2::FlushDecompress::Sync)
                         .map_err(|e| e.to_string())?;
-                    let used = usize::try_from(d.total_in() - start).unwrap_or(usize::MAX);
-                    if used >= frame.len() && out.len() < out.capacity() {
-                        return Ok(out);
+                    let used = usize::try_from(d.total_in() - in0).unwrap_or(usize::MAX);
+                    let written = usize::try_from(d.total_out() - out0).unwrap_or(usize::MAX);
+                    if used >= frame.len() && written < out.len() {
+                        return Ok(&out[..written]);
                     }
-                    out.reserve(out.capacity().max(1024));
+                    let grow = out.len().max(1024);
+                    out.resize(out.len() + grow, 0);
                 }
             }
             Inflater::Zstd(d, out) => {
@@ -612,6 +655,7 @@ async fn raw_client(
     count: u64,
     url: &str,
     cap: Duration,
+    read_buffer: Option<usize>,
 ) -> Result<String, String> {
     let mut url = format!("{url}/?v=10&encoding=json");
     if let Some(c) = compression.query_value() {
@@ -619,7 +663,9 @@ async fn raw_client(
         url.push_str(c);
     }
     let mut inflater = Inflater::new(compression)?;
-    let (mut ws, _) = tokio::time::timeout(HANDSHAKE_WAIT, tokio_tungstenite::connect_async(url))
+    let config = read_buffer.map(|n| WebSocketConfig::default().read_buffer_size(n));
+    let connect = tokio_tungstenite::connect_async_with_config(url, config, true);
+    let (mut ws, _) = tokio::time::timeout(HANDSHAKE_WAIT, connect)
         .await
         .map_err(|_| "connect timed out")?
         .map_err(|e| format!("connect: {e}"))?;
@@ -710,12 +756,17 @@ async fn shard_client(
     count: u64,
     url: &str,
     cap: Duration,
+    read_buffer: Option<usize>,
 ) -> Result<String, String> {
     let token = Token::new(DEFAULT_TOKEN).map_err(|e| e.to_string())?;
     let mut gateway = GatewayConfig::new(token, Intents::GUILDS | Intents::GUILD_MESSAGES);
     gateway.gateway_url = url.to_owned();
     gateway.compression = compression;
-    let mut shard = Shard::start(ShardConfig::new(gateway)).map_err(|e| e.to_string())?;
+    let mut config = ShardConfig::new(gateway);
+    if let Some(n) = read_buffer {
+        config.transport.read_buffer_size = n;
+    }
+    let mut shard = Shard::start(config).map_err(|e| e.to_string())?;
     let handshake = async {
         while let Some(ev) = shard.next_event().await {
             match ev.kind {
