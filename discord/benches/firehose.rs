@@ -136,6 +136,9 @@ struct Plan {
     /// Socket read buffer for every client, in bytes (`--read-buffer`); 0 keeps each client's
     /// default (tungstenite's 128 KiB for the raw clients, the driver's 4 KiB for the shard).
     read_buffer: u64,
+    /// The raw clients keep the last this many messages alive (`--hold`), as an application
+    /// does whose queued events share the receive buffer. Default 0: each is dropped at once.
+    hold: u64,
 }
 
 impl Plan {
@@ -167,6 +170,7 @@ fn main() {
             only_client: None,
             only_compression: None,
             read_buffer: 0,
+            hold: 0,
         }
     } else {
         // `cargo test --benches`: prove the harness works, measure nothing worth keeping.
@@ -179,6 +183,7 @@ fn main() {
             only_client: None,
             only_compression: None,
             read_buffer: 0,
+            hold: 0,
         }
     };
     if let Some(n) = arg("--plain") {
@@ -199,6 +204,9 @@ fn main() {
     plan.only_compression = text("--only-compression").and_then(|s| parse_compression(s));
     if let Some(n) = arg("--read-buffer") {
         plan.read_buffer = n;
+    }
+    if let Some(n) = arg("--hold") {
+        plan.hold = n.min(1 << 20);
     }
     if let Some(n) = arg("--reps") {
         plan.reps = usize::try_from(n).unwrap_or(1).max(1);
@@ -256,6 +264,9 @@ fn parent(plan: &Plan) -> bool {
     match plan.read_buffer {
         0 => println!("read buffers: each client's default (raw 128 KiB, shard 4 KiB)"),
         n => println!("read buffers: {n} bytes for every client"),
+    }
+    if plan.hold > 0 {
+        println!("raw clients keep the last {} messages alive", plan.hold);
     }
     println!();
     println!(
@@ -364,6 +375,7 @@ fn run_once(
             &mock.url(),
             &cap.as_secs().to_string(),
             &plan.read_buffer.to_string(),
+            &plan.hold.to_string(),
         ])
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
@@ -543,15 +555,25 @@ impl Meter {
 }
 
 fn child(args: &[String]) -> i32 {
-    let (Some(client), Some(compression), Some(count), Some(url), Some(cap), Some(read_buffer)) = (
+    let (
+        Some(client),
+        Some(compression),
+        Some(count),
+        Some(url),
+        Some(cap),
+        Some(read_buffer),
+        Some(hold),
+    ) = (
         args.first().and_then(|s| Client::parse(s)),
         args.get(1).and_then(|s| parse_compression(s)),
         args.get(2).and_then(|s| s.parse::<u64>().ok()),
         args.get(3),
         args.get(4).and_then(|s| s.parse::<u64>().ok()),
         args.get(5).and_then(|s| s.parse::<usize>().ok()),
-    ) else {
-        eprintln!("usage: --child CLIENT COMPRESSION COUNT URL CAP_SECS READ_BUFFER");
+        args.get(6).and_then(|s| s.parse::<usize>().ok()),
+    )
+    else {
+        eprintln!("usage: --child CLIENT COMPRESSION COUNT URL CAP_SECS READ_BUFFER HOLD");
         return 2;
     };
     let read_buffer = (read_buffer > 0).then_some(read_buffer);
@@ -564,7 +586,7 @@ fn child(args: &[String]) -> i32 {
         match client {
             Client::Raw | Client::Naive => {
                 let naive = client == Client::Naive;
-                raw_client(naive, compression, count, url, cap, read_buffer).await
+                raw_client(naive, compression, count, url, cap, read_buffer, hold).await
             }
             Client::Shard => shard_client(compression, count, url, cap, read_buffer).await,
         }
@@ -656,6 +678,7 @@ async fn raw_client(
     url: &str,
     cap: Duration,
     read_buffer: Option<usize>,
+    hold: usize,
 ) -> Result<String, String> {
     let mut url = format!("{url}/?v=10&encoding=json");
     if let Some(c) = compression.query_value() {
@@ -696,6 +719,7 @@ async fn raw_client(
 
     let mut meter = Meter::start();
     let mut next_seq: Option<u64> = None;
+    let mut held = std::collections::VecDeque::with_capacity(hold);
     let body = async {
         while meter.events < count {
             let msg = ws
@@ -725,6 +749,12 @@ async fn raw_client(
                 std::hint::black_box(&v);
             }
             meter.record(json.len(), wire);
+            if hold > 0 {
+                if held.len() == hold {
+                    held.pop_front();
+                }
+                held.push_back(msg);
+            }
         }
         Ok::<(), String>(())
     };
