@@ -6,6 +6,8 @@
 
 #![warn(missing_docs)]
 
+pub mod sim;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
