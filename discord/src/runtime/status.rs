@@ -53,7 +53,8 @@ pub struct ShardStatus {
     pub duplicates_dropped: u64,
     /// Sessions lost after delivering events (each reported as a gap event).
     pub gaps: u64,
-    /// Close code of the last close the gateway initiated.
+    /// Close code of the last close frame received from the gateway (a close it started, or
+    /// its answer to ours).
     pub last_close_code: Option<u16>,
     /// What that code means, when Discord defines it.
     pub last_close_reason: Option<&'static str>,
