@@ -260,6 +260,48 @@ impl Machine {
         }
     }
 
+    /// States with a heartbeat running (after hello): ACKs, the peer's requests for a beat, and
+    /// the beat schedule are handled here. Missing an ACK before the session is established
+    /// gives the transport up; `identified` overrides that with a probe.
+    #[superstate(superstate = "live")]
+    fn beating(
+        &mut self,
+        context: &mut Ctx<'_>,
+        conn: &mut ConnectionId,
+        hb: &mut Heartbeat,
+        event: &Ev,
+    ) -> Outcome<State> {
+        match event {
+            Ev::Input(Input::Start) => Handled,
+            Ev::Input(Input::Signal {
+                signal: Signal::HeartbeatAck,
+                ..
+            }) => {
+                hb.ack(context);
+                Handled
+            }
+            Ev::Input(Input::Signal {
+                signal: Signal::HeartbeatRequested,
+                ..
+            }) => {
+                hb.beat(*conn, context);
+                Handled
+            }
+            Ev::Timeout if context.now >= hb.next_beat => {
+                if hb.awaiting_ack {
+                    let keep = self.cfg.close_rules.keep_resumable_code;
+                    self.drain(context, *conn, keep, After::Reconnect)
+                } else {
+                    hb.beat(*conn, context);
+                    hb.schedule_next(context.now);
+                    Handled
+                }
+            }
+            Ev::Timeout => Handled,
+            _ => Super,
+        }
+    }
+
     #[state(superstate = "live")]
     fn awaiting_hello(
         &mut self,
@@ -299,7 +341,7 @@ impl Machine {
         }
     }
 
-    #[state(superstate = "live")]
+    #[state(superstate = "beating")]
     fn awaiting_permit(
         &mut self,
         context: &mut Ctx<'_>,
@@ -321,36 +363,11 @@ impl Machine {
                     After::GiveUp(GiveUpReason::PermitDenied),
                 )
             }
-            Ev::Input(Input::Signal {
-                signal: Signal::HeartbeatAck,
-                ..
-            }) => {
-                hb.ack(context);
-                Handled
-            }
-            Ev::Input(Input::Signal {
-                signal: Signal::HeartbeatRequested,
-                ..
-            }) => {
-                hb.beat(*conn, context);
-                Handled
-            }
-            Ev::Timeout if context.now >= hb.next_beat => {
-                if hb.awaiting_ack {
-                    let keep = self.cfg.close_rules.keep_resumable_code;
-                    self.drain(context, *conn, keep, After::Reconnect)
-                } else {
-                    hb.beat(*conn, context);
-                    hb.schedule_next(context.now);
-                    Handled
-                }
-            }
-            Ev::Timeout => Handled,
             _ => Super,
         }
     }
 
-    #[state(superstate = "live")]
+    #[state(superstate = "beating")]
     fn handshaking(
         &mut self,
         context: &mut Ctx<'_>,
@@ -381,40 +398,14 @@ impl Machine {
                 context.out.push_back(Output::Event(ev));
                 Transition(State::identified(*conn, *hb))
             }
-            Ev::Input(Input::Signal {
-                signal: Signal::HeartbeatAck,
-                ..
-            }) => {
-                hb.ack(context);
-                Handled
-            }
-            Ev::Input(Input::Signal {
-                signal: Signal::HeartbeatRequested,
-                ..
-            }) => {
-                hb.beat(*conn, context);
-                Handled
-            }
             Ev::Timeout if context.now >= *deadline => {
                 self.drain(context, *conn, keep, After::Reconnect)
             }
-            Ev::Timeout if context.now >= hb.next_beat => {
-                if hb.awaiting_ack {
-                    // No ACK between two beats before the handshake even finished: give this
-                    // transport up rather than probing.
-                    self.drain(context, *conn, keep, After::Reconnect)
-                } else {
-                    hb.beat(*conn, context);
-                    hb.schedule_next(context.now);
-                    Handled
-                }
-            }
-            Ev::Timeout => Handled,
             _ => Super,
         }
     }
 
-    #[state(superstate = "live")]
+    #[state(superstate = "beating")]
     fn identified(
         &mut self,
         context: &mut Ctx<'_>,
@@ -423,39 +414,17 @@ impl Machine {
         event: &Ev,
     ) -> Outcome<State> {
         match event {
-            Ev::Input(Input::Start) => Handled,
-            Ev::Input(Input::Signal {
-                signal: Signal::HeartbeatAck,
-                ..
-            }) => {
-                hb.ack(context);
-                Handled
-            }
-            Ev::Input(Input::Signal {
-                signal: Signal::HeartbeatRequested,
-                ..
-            }) => {
+            Ev::Timeout if context.now >= hb.next_beat && hb.awaiting_ack => {
+                // Liveness missed: send one probe and give it the grace period.
                 hb.beat(*conn, context);
-                Handled
+                let deadline = context.now + self.cfg.probe_grace;
+                Transition(State::stale(*conn, *hb, deadline))
             }
-            Ev::Timeout if context.now >= hb.next_beat => {
-                if hb.awaiting_ack {
-                    // Liveness missed: send one probe and give it the grace period.
-                    hb.beat(*conn, context);
-                    let deadline = context.now + self.cfg.probe_grace;
-                    Transition(State::stale(*conn, *hb, deadline))
-                } else {
-                    hb.beat(*conn, context);
-                    hb.schedule_next(context.now);
-                    Handled
-                }
-            }
-            Ev::Timeout => Handled,
             _ => Super,
         }
     }
 
-    #[state(superstate = "live")]
+    #[state(superstate = "beating")]
     fn stale(
         &mut self,
         context: &mut Ctx<'_>,
@@ -465,7 +434,6 @@ impl Machine {
         event: &Ev,
     ) -> Outcome<State> {
         match event {
-            Ev::Input(Input::Start) => Handled,
             Ev::Input(Input::Signal {
                 signal: Signal::HeartbeatAck,
                 ..
@@ -473,13 +441,6 @@ impl Machine {
                 hb.ack(context);
                 hb.next_beat = context.now + hb.interval;
                 Transition(State::identified(*conn, *hb))
-            }
-            Ev::Input(Input::Signal {
-                signal: Signal::HeartbeatRequested,
-                ..
-            }) => {
-                hb.beat(*conn, context);
-                Handled
             }
             Ev::Timeout if context.now >= *deadline => {
                 // A zombie: the socket may look open but nothing answers. Close resumable.
