@@ -67,6 +67,20 @@ impl Connection {
         }
     }
 
+    /// A new machine that already holds a session, restored from storage (for example a
+    /// session file written before a process restart): its first connection resumes instead
+    /// of starting a new session. If the peer no longer knows the session, it invalidates it
+    /// and the machine starts a new one as usual.
+    pub fn with_restored_session(config: Config, seed: u64) -> Self {
+        let mut machine = Machine::new(config, seed);
+        machine.session = true;
+        Connection {
+            sm: machine.state_machine(),
+            out: VecDeque::with_capacity(OUTPUT_CAPACITY),
+            stats: Stats::default(),
+        }
+    }
+
     /// Feed one fact. Inputs tagged with a connection id other than the transport that may be
     /// live now are ignored entirely.
     pub fn handle_input(&mut self, now: Instant, input: Input) {

@@ -893,3 +893,36 @@ fn the_seed_decides_every_random_choice() {
     assert_eq!(run(42), run(42));
     assert_ne!(run(42), run(43));
 }
+
+#[test]
+fn a_restored_session_resumes_first_and_identifies_only_if_refused() {
+    let mut sim = Sim::new(config(), 13);
+    sim.conn = Connection::with_restored_session(config(), 13);
+    assert!(sim.conn.is_resumable());
+    sim.input(Input::Start);
+    sim.run_for(Duration::from_millis(100));
+    let opens = sim.opens();
+    assert_eq!(opens.len(), 1);
+    assert_eq!(
+        opens[0].2,
+        OpenMode::Resume,
+        "the first connection must resume"
+    );
+
+    // The peer forgot the session: invalid, not resumable. The next connection identifies.
+    let conn = sim.conn.live_connection().expect("live");
+    sim.input(Input::Signal {
+        conn,
+        signal: Signal::SessionInvalidated { resumable: false },
+    });
+    sim.run_until_identified();
+    let opens = sim.opens();
+    assert_eq!(opens.last().map(|o| o.2), Some(OpenMode::Identify));
+    assert_eq!(sim.max_live, 1);
+
+    // Without a restored session the first connection identifies.
+    let mut fresh = Sim::new(config(), 13);
+    fresh.input(Input::Start);
+    fresh.run_for(Duration::from_millis(100));
+    assert_eq!(fresh.opens()[0].2, OpenMode::Identify);
+}

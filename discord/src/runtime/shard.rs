@@ -19,7 +19,7 @@ use super::status::{Observed, ShardStatus, describe_give_up};
 use crate::protocol::session::Gap;
 use crate::protocol::{
     CLOSE_RULES, Command, DiscordCodec, Dispatch, GatewayConfig, GatewayEvent, IdentifyQueueConfig,
-    ProtocolError, Ready, Resumed,
+    ProtocolError, Ready, Resumed, Session,
 };
 
 /// Everything one shard needs.
@@ -37,6 +37,10 @@ pub struct ShardConfig {
     /// Events buffered for the application before the shard stops reading its socket.
     /// Default 1024.
     pub event_capacity: usize,
+    /// A session saved earlier (for example in a session file before a process restart): the
+    /// first connection resumes it instead of identifying. If Discord no longer knows it, the
+    /// shard identifies afresh (and reports the gap). Default `None`.
+    pub resume: Option<Session>,
     /// Identify pacing and the budget guard for a shard started on its own. A fleet replaces
     /// it with the queue its shards share. Default: one bucket, Discord's 5 s window, at most
     /// 10 identifies in 10 minutes.
@@ -57,6 +61,7 @@ impl ShardConfig {
             seed,
             event_capacity: 1024,
             identify: IdentifyQueueConfig::default(),
+            resume: None,
         }
     }
 }
@@ -169,6 +174,22 @@ impl ShardHandle {
         ShardStatus::build(self.shard, &core, &observed, self.driver.live_transports())
     }
 
+    /// The session a reconnect would resume (id, resume URL, last sequence number), if one is
+    /// held: what a session file stores so that a process restart resumes instead of
+    /// identifying. Read it after [`stop`](Self::stop) with
+    /// [`StopIntent::KeepResumable`] for the final sequence number.
+    pub fn session(&self) -> Option<Session> {
+        if !self.driver.status().resumable {
+            return None;
+        }
+        let o = lock(&self.observed);
+        Some(Session {
+            session_id: o.session_id.clone()?,
+            resume_gateway_url: o.resume_url.clone()?,
+            seq: o.last_seq.unwrap_or(0),
+        })
+    }
+
     /// Stop (keeping the session resumable) and end the shard's task.
     pub async fn shutdown(&self) {
         self.driver.shutdown().await
@@ -268,12 +289,22 @@ pub(crate) fn spawn(
     events: mpsc::Sender<ShardEvent>,
 ) -> Result<ShardHandle, ProtocolError> {
     let shard = config.gateway.shard.id;
-    let codec = DiscordCodec::new(config.gateway)?;
+    let mut codec = DiscordCodec::new(config.gateway)?;
     let mut lifecycle = config.lifecycle;
     lifecycle.close_rules = CLOSE_RULES;
     lifecycle.gate_new_sessions = true;
-    let connection = Connection::new(lifecycle, config.seed);
-    let observed = Arc::new(Mutex::new(Observed::default()));
+    let mut observed = Observed::default();
+    let connection = match config.resume {
+        Some(session) => {
+            observed.session_id = Some(session.session_id.clone());
+            observed.resume_url = Some(session.resume_gateway_url.clone());
+            observed.last_seq = Some(session.seq);
+            codec.restore_session(session);
+            Connection::with_restored_session(lifecycle, config.seed)
+        }
+        None => Connection::new(lifecycle, config.seed),
+    };
+    let observed = Arc::new(Mutex::new(observed));
     let codec = ObservedCodec {
         inner: codec,
         observed: observed.clone(),
@@ -393,7 +424,10 @@ impl Codec for ObservedCodec {
             }) => {
                 o.last_event_at = Some(now);
                 match item {
-                    GatewayEvent::Ready(r) => o.session_id = Some(r.session_id.clone()),
+                    GatewayEvent::Ready(r) => {
+                        o.session_id = Some(r.session_id.clone());
+                        o.resume_url = Some(r.resume_gateway_url.clone());
+                    }
                     GatewayEvent::Resumed(r) => o.session_id = Some(r.session_id.clone()),
                     _ => {}
                 }
@@ -402,6 +436,7 @@ impl Codec for ObservedCodec {
             Err(e) => o.last_error = Some(e.to_string()),
         }
         o.delivery = self.inner.stats();
+        o.last_seq = self.inner.last_seq();
         result
     }
 

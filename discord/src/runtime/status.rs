@@ -14,6 +14,8 @@ pub(crate) struct Observed {
     pub(crate) delivery: DeliveryStats,
     pub(crate) last_error: Option<String>,
     pub(crate) session_id: Option<String>,
+    pub(crate) resume_url: Option<String>,
+    pub(crate) last_seq: Option<u64>,
 }
 
 /// A serializable snapshot of one shard, for status pages, metrics and logs.
