@@ -1,7 +1,7 @@
 //! Dispatch throughput end to end: the mock gateway streams MESSAGE_CREATE as fast as a client
 //! reads, and three clients read it.
 //!
-//! `cargo bench -p handover-discord --bench firehose [-- --plain N --compressed N --reps N]`
+//! `cargo bench -p handover-discord --bench firehose [-- OPTIONS]`
 //!
 //! Clients (each in a child process of this binary, so its CPU time and memory are its own):
 //!
@@ -14,12 +14,18 @@
 //!   kept raw (the envelope is parsed, `d` is not).
 //!
 //! The parent runs the mock gateway (`MockServer`, 127.0.0.1 only) on a one-worker tokio
-//! runtime, a fresh one per run. Once the child reports READY, the parent starts a stream of
-//! `count` identical MESSAGE_CREATE dispatches at `StreamRate::AsFastAsRead`. The child times
-//! from the first dispatch to the last, and reports its CPU time (`/proc/self/stat`) and its
-//! peak resident memory over the run (`VmHWM` after resetting it, minus `VmRSS` at READY). The
-//! parent reports its own CPU time over the run: the mock's cost, the same work in every row.
-//! Each child runs a current-thread tokio runtime.
+//! runtime, a fresh one per run. Once the child reports READY, the parent starts 64 streams of
+//! distinct ~1 KiB MESSAGE_CREATE payloads at `StreamRate::AsFastAsRead` with `stream_batch` 1,
+//! so the payloads rotate (a compressor sees a new one in each message). The child times from
+//! the first dispatch to the last, and reports its CPU time (`/proc/self/stat`, 10 ms ticks) and
+//! its peak resident memory over the run (`VmHWM` after resetting it, minus `VmRSS` at READY).
+//! The parent reports its own CPU time over the run: the mock's cost, the same work in every
+//! row. Each child runs a current-thread tokio runtime.
+//!
+//! Options: `--plain N`, `--compressed N` (dispatches per run), `--reps N` (runs per row),
+//! `--distinct N` (payloads in rotation; 1 = one payload in batches of 32), `--only CLIENT`,
+//! `--only-compression plain|zlib-stream|zstd-stream`, `--read-buffer BYTES` (socket read
+//! buffer of every client), `--hold N` (the raw clients keep their last N messages alive).
 //!
 //! Without `--bench` (as under `cargo test --benches`) it runs a small smoke workload only.
 //! Every run is bounded: fixed counts, and a time cap after which the child is killed.
@@ -164,7 +170,7 @@ fn main() {
         Plan {
             plain: 1_000_000,
             compressed: 200_000,
-            reps: 3,
+            reps: 5,
             cap: Duration::from_secs(60),
             distinct: DISTINCT,
             only_client: None,
@@ -270,9 +276,9 @@ fn parent(plan: &Plan) -> bool {
     }
     println!();
     println!(
-        "| client | compression | events | events/s (median) | events/s (min-max) | JSON MB/s | wire B/event | client CPU µs/event | mock CPU µs/event | peak RSS Δ |"
+        "| client | compression | events | events/s (median) | events/s (min-max) | JSON MB/s | wire B/event | client CPU µs/event | client busy | mock CPU µs/event | mock busy | peak RSS Δ |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut ok = true;
     for compression in COMPRESSIONS {
         if plan.only_compression.is_some_and(|c| c != compression) {
@@ -316,7 +322,7 @@ fn parent(plan: &Plan) -> bool {
 fn print_row(client: Client, compression: Compression, count: u64, runs: &mut [Run]) {
     if runs.is_empty() {
         println!(
-            "| {} | {} | {count} | failed | | | | | | |",
+            "| {} | {} | {count} | failed | | | | | | | | |",
             client.name(),
             compression_name(compression)
         );
@@ -336,8 +342,16 @@ fn print_row(client: Client, compression: Compression, count: u64, runs: &mut [R
         .map(|r| r.hwm_kib.saturating_sub(r.rss_start_kib))
         .max()
         .unwrap_or(0);
+    // Busy: CPU time over wall time of the run, for one core (1.0 = the process never waited).
+    let busy = |cpu: f64| {
+        if med.secs > 0.0 {
+            format!("{:.0} %", cpu / med.secs * 100.0)
+        } else {
+            "n/a".to_owned()
+        }
+    };
     println!(
-        "| {} | {} | {} | {:.0} | {:.0} - {:.0} | {:.1} | {} | {:.2} | {:.2} | {} KiB |",
+        "| {} | {} | {} | {:.0} | {:.0} - {:.0} | {:.1} | {} | {:.2} | {} | {:.2} | {} | {} KiB |",
         client.name(),
         compression_name(compression),
         med.events,
@@ -347,7 +361,9 @@ fn print_row(client: Client, compression: Compression, count: u64, runs: &mut [R
         med.json_bytes as f64 / n * med.rate() / 1e6,
         wire,
         med.client_cpu / n * 1e6,
+        busy(med.client_cpu),
         med.mock_cpu / n * 1e6,
+        busy(med.mock_cpu),
         rss
     );
 }
