@@ -92,14 +92,33 @@ async fn sixteen_shards_identify_one_bucket_at_a_time() {
     assert_eq!(fleet.status().len(), SHARDS as usize);
     assert!(fleet.status().iter().all(|s| s.phase == "receiving"));
 
-    // Graceful shutdown: every socket gone.
-    tokio::time::timeout(WAIT, fleet.shutdown(StopIntent::EndSession))
+    // Graceful shutdown keeping sessions: every socket gone, every session saved.
+    fleet
+        .stop_all(StopIntent::KeepResumable)
+        .await
+        .expect("stopped");
+    let sessions = fleet.sessions();
+    assert_eq!(sessions.len(), SHARDS as usize);
+    tokio::time::timeout(WAIT, fleet.shutdown(StopIntent::KeepResumable))
         .await
         .expect("shutdown in time");
     mock.handle()
         .wait_for(WAIT, |c| c.live_sockets == 0)
         .await
         .expect("no socket left");
+
+    // A new fleet (a process restart) resumes all sixteen: no identify spent.
+    let mut config = fleet_config(&mock.url());
+    config.sessions = sessions;
+    let mut fleet = Fleet::start(config).expect("valid config");
+    let mut resumed = 0;
+    while resumed < SHARDS {
+        next_of_kind(&mut fleet, |k| matches!(k, ShardEventKind::Resumed(_))).await;
+        resumed += 1;
+    }
+    let c = mock.handle().counters();
+    assert!((0..SHARDS).all(|id| c.shard(id).identifies == 1));
+    fleet.shutdown(StopIntent::EndSession).await;
 }
 
 #[tokio::test]

@@ -14,7 +14,8 @@ use super::shard::{self, ShardConfig, ShardEvent, ShardHandle};
 use super::status::ShardStatus;
 use crate::http::{HttpError, HttpOptions, gateway_bot};
 use crate::protocol::{
-    CLOSE_RULES, GatewayConfig, IdentifyQueueConfig, ProtocolError, SessionStartLimit, ShardId,
+    CLOSE_RULES, GatewayConfig, IdentifyQueueConfig, ProtocolError, Session, SessionStartLimit,
+    ShardId,
 };
 
 /// Which shards a fleet runs.
@@ -80,6 +81,9 @@ pub struct FleetConfig {
     pub event_capacity: usize,
     /// Seed for the shards' jitter (each shard derives its own).
     pub seed: u64,
+    /// Sessions saved earlier, by shard id (for example from a session file): those shards
+    /// resume instead of identifying. Default empty.
+    pub sessions: BTreeMap<u32, Session>,
 }
 
 impl FleetConfig {
@@ -97,6 +101,7 @@ impl FleetConfig {
             session_start_limit: None,
             event_capacity: 4096,
             seed: 0x6a09_e667_f3bc_c908,
+            sessions: BTreeMap::new(),
         }
     }
 }
@@ -188,7 +193,7 @@ impl Fleet {
 
     /// Spawns every selected shard and starts connecting. Identifies are paced by the shared
     /// queue; must be called within a tokio runtime.
-    pub fn start(config: FleetConfig) -> Result<Fleet, FleetError> {
+    pub fn start(mut config: FleetConfig) -> Result<Fleet, FleetError> {
         let (ids, total) = config.shards.resolve()?;
         let gate = IdentifyGate::spawn(config.identify, config.session_start_limit);
         let (tx, rx) = mpsc::channel(config.event_capacity.max(1));
@@ -201,6 +206,7 @@ impl Fleet {
             shard_config.lifecycle = config.lifecycle;
             shard_config.transport = config.transport.clone();
             shard_config.seed = config.seed ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            shard_config.resume = config.sessions.remove(&id);
             let handle = shard::spawn(shard_config, gate.permits_for(id), tx.clone())
                 .map_err(|source| FleetError::Shard { shard: id, source })?;
             shards.insert(id, handle);
@@ -225,6 +231,15 @@ impl Fleet {
     /// A handle to one shard.
     pub fn shard(&self, id: u32) -> Option<&ShardHandle> {
         self.shards.get(&id)
+    }
+
+    /// The sessions a reconnect would resume, by shard id: what a session file stores. Read
+    /// them after [`stop_all`](Self::stop_all) with [`StopIntent::KeepResumable`].
+    pub fn sessions(&self) -> BTreeMap<u32, Session> {
+        self.shards
+            .iter()
+            .filter_map(|(id, s)| s.session().map(|session| (*id, session)))
+            .collect()
     }
 
     /// A snapshot of every shard, by id.
