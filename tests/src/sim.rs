@@ -128,6 +128,8 @@ pub struct Params {
     pub fault_phase: Duration,
     /// Whether the operator starts the client once the faults stop, even after it gave up.
     pub end_with_start: bool,
+    /// The client gives up after this many consecutive failed attempts.
+    pub max_attempts: Option<u32>,
 }
 
 /// One thing the scenario does.
@@ -312,6 +314,13 @@ impl Scenario {
             fatal,
             fault_phase,
             end_with_start: rng.bool(),
+            max_attempts: None,
+        };
+        let params = Params {
+            // Giving up leaves the client down until a start: an outage that may outlive the
+            // resume window, so only in lossy schedules.
+            max_attempts: (lossy && rng.u32(0..8) == 0).then(|| rng.u32(2..6)),
+            ..params
         };
         let schedule = Self::schedule(&mut rng, &params);
         Scenario {
@@ -1025,6 +1034,9 @@ struct Sim<'a, C: Codec<Item = GatewayEvent, Command = Command>> {
     failed: bool,
     fatal_in_batch: bool,
     gave_up_in_batch: bool,
+    zombie_watch: Option<(ConnectionId, Instant)>,
+    conn_delay: Duration,
+    injected_closes: BTreeMap<u16, u64>,
     // the session oracle
     held: bool,
     open: Option<(ConnectionId, OpenMode)>,
@@ -1062,6 +1074,7 @@ impl<'a, C: Codec<Item = GatewayEvent, Command = Command>> Sim<'a, C> {
         };
         config.close_rules = options.close_rules;
         config.gate_new_sessions = p.permits.is_some();
+        config.max_attempts = p.max_attempts;
         let mock = MockGateway::new(MockConfig {
             heartbeat_interval: p.heartbeat,
             heartbeat_grace: Some(if tight { ms(500) } else { ms(5_000) }),
@@ -1069,6 +1082,14 @@ impl<'a, C: Codec<Item = GatewayEvent, Command = Command>> Sim<'a, C> {
             identify_window: p.identify_window,
             replay_buffer: p.replay_buffer,
             close_timeout: if tight { ms(500) } else { ms(5_000) },
+            // Discord's 120 sends a minute leave room for a beat every 41 s; a mock beating 4
+            // times a second gets a window shrunk in proportion, so heartbeats alone never
+            // exceed it.
+            send_window: if p.heartbeat < ms(1_000) {
+                ms(15_000)
+            } else {
+                ms(60_000)
+            },
             seed: scenario.seed.rotate_left(17) ^ 0x6d6f_636b,
             ..MockConfig::default()
         });
@@ -1123,6 +1144,9 @@ impl<'a, C: Codec<Item = GatewayEvent, Command = Command>> Sim<'a, C> {
             failed: false,
             fatal_in_batch: false,
             gave_up_in_batch: false,
+            zombie_watch: None,
+            conn_delay: Duration::ZERO,
+            injected_closes: BTreeMap::new(),
             held: false,
             open: None,
             identify_handshakes: 0,
@@ -1329,10 +1353,11 @@ impl<'a, C: Codec<Item = GatewayEvent, Command = Command>> Sim<'a, C> {
                     Action::ShardFault(_) => Target::Shard(ShardKey::new(0, 0)),
                     _ => Target::All,
                 };
+                let live_hit = self.live_targeted(target);
                 let peer = self.driver.peer_mut();
                 hits = peer.mock.inject(now, target, f);
                 peer.wake = Some(now);
-                self.faults_hit += hits as u64;
+                self.injected(f, hits, live_hit);
             }
             Action::Dispatch(n) => {
                 for _ in 0..n {
@@ -1430,6 +1455,17 @@ impl<'a, C: Codec<Item = GatewayEvent, Command = Command>> Sim<'a, C> {
                 ));
             }
         }
+        if let Some((conn, deadline)) = self.zombie_watch {
+            if self.live != Some(conn) {
+                self.zombie_watch = None;
+            } else if self.driver.now() > deadline {
+                self.zombie_watch = None;
+                self.violate(format!(
+                    "{conn} stopped answering heartbeats but was not replaced in time (phase {})",
+                    self.driver.core().phase().name()
+                ));
+            }
+        }
         let seen = self.triggers;
         if seen != 0 && !self.armed.is_empty() {
             let (fire, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.armed)
@@ -1445,16 +1481,63 @@ impl<'a, C: Codec<Item = GatewayEvent, Command = Command>> Sim<'a, C> {
         }
     }
 
+    /// Whether `target` includes the client's live transport on the mock's side (the mock may
+    /// still hold the previous one for a latency after the client dropped it).
+    fn live_targeted(&self, target: Target) -> bool {
+        let Some(live) = self.live else {
+            return false;
+        };
+        self.driver.peer().mock.connections().iter().any(|c| {
+            c.id == live
+                && match target {
+                    Target::Shard(key) => c.shard == Some(key),
+                    _ => true,
+                }
+        })
+    }
+
+    /// Bookkeeping after a fault hit `hits` connections, the live one among them or not.
+    fn injected(&mut self, fault: Fault, hits: usize, live_hit: bool) {
+        self.faults_hit += hits as u64;
+        if hits == 0 {
+            return;
+        }
+        match fault {
+            Fault::Close(code) => *self.injected_closes.entry(code).or_default() += hits as u64,
+            Fault::Delay(d) if live_hit => self.conn_delay = self.conn_delay.max(d),
+            // The mock forgets the identification at once; a command already on its way
+            // crosses the op 9 and is answered with 4003. A race, not a client error.
+            Fault::InvalidSession { .. } => {
+                *self.injected_closes.entry(4003).or_default() += hits as u64;
+            }
+            Fault::Zombie | Fault::StopAcks if live_hit => {
+                if let Some(conn) = self.live
+                    && self.zombie_watch.is_none_or(|(c, _)| c != conn)
+                {
+                    let c = &self.config;
+                    let p = &self.scenario.params;
+                    let find = (p.heartbeat * 2 + c.probe_grace)
+                        .max(c.hello_timeout)
+                        .max(c.handshake_timeout);
+                    let bound = find + c.drain_deadline + p.latency * 2 + self.conn_delay + ms(1);
+                    self.zombie_watch = Some((conn, self.driver.now() + bound));
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Carries out an armed action whose trigger was just seen.
     fn fire(&mut self, action: Action) {
         let now = self.driver.now();
         let mut hits = 0;
         match action {
             Action::FaultOn { fault, .. } => {
+                let live_hit = self.live_targeted(Target::All);
                 let peer = self.driver.peer_mut();
                 hits = peer.mock.inject(now, Target::All, fault);
                 peer.wake = Some(now);
-                self.faults_hit += hits as u64;
+                self.injected(fault, hits, live_hit);
             }
             Action::RestartOn(_) => {
                 self.stopped = false;
@@ -1511,6 +1594,11 @@ impl<'a, C: Codec<Item = GatewayEvent, Command = Command>> Sim<'a, C> {
                         .params
                         .permits
                         .is_some_and(|p| p.budget.is_some()),
+                    GiveUpReason::MaxAttempts { attempts } => self
+                        .scenario
+                        .params
+                        .max_attempts
+                        .is_some_and(|max| attempts >= max),
                     _ => false,
                 };
                 if !legit {
@@ -1535,6 +1623,7 @@ impl<'a, C: Codec<Item = GatewayEvent, Command = Command>> Sim<'a, C> {
                     self.violate(format!("{conn} opened after giving up, without a start"));
                 }
                 self.live = Some(conn);
+                self.conn_delay = Duration::ZERO;
             }
             TransportEvent::Opened { conn } => {
                 self.triggers |= Trigger::Opened.bit();
@@ -1755,6 +1844,27 @@ impl<'a, C: Codec<Item = GatewayEvent, Command = Command>> Sim<'a, C> {
                 "the mock counted {} sockets at once ({} for shard 0)",
                 counters.max_live_sockets, shard.max_live_sockets
             ));
+        }
+
+        // Closes the mock made on its own because of something the client sent (or failed to
+        // send): more of a code than the scenario injected.
+        for (code, why) in [
+            (4000, "heartbeats stopped"),
+            (4001, "unknown opcode"),
+            (4002, "decode error or payload too large"),
+            (4003, "payload before identifying"),
+            (4005, "identified twice on one connection"),
+            (4007, "resumed with a seq the session never reached"),
+            (4008, "send rate limit"),
+        ] {
+            let sent = shard.server_closes.iter().filter(|&&c| c == code).count() as u64;
+            let injected = self.injected_closes.get(&code).copied().unwrap_or(0);
+            if sent > injected {
+                self.violate(format!(
+                    "the client made the gateway close with {code} ({why}) {} time(s)",
+                    sent - injected
+                ));
+            }
         }
 
         // How the run ended.

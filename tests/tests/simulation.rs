@@ -51,7 +51,14 @@ fn every_seed_holds_every_invariant() {
         assert!(result.passed(), "{}", fail(&scenario, &result));
         return;
     }
-    let count = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    // A soak asked for by hand runs every seed; the default sweep keeps to its budget.
+    let soak = env_u64("SIM_SEEDS");
+    let count = soak.unwrap_or(DEFAULT_SEEDS);
+    let budget = if soak.is_some() {
+        Duration::MAX
+    } else {
+        WALL_BUDGET
+    };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
     let next = AtomicU64::new(0);
     let started = Instant::now();
@@ -61,7 +68,7 @@ fn every_seed_holds_every_invariant() {
         for _ in 0..threads {
             s.spawn(|| {
                 loop {
-                    if started.elapsed() > WALL_BUDGET {
+                    if started.elapsed() > budget {
                         return;
                     }
                     let seed = next.fetch_add(1, Ordering::Relaxed);
@@ -96,7 +103,7 @@ fn every_seed_holds_every_invariant() {
     if ran < count {
         println!(
             "simulation: stopped early after {ran} of {count} seeds: the wall-clock budget of \
-             {WALL_BUDGET:?} ran out (run with SIM_SEEDS=<n> for a longer soak)"
+             {budget:?} ran out (run with SIM_SEEDS=<n> for a longer soak)"
         );
     }
     let mut failures = failures.into_inner().unwrap();
@@ -285,6 +292,23 @@ fn the_checker_catches_close_codes_resumed_after_the_session_ended() {
     let (seed, report) = caught.expect("no seed caught 4007/4009 classified as resumable");
     assert!(
         report.contains("resumes although the session was lost"),
+        "seed {seed}:\n{report}"
+    );
+}
+
+#[test]
+fn the_checker_catches_an_identify_spent_for_nothing() {
+    // 4000 (our own resumable close, echoed back) treated as the end of the session.
+    let broken = Options {
+        close_rules: CloseRules {
+            new_session: &[4000, 4007, 4009],
+            ..CLOSE_RULES
+        },
+    };
+    let caught = first_caught(0..200, |s| run_with(s, &broken, |c| c));
+    let (seed, report) = caught.expect("no seed caught 4000 classified as the end of the session");
+    assert!(
+        report.contains("an identify spent for nothing"),
         "seed {seed}:\n{report}"
     );
 }
