@@ -1,0 +1,951 @@
+//! `handover run`: one process running a bot's shards, with NDJSON in and out, an HTTP control
+//! server, signal handling and a session file.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use handover_core::{RestartReason, StopIntent};
+use handover_transport_ws::SendError;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use super::CliError;
+use super::control::{self, AdapterCounters, Control};
+use super::ndjson::{self, CommandError, MAX_COMMAND_LINE, Route, StdinCommand};
+use super::session_file;
+use crate::http::{DEFAULT_API_BASE, HttpError, HttpOptions, gateway_bot};
+use crate::protocol::{
+    Compression, GatewayConfig, IdentifyQueueConfig, Intents, Session, SessionStartLimit, ShardId,
+    Token,
+};
+use crate::runtime::{
+    Fleet, FleetConfig, Shard, ShardConfig, ShardEvent, ShardEventKind, ShardHandle, ShardSelection,
+};
+
+/// The environment variable holding the bot token. The token is never a flag (flags show up in
+/// `ps`, shell history and process listings) and is never printed.
+pub const TOKEN_ENV: &str = "HANDOVER_TOKEN";
+
+/// Events written to stdout before a flush, at most, when many are ready at once.
+const BATCH: usize = 1024;
+
+/// Flags of `handover run`. The token comes from `HANDOVER_TOKEN`.
+#[derive(Debug, Clone, clap::Args)]
+#[non_exhaustive]
+pub struct RunArgs {
+    /// Gateway intents: names joined by `,` or `|` (GUILDS,GUILD_MESSAGES) or a decimal bit set.
+    #[arg(long, default_value = "GUILDS,GUILD_MESSAGES", value_parser = parse_intents)]
+    pub intents: Intents,
+
+    /// Shards to run: `auto` (the count Discord recommends; one shard with --gateway-url),
+    /// `N` (shards 0..N of N) or `A..B/N` (shards A to B-1 of N, for a bot split over
+    /// processes).
+    #[arg(long, default_value = "auto", value_parser = parse_shards)]
+    pub shards: ShardsArg,
+
+    /// Base URL of Discord's HTTP API, asked for `GET /api/v10/gateway/bot`.
+    #[arg(long, default_value = DEFAULT_API_BASE, value_name = "URL")]
+    pub api_base: String,
+
+    /// Gateway URL (ws:// or wss://); skips the `GET /gateway/bot` lookup.
+    #[arg(long, value_name = "URL")]
+    pub gateway_url: Option<String>,
+
+    /// Transport compression.
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    pub compression: CompressionArg,
+
+    /// Serve the HTTP control API on `[ADDR:]PORT` (ADDR defaults to 127.0.0.1; port 0 picks a
+    /// free one, announced in the `started` line).
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_http_bind)]
+    pub http: Option<SocketAddr>,
+
+    /// Allow --http on a non-loopback address. The API has no authentication: anyone who
+    /// reaches it can restart shards.
+    #[arg(long)]
+    pub http_allow_remote: bool,
+
+    /// On SIGTERM/SIGINT, save every shard's session here; at start, resume from it if it is
+    /// fresh (the file is removed once read).
+    #[arg(long, value_name = "PATH")]
+    pub session_file: Option<PathBuf>,
+
+    /// A session file older than this is not used (the gateway forgets sessions after a few
+    /// minutes).
+    #[arg(long, default_value_t = 180, value_name = "SECS")]
+    pub session_max_age_secs: u64,
+
+    /// Longest wait for a close handshake before the socket is aborted, per shard. Bounds
+    /// shutdown too.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub drain_timeout_ms: u64,
+}
+
+/// Transport compression, as a flag value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[non_exhaustive]
+pub enum CompressionArg {
+    /// No compression.
+    None,
+    /// zlib-stream.
+    ZlibStream,
+    /// zstd-stream.
+    ZstdStream,
+}
+
+impl From<CompressionArg> for Compression {
+    fn from(c: CompressionArg) -> Compression {
+        match c {
+            CompressionArg::None => Compression::None,
+            CompressionArg::ZlibStream => Compression::ZlibStream,
+            CompressionArg::ZstdStream => Compression::ZstdStream,
+        }
+    }
+}
+
+/// The `--shards` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShardsArg {
+    /// The recommended count (one shard when the lookup is skipped).
+    Auto,
+    /// Shards `0..n` of `n`.
+    All(u32),
+    /// Shards `ids` of `total`.
+    Range {
+        /// The ids.
+        ids: Range<u32>,
+        /// The bot's total.
+        total: u32,
+    },
+}
+
+fn parse_intents(text: &str) -> Result<Intents, String> {
+    let normalized = text.replace(',', "|");
+    Intents::parse(&normalized).ok_or_else(|| {
+        "expected intent names joined by `,` or `|` (for example GUILDS,GUILD_MESSAGES) or a decimal number".to_owned()
+    })
+}
+
+fn parse_shards(text: &str) -> Result<ShardsArg, String> {
+    let text = text.trim();
+    if text == "auto" {
+        return Ok(ShardsArg::Auto);
+    }
+    let bad = || "expected `auto`, a shard count `N`, or a range `A..B/N`".to_owned();
+    if let Some((range, total)) = text.split_once('/') {
+        let (a, b) = range.split_once("..").ok_or_else(bad)?;
+        let a: u32 = a.trim().parse().map_err(|_| bad())?;
+        let b: u32 = b.trim().parse().map_err(|_| bad())?;
+        let total: u32 = total.trim().parse().map_err(|_| bad())?;
+        if a >= b || b > total {
+            return Err(format!(
+                "shards {a}..{b} of {total} is not a non-empty range within the total"
+            ));
+        }
+        return Ok(ShardsArg::Range { ids: a..b, total });
+    }
+    match text.parse::<u32>() {
+        Ok(0) => Err("the shard count must be at least 1".into()),
+        Ok(n) => Ok(ShardsArg::All(n)),
+        Err(_) => Err(bad()),
+    }
+}
+
+fn parse_http_bind(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    text.parse::<SocketAddr>()
+        .map_err(|_| "expected PORT or ADDR:PORT (for example 127.0.0.1:9090)".to_owned())
+}
+
+/// Reads and checks the token from [`TOKEN_ENV`].
+fn read_token() -> Result<Token, CliError> {
+    let raw = std::env::var(TOKEN_ENV).map_err(|_| CliError::MissingToken { var: TOKEN_ENV })?;
+    Token::new(raw).map_err(|e| match e {
+        crate::protocol::ProtocolError::InvalidToken { reason } => CliError::InvalidToken {
+            var: TOKEN_ENV,
+            reason,
+        },
+        _ => CliError::InvalidToken {
+            var: TOKEN_ENV,
+            reason: "not accepted",
+        },
+    })
+}
+
+/// Runs the adapter until SIGTERM/SIGINT (then `Ok` once drained), or until every shard gave
+/// up, stdout closed or startup failed (then the error).
+pub async fn run(args: RunArgs) -> Result<(), CliError> {
+    let token = read_token()?;
+    if let Some(addr) = args.http
+        && !addr.ip().is_loopback()
+        && !args.http_allow_remote
+    {
+        return Err(CliError::Usage(format!(
+            "--http {addr} is not a loopback address; the control API has no authentication, \
+             pass --http-allow-remote to expose it anyway"
+        )));
+    }
+    if let Some(url) = &args.gateway_url
+        && !(url.starts_with("ws://") || url.starts_with("wss://"))
+    {
+        return Err(CliError::Usage(
+            "--gateway-url must start with ws:// or wss://".into(),
+        ));
+    }
+    let mut signals = Signals::install()?;
+
+    let lookup = match &args.gateway_url {
+        Some(url) => Lookup {
+            url: url.clone(),
+            recommended: None,
+            limit: None,
+        },
+        None => lookup(&args.api_base, &token).await?,
+    };
+    let (ids, total) = resolve_shards(&args.shards, lookup.recommended)?;
+    let sessions = match &args.session_file {
+        Some(path) => load_sessions(path, total, args.session_max_age_secs),
+        None => BTreeMap::new(),
+    };
+
+    let mut gateway = GatewayConfig::new(token, args.intents);
+    gateway.gateway_url = lookup.url;
+    gateway.compression = args.compression.into();
+    let drain = Duration::from_millis(args.drain_timeout_ms.max(1));
+    let group = Group::start(gateway, ids.clone(), total, lookup.limit, drain, sessions)?;
+    let handles = Arc::new(group.handles());
+    let counters = Arc::new(AdapterCounters::default());
+
+    let mut http_addr = None;
+    let mut http_task = None;
+    if let Some(addr) = args.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| CliError::io(format!("cannot bind the control server on {addr}"), e))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| CliError::io("cannot read the control server address", e))?;
+        info!(addr = %local, "control server listening");
+        http_addr = Some(local.to_string());
+        http_task = Some(tokio::spawn(control::serve(
+            listener,
+            Control {
+                shards: handles.clone(),
+                counters: counters.clone(),
+            },
+        )));
+    }
+
+    let mut adapter = Adapter {
+        group,
+        handles: handles.clone(),
+        counters: counters.clone(),
+        out: BufWriter::with_capacity(64 * 1024, tokio::io::stdout()),
+        buf: Vec::with_capacity(64 * 1024),
+        gave_up: BTreeMap::new(),
+        events_done: false,
+        stdout_ok: true,
+    };
+    let ids_vec: Vec<u32> = ids.collect();
+    ndjson::write_started(&mut adapter.buf, &ids_vec, total, http_addr.as_deref());
+    adapter.flush().await;
+    info!(shards = ?ids_vec, total, "started");
+
+    let (lines_tx, lines_rx) = mpsc::channel(256);
+    let commands = tokio::spawn(read_commands(
+        handles.clone(),
+        total,
+        counters.clone(),
+        lines_tx,
+    ));
+
+    let outcome = adapter.serve(&mut signals, lines_rx).await;
+    commands.abort();
+    let drained = adapter
+        .drain(args.session_file.as_deref(), total, drain)
+        .await;
+    if let Some(t) = http_task {
+        t.abort();
+    }
+    outcome.and(drained)
+}
+
+struct Lookup {
+    url: String,
+    recommended: Option<u32>,
+    limit: Option<SessionStartLimit>,
+}
+
+async fn lookup(api_base: &str, token: &Token) -> Result<Lookup, CliError> {
+    let bot = gateway_bot(api_base, token, &HttpOptions::default())
+        .await
+        .map_err(|e| match e {
+            HttpError::InvalidToken => CliError::AuthenticationFailed {
+                detail: "GET /gateway/bot answered 401 unauthorized".into(),
+                var: TOKEN_ENV,
+            },
+            HttpError::InvalidUrl { reason } => {
+                CliError::Usage(format!("--api-base is not usable: {reason}"))
+            }
+            other => CliError::Lookup(other),
+        })?;
+    info!(
+        shards = bot.shards,
+        remaining = bot.session_start_limit.remaining,
+        max_concurrency = bot.session_start_limit.max_concurrency,
+        "gateway lookup"
+    );
+    if bot.session_start_limit.remaining == 0 {
+        warn!(
+            reset_after = ?bot.session_start_limit.reset_after,
+            "the daily session start budget is spent; identifies will be refused until it resets"
+        );
+    }
+    Ok(Lookup {
+        url: bot.url,
+        recommended: Some(bot.shards),
+        limit: Some(bot.session_start_limit),
+    })
+}
+
+fn resolve_shards(
+    arg: &ShardsArg,
+    recommended: Option<u32>,
+) -> Result<(Range<u32>, u32), CliError> {
+    let (ids, total) = match arg {
+        ShardsArg::Auto => {
+            let n = recommended.unwrap_or(1).max(1);
+            (0..n, n)
+        }
+        ShardsArg::All(n) => (0..*n, *n),
+        ShardsArg::Range { ids, total } => (ids.clone(), *total),
+    };
+    if ids.is_empty() || ids.end > total {
+        return Err(CliError::Usage(format!(
+            "shards {ids:?} of {total} is not a non-empty range within the total"
+        )));
+    }
+    Ok((ids, total))
+}
+
+fn load_sessions(path: &std::path::Path, total: u32, max_age_secs: u64) -> BTreeMap<u32, Session> {
+    match session_file::take(
+        path,
+        total,
+        Duration::from_secs(max_age_secs),
+        session_file::now_ms(),
+    ) {
+        Ok(Some(sessions)) => {
+            info!(path = %path.display(), sessions = sessions.len(), "session file read");
+            sessions
+        }
+        Ok(None) => {
+            debug!(path = %path.display(), "no session file; identifying");
+            BTreeMap::new()
+        }
+        Err(error) => {
+            warn!(%error, "session file not used; identifying");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// One shard on its own, or a fleet sharing an identify queue.
+enum Group {
+    One(Shard),
+    Many(Fleet),
+}
+
+impl Group {
+    fn start(
+        gateway: GatewayConfig,
+        ids: Range<u32>,
+        total: u32,
+        limit: Option<SessionStartLimit>,
+        drain: Duration,
+        mut sessions: BTreeMap<u32, Session>,
+    ) -> Result<Group, CliError> {
+        let identify = IdentifyQueueConfig {
+            max_concurrency: limit.map_or(1, |l| l.max_concurrency.max(1)),
+            ..IdentifyQueueConfig::default()
+        };
+        if ids.len() == 1 {
+            let id = ids.start;
+            let mut gateway = gateway;
+            gateway.shard = ShardId::new(id, total).map_err(|e| CliError::Usage(e.to_string()))?;
+            let mut config = ShardConfig::new(gateway);
+            config.lifecycle.drain_deadline = drain;
+            config.identify = identify;
+            config.resume = sessions.remove(&id);
+            if let Some(s) = &config.resume {
+                info!(shard = id, seq = s.seq, "resuming the saved session");
+            }
+            let shard = Shard::start(config).map_err(|source| {
+                CliError::Start(crate::runtime::FleetError::Shard { shard: id, source })
+            })?;
+            return Ok(Group::One(shard));
+        }
+        if !sessions.is_empty() {
+            // The fleet has no per-shard resume yet: resuming several shards from a session
+            // file waits for it, and these shards identify (paced by the shared queue).
+            warn!(
+                sessions = sessions.len(),
+                "saved sessions are resumed for a single shard only; identifying"
+            );
+        }
+        let mut config = FleetConfig::new(gateway, ShardSelection::Range { ids, total });
+        config.lifecycle.drain_deadline = drain;
+        config.identify = identify;
+        config.session_start_limit = limit;
+        Fleet::start(config).map(Group::Many).map_err(|e| match e {
+            crate::runtime::FleetError::BadSelection { reason } => CliError::Usage(reason),
+            other => CliError::Start(other),
+        })
+    }
+
+    fn handles(&self) -> BTreeMap<u32, ShardHandle> {
+        match self {
+            Group::One(s) => {
+                let h = s.handle();
+                BTreeMap::from([(h.id(), h)])
+            }
+            Group::Many(f) => f
+                .shard_ids()
+                .filter_map(|id| f.shard(id).map(|h| (id, h.clone())))
+                .collect(),
+        }
+    }
+
+    async fn next_event(&mut self) -> Option<ShardEvent> {
+        match self {
+            Group::One(s) => s.next_event().await,
+            Group::Many(f) => f.next_event().await,
+        }
+    }
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, CliError> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| CliError::io(format!("cannot handle {name}"), e))
+        };
+        Ok(Signals {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+}
+
+struct Adapter {
+    group: Group,
+    handles: Arc<BTreeMap<u32, ShardHandle>>,
+    counters: Arc<AdapterCounters>,
+    out: BufWriter<tokio::io::Stdout>,
+    buf: Vec<u8>,
+    gave_up: BTreeMap<u32, String>,
+    events_done: bool,
+    stdout_ok: bool,
+}
+
+impl Adapter {
+    /// Pumps events and command replies to stdout until a signal asks to stop (`Ok`) or a
+    /// fatal condition ends the run (`Err`).
+    async fn serve(
+        &mut self,
+        signals: &mut Signals,
+        mut lines: mpsc::Receiver<Vec<u8>>,
+    ) -> Result<(), CliError> {
+        loop {
+            tokio::select! {
+                ev = self.group.next_event(), if !self.events_done => match ev {
+                    Some(ev) => {
+                        self.on_event(ev);
+                        for _ in 0..BATCH {
+                            match self.group.next_event().now_or_never() {
+                                Some(Some(ev)) => self.on_event(ev),
+                                Some(None) => {
+                                    self.events_done = true;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                    }
+                    None => self.events_done = true,
+                },
+                Some(line) = lines.recv() => self.buf.extend_from_slice(&line),
+                _ = signals.term.recv() => {
+                    info!("sigterm: draining");
+                    return Ok(());
+                }
+                _ = signals.int.recv() => {
+                    info!("sigint: draining");
+                    return Ok(());
+                }
+                _ = signals.hup.recv() => {
+                    info!("sighup: restarting every shard");
+                    let handles = self.handles.clone();
+                    self.counters
+                        .restarts_requested
+                        .fetch_add(handles.len() as u64, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        let all = handles.values().map(|h| h.restart(RestartReason::Requested));
+                        futures_util::future::join_all(all).await;
+                    });
+                }
+            }
+            self.flush().await;
+            if !self.stdout_ok {
+                return Err(CliError::StdoutClosed);
+            }
+            if self.gave_up.len() == self.handles.len() {
+                let reasons = self.gave_up.iter().map(|(k, v)| (*k, v.clone())).collect();
+                return Err(CliError::AllShardsGaveUp(reasons));
+            }
+            if self.events_done {
+                let mut reasons: Vec<(u32, String)> =
+                    self.gave_up.iter().map(|(k, v)| (*k, v.clone())).collect();
+                for id in self.handles.keys() {
+                    if !self.gave_up.contains_key(id) {
+                        reasons.push((*id, "the shard's task ended".into()));
+                    }
+                }
+                return Err(CliError::AllShardsGaveUp(reasons));
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: ShardEvent) {
+        match &ev.kind {
+            ShardEventKind::GaveUp { reason } => {
+                error!(shard = ev.shard, %reason, "shard gave up");
+                self.gave_up.insert(ev.shard, reason.clone());
+            }
+            ShardEventKind::Ready(_) | ShardEventKind::Resumed(_) => {
+                self.gave_up.remove(&ev.shard);
+            }
+            _ => {}
+        }
+        ndjson::write_event(&mut self.buf, &ev);
+        self.counters.events_written.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes what is buffered. A failed write means the reader of stdout is gone.
+    async fn flush(&mut self) {
+        if !self.stdout_ok {
+            self.buf.clear();
+            return;
+        }
+        if !self.buf.is_empty() {
+            let written = self.out.write_all(&self.buf).await;
+            self.buf.clear();
+            if let Err(e) = written {
+                warn!(error = %e, "stdout closed");
+                self.stdout_ok = false;
+                return;
+            }
+        }
+        if let Err(e) = self.out.flush().await {
+            warn!(error = %e, "stdout closed");
+            self.stdout_ok = false;
+        }
+    }
+
+    /// Runs `fut` while still writing events, for at most `bound`. `None` on timeout.
+    async fn pump_while<F: Future>(&mut self, fut: F, bound: Duration) -> Option<F::Output> {
+        let deadline = tokio::time::sleep(bound);
+        tokio::pin!(fut, deadline);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut fut => {
+                    self.flush().await;
+                    return Some(out);
+                }
+                ev = self.group.next_event(), if !self.events_done => match ev {
+                    Some(ev) => self.on_event(ev),
+                    None => self.events_done = true,
+                },
+                _ = &mut deadline => {
+                    self.flush().await;
+                    return None;
+                }
+            }
+            if self.buf.len() >= 16 * 1024 {
+                self.flush().await;
+            }
+        }
+    }
+
+    /// Stops every shard keeping its session resumable (every socket confirmed gone or
+    /// aborted at the drain deadline), saves the sessions, ends the shard tasks and writes the
+    /// last events.
+    async fn drain(
+        &mut self,
+        session_path: Option<&std::path::Path>,
+        total: u32,
+        drain: Duration,
+    ) -> Result<(), CliError> {
+        // Each shard's stop is bounded by the drain deadline plus the abort; shards stop
+        // concurrently.
+        let bound = drain + Duration::from_secs(2);
+        let handles = self.handles.clone();
+        let stop = futures_util::future::join_all(
+            handles.values().map(|h| h.stop(StopIntent::KeepResumable)),
+        );
+        let stopped = self.pump_while(stop, bound).await;
+        if stopped.is_none() {
+            error!(?bound, "shards did not stop in time");
+        }
+        let mut result = Ok(());
+        if let Some(path) = session_path {
+            let sessions: BTreeMap<u32, Session> = handles
+                .iter()
+                .filter_map(|(id, h)| h.session().map(|s| (*id, s)))
+                .collect();
+            if sessions.is_empty() {
+                info!(path = %path.display(), "no resumable session to save");
+            } else {
+                match session_file::save(path, total, &sessions, session_file::now_ms()) {
+                    Ok(()) => {
+                        info!(path = %path.display(), sessions = sessions.len(), "sessions saved")
+                    }
+                    Err(e) => {
+                        error!(error = %e, "sessions not saved");
+                        result = Err(CliError::io(
+                            "session file",
+                            std::io::Error::other(e.to_string()),
+                        ));
+                    }
+                }
+            }
+        }
+        let shutdown = futures_util::future::join_all(handles.values().map(ShardHandle::shutdown));
+        let _ = self.pump_while(shutdown, bound).await;
+        // The last events (socket closed, state changes) until every shard task has ended.
+        while !self.events_done {
+            match tokio::time::timeout(Duration::from_millis(100), self.group.next_event()).await {
+                Ok(Some(ev)) => self.on_event(ev),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.flush().await;
+        let live: usize = handles.values().map(|h| h.status().live_sockets).sum();
+        info!(live_sockets = live, "drained");
+        if stopped.is_none() {
+            return Err(CliError::DrainTimedOut(bound));
+        }
+        result
+    }
+}
+
+/// Reads commands from stdin, one per line, and carries them out in order. Replies (errors,
+/// `ok` for commands with an `id`, `status`) go to `out`. Ends at end of input: the process
+/// keeps running without commands (for example under a supervisor with stdin on /dev/null).
+async fn read_commands(
+    shards: Arc<BTreeMap<u32, ShardHandle>>,
+    total: u32,
+    counters: Arc<AdapterCounters>,
+    out: mpsc::Sender<Vec<u8>>,
+) {
+    let mut reader = BufReader::new(tokio::io::stdin());
+    let mut line = Vec::new();
+    let mut number = 0u64;
+    loop {
+        let read = read_line_bounded(&mut reader, &mut line, MAX_COMMAND_LINE).await;
+        let text = match read {
+            Ok(LineRead::Eof) => {
+                debug!("stdin closed; no more commands");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "stdin unreadable; no more commands");
+                return;
+            }
+            Ok(LineRead::TooLong) => {
+                number += 1;
+                Err(CommandError::TooLong {
+                    limit: MAX_COMMAND_LINE,
+                })
+            }
+            Ok(LineRead::Line) => {
+                number += 1;
+                std::str::from_utf8(&line).map_err(|_| CommandError::Malformed {
+                    reason: "the line is not utf-8".into(),
+                })
+            }
+        };
+        let mut reply = Vec::new();
+        match text {
+            Ok(t) if t.trim().is_empty() => continue,
+            Ok(t) => {
+                let parsed = ndjson::parse_command(t.trim());
+                let id = parsed.id;
+                match parsed.command {
+                    Ok(cmd) => {
+                        let errors = execute(cmd, &shards, total, number, id, &mut reply).await;
+                        if errors.is_empty() {
+                            counters.commands_ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            counters.commands_failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        for e in &errors {
+                            warn!(line = number, error = %e, "command refused");
+                            ndjson::write_error(&mut reply, number, id, e);
+                        }
+                        if errors.is_empty() && id.is_some() && reply.is_empty() {
+                            ndjson::write_ok(&mut reply, number, id);
+                        }
+                    }
+                    Err(e) => {
+                        counters.commands_failed.fetch_add(1, Ordering::Relaxed);
+                        warn!(line = number, error = %e, "command refused");
+                        ndjson::write_error(&mut reply, number, id, &e);
+                    }
+                }
+            }
+            Err(e) => {
+                counters.commands_failed.fetch_add(1, Ordering::Relaxed);
+                warn!(line = number, error = %e, "command refused");
+                ndjson::write_error(&mut reply, number, None, &e);
+            }
+        }
+        if !reply.is_empty() && out.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Carries out one command; returns the errors (one per shard that refused it).
+async fn execute(
+    cmd: StdinCommand,
+    shards: &BTreeMap<u32, ShardHandle>,
+    total: u32,
+    line: u64,
+    id: Option<&serde_json::value::RawValue>,
+    reply: &mut Vec<u8>,
+) -> Vec<CommandError> {
+    let targets = |route: Route| -> Result<Vec<u32>, CommandError> {
+        match route {
+            Route::Shard(id) if shards.contains_key(&id) => Ok(vec![id]),
+            Route::Shard(id) => Err(CommandError::NoSuchShard { shard: id }),
+            Route::All => Ok(shards.keys().copied().collect()),
+            Route::Guild(g) => {
+                let id = ndjson::guild_shard(g, total);
+                if shards.contains_key(&id) {
+                    Ok(vec![id])
+                } else {
+                    Err(CommandError::NoSuchShard { shard: id })
+                }
+            }
+            Route::Single if shards.len() == 1 => Ok(shards.keys().copied().collect()),
+            Route::Single => Err(CommandError::ShardRequired),
+        }
+    };
+    let mut errors = Vec::new();
+    match cmd {
+        StdinCommand::Send { route, command } => match targets(route) {
+            Ok(ids) => {
+                for shard in ids {
+                    let Some(h) = shards.get(&shard) else {
+                        continue;
+                    };
+                    if let Err(e) = h.send(command.clone()).await {
+                        errors.push(match e {
+                            SendError::DriverGone(_) => CommandError::ShardGone { shard },
+                            other => CommandError::Send {
+                                shard,
+                                reason: error_chain(&other),
+                            },
+                        });
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        },
+        StdinCommand::Restart { route } => match targets(route) {
+            Ok(ids) => {
+                info!(shards = ?ids, "restart requested on stdin");
+                for shard in ids {
+                    let Some(h) = shards.get(&shard) else {
+                        continue;
+                    };
+                    if h.restart(RestartReason::Requested).await.is_err() {
+                        errors.push(CommandError::ShardGone { shard });
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        },
+        StdinCommand::Status => {
+            let statuses: Vec<_> = shards.values().map(ShardHandle::status).collect();
+            ndjson::write_status(reply, line, id, &statuses);
+        }
+    }
+    errors
+}
+
+/// An error and its sources, joined by `: `.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// What [`read_line_bounded`] read.
+#[derive(Debug, PartialEq, Eq)]
+enum LineRead {
+    /// A line (without its terminator) is in the buffer.
+    Line,
+    /// A line longer than the limit was skipped (through its terminator).
+    TooLong,
+    /// End of input.
+    Eof,
+}
+
+/// Reads one `\n`-terminated line into `buf` (cleared first), holding at most `limit` bytes:
+/// a longer line is consumed and reported as [`LineRead::TooLong`]. A last line without a
+/// terminator counts as a line.
+async fn read_line_bounded<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<LineRead> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(if too_long {
+                LineRead::TooLong
+            } else if buf.is_empty() {
+                LineRead::Eof
+            } else {
+                LineRead::Line
+            });
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        if !too_long {
+            if buf.len() + take > limit {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(&chunk[..take]);
+            }
+        }
+        reader.consume(if done { take + 1 } else { take });
+        if done {
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+            return Ok(if too_long {
+                LineRead::TooLong
+            } else {
+                LineRead::Line
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_flag() {
+        assert_eq!(parse_shards("auto"), Ok(ShardsArg::Auto));
+        assert_eq!(parse_shards("4"), Ok(ShardsArg::All(4)));
+        assert_eq!(
+            parse_shards("2..4/8"),
+            Ok(ShardsArg::Range {
+                ids: 2..4,
+                total: 8
+            })
+        );
+        for bad in ["0", "x", "4..2/8", "0..9/8", "1..2", "-1", "1..2/x"] {
+            assert!(parse_shards(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            resolve_shards(&ShardsArg::Auto, Some(3)).unwrap(),
+            (0..3, 3)
+        );
+        assert_eq!(resolve_shards(&ShardsArg::Auto, None).unwrap(), (0..1, 1));
+    }
+
+    #[test]
+    fn intents_flag() {
+        assert_eq!(
+            parse_intents("GUILDS,GUILD_MESSAGES"),
+            Ok(Intents::GUILDS | Intents::GUILD_MESSAGES)
+        );
+        assert_eq!(
+            parse_intents("GUILDS | MESSAGE_CONTENT").unwrap().bits(),
+            1 | 32768
+        );
+        assert_eq!(parse_intents("513").unwrap().bits(), 513);
+        assert!(parse_intents("GUILDZ").is_err());
+    }
+
+    #[test]
+    fn http_flag_defaults_to_loopback() {
+        assert_eq!(
+            parse_http_bind("9090").unwrap(),
+            "127.0.0.1:9090".parse().unwrap()
+        );
+        assert_eq!(
+            parse_http_bind("[::1]:80").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
+        assert!(parse_http_bind("localhost").is_err());
+    }
+
+    #[tokio::test]
+    async fn lines_are_bounded() {
+        let input: &[u8] = b"short\r\n0123456789abcdef\nok\nlast";
+        let mut reader = BufReader::with_capacity(4, input);
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            let r = read_line_bounded(&mut reader, &mut buf, 8).await.unwrap();
+            if r == LineRead::Eof {
+                break;
+            }
+            got.push((r, String::from_utf8(buf.clone()).unwrap()));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (LineRead::Line, "short".into()),
+                (LineRead::TooLong, String::new()),
+                (LineRead::Line, "ok".into()),
+                (LineRead::Line, "last".into()),
+            ]
+        );
+    }
+}
