@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use handover_core::{CloseRules, Codec, ConnectionId, Decoded, Message, OpenMode, Payload};
 use handover_discord::mock::Fault;
-use handover_discord::protocol::{CLOSE_RULES, GatewayEvent};
+use handover_discord::protocol::{CLOSE_RULES, Compression, GatewayEvent};
 use handover_tests::sim::{
-    Action, DEFAULT_SEEDS, Options, Outcome, RunResult, Scenario, run, run_with, shrink,
+    Action, DEFAULT_SEEDS, Options, Outcome, RunResult, Scenario, Timers, run, run_with, shrink,
 };
 
 /// Wall-clock budget of the seed sweep; past it the sweep stops early and says so.
@@ -353,8 +353,27 @@ fn the_checker_catches_a_fatal_close_retried() {
 #[test]
 fn schedules_cover_every_fault_and_action() {
     let mut seen = std::collections::BTreeSet::new();
+    let mut kinds = std::collections::BTreeMap::<&str, u64>::new();
     for seed in 0..DEFAULT_SEEDS {
-        for a in Scenario::generate(seed).schedule {
+        let scenario = Scenario::generate(seed);
+        let p = &scenario.params;
+        for (kind, on) in [
+            ("no session-losing fault", !scenario.may_lose_sessions()),
+            ("fatal closes", p.fatal),
+            ("gated identifies", p.permits.is_some()),
+            (
+                "permit budget",
+                p.permits.is_some_and(|g| g.budget.is_some()),
+            ),
+            ("max attempts", p.max_attempts.is_some()),
+            ("compressed", p.compression != Compression::None),
+            ("latency", !p.latency.is_zero()),
+            ("test timers", p.timers == Timers::Tight),
+            ("small replay buffer", p.replay_buffer < 100),
+        ] {
+            *kinds.entry(kind).or_default() += u64::from(on);
+        }
+        for a in scenario.schedule {
             let name = match a.action {
                 Action::Fault(f) | Action::ShardFault(f) | Action::FaultOn { fault: f, .. } => {
                     match f {
@@ -403,5 +422,12 @@ fn schedules_cover_every_fault_and_action() {
         "restart on Accepted",
     ] {
         assert!(seen.contains(want), "no schedule has {want}; seen {seen:?}");
+    }
+    // Every kind of run is well represented (each is at least 2 % of the seeds).
+    for (kind, n) in &kinds {
+        assert!(
+            n * 50 >= DEFAULT_SEEDS,
+            "only {n} seeds with {kind}: {kinds:?}"
+        );
     }
 }
