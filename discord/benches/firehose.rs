@@ -135,6 +135,8 @@ struct Plan {
     cap: Duration,
     /// Distinct payloads in rotation (one mock stream each).
     distinct: u64,
+    /// A smoke run (no `--bench`): the numbers mean nothing.
+    smoke: bool,
     /// Only this client, if set (`--only`).
     only_client: Option<Client>,
     /// Only this compression, if set (`--only-compression`).
@@ -173,6 +175,7 @@ fn main() {
             reps: 5,
             cap: Duration::from_secs(60),
             distinct: DISTINCT,
+            smoke: !full,
             only_client: None,
             only_compression: None,
             read_buffer: 0,
@@ -186,6 +189,7 @@ fn main() {
             reps: 1,
             cap: Duration::from_secs(20),
             distinct: DISTINCT,
+            smoke: !full,
             only_client: None,
             only_compression: None,
             read_buffer: 0,
@@ -266,6 +270,11 @@ fn parent(plan: &Plan) -> bool {
     );
     for c in Client::ALL {
         println!("  {:<6} {}", c.name(), c.describe());
+    }
+    if plan.smoke {
+        println!(
+            "smoke run (no --bench): checks that every client works; the figures are not measurements"
+        );
     }
     match plan.read_buffer {
         0 => println!("read buffers: each client's default (raw 128 KiB, shard 4 KiB)"),
