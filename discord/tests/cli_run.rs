@@ -1,0 +1,255 @@
+//! `handover run` as a child process against the mock gateway on 127.0.0.1: NDJSON events out,
+//! commands in, the HTTP control API, hot restarts (HTTP and SIGHUP), draining on SIGTERM and
+//! resuming from the session file in the next process.
+
+#![cfg(feature = "cli")]
+
+mod cli_common;
+
+use std::time::Duration;
+
+use cli_common::{TOKEN, WAIT, http, mock_config, spawn, temp_dir};
+use handover_discord::mock::MockServer;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_commands_http_control_and_hot_restarts() {
+    let mock = MockServer::start(mock_config()).await.unwrap();
+    let gw = mock.handle();
+    let api = mock.http_base();
+    let mut run = spawn(
+        &[
+            "run",
+            "--api-base",
+            &api,
+            "--http",
+            "127.0.0.1:0",
+            "--drain-timeout-ms",
+            "500",
+        ],
+        &[("HANDOVER_TOKEN", TOKEN)],
+    );
+
+    let started = run.expect_type("started").await;
+    assert_eq!(started["shards"], json!([0]));
+    assert_eq!(started["total"], 1);
+    let addr = started["http"].as_str().expect("http address").to_owned();
+    let ready = run.expect_type("ready").await;
+    assert_eq!(ready["shard"], 0);
+    let session = ready["session_id"].as_str().unwrap().to_owned();
+    assert!(gw.counters().shard(0).sessions.contains_key(&session));
+    assert_eq!(
+        ready["data"]["session_id"],
+        session.as_str(),
+        "raw READY data"
+    );
+
+    // An event: one line, data as the gateway sent it.
+    let data = json!({ "content": "hi\nthere", "nested": { "a": [1, 2.5, null] } });
+    assert_eq!(gw.dispatch(0, "MESSAGE_CREATE", &data), 1);
+    let ev = run.expect_type("dispatch").await;
+    assert_eq!(ev["event"], "MESSAGE_CREATE");
+    assert_eq!(ev["data"], data);
+    assert_eq!(ev["seq"], 2);
+
+    // Commands: acknowledged when they carry an id, a malformed line is refused and skipped.
+    run.send(r#"{"op":"presence","status":"idle","id":"p1"}"#)
+        .await;
+    let ok = run.expect_type("ok").await;
+    assert_eq!(
+        (ok["id"].as_str(), ok["line"].as_u64()),
+        (Some("p1"), Some(1))
+    );
+    run.send("this is not json").await;
+    let err = run.expect_type("error").await;
+    assert_eq!(err["line"], 2);
+    assert!(
+        err["error"].as_str().unwrap().contains("json object"),
+        "{err}"
+    );
+    run.send(r#"{"op":"presence","shard":5,"status":"idle","id":7}"#)
+        .await;
+    let err = run.expect_type("error").await;
+    assert_eq!(
+        (err["id"].as_u64(), err["shard"].as_u64()),
+        (Some(7), Some(5))
+    );
+
+    // A raw payload reaches the gateway: an unknown opcode makes it close with 4001, and the
+    // shard resumes.
+    run.send(r#"{"op":"raw","payload":{"op":99,"d":null},"id":"raw"}"#)
+        .await;
+    run.expect_type("resumed").await;
+    run.seen_or_expect("ok for raw", |v| v["type"] == "ok" && v["id"] == "raw")
+        .await;
+    run.seen_or_expect("socket closed with 4001", |v| {
+        v["type"] == "socket_closed" && v["code"] == 4001
+    })
+    .await;
+    let c = gw.counters().shard(0);
+    assert_eq!(c.server_closes, vec![4001]);
+    assert_eq!((c.identifies, c.resumes_ok), (1, 1));
+
+    // The control API.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (code, body) = http(&addr, "GET", "/health").await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if code == 200 {
+            assert_eq!(
+                v,
+                json!({"healthy": true, "shards": [{"shard": 0, "phase": "receiving"}]})
+            );
+            break;
+        }
+        assert_eq!(code, 503, "{body}");
+        assert_eq!(v["healthy"], false);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never healthy: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, body) = http(&addr, "GET", "/status").await;
+    assert_eq!(code, 200);
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status[0]["shard"], 0);
+    assert_eq!(status[0]["identifies"], 1);
+    assert_eq!(status[0]["session_id"], session.as_str());
+    assert_eq!(status[0]["last_close_code"], 4001);
+    let (code, metrics) = http(&addr, "GET", "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(metrics.contains("handover_shard_phase{shard=\"0\",phase=\"receiving\"} 1\n"));
+    assert!(metrics.contains("handover_shard_identifies_total{shard=\"0\"} 1\n"));
+    assert!(metrics.contains("handover_shard_live_sockets{shard=\"0\"} 1\n"));
+    assert!(metrics.contains("handover_commands_total{result=\"error\"} 2\n"));
+    assert!(!metrics.contains(TOKEN));
+    assert_eq!(http(&addr, "GET", "/nope").await.0, 404);
+    assert_eq!(http(&addr, "GET", "/restart").await.0, 405);
+    assert_eq!(http(&addr, "POST", "/health").await.0, 405);
+    assert_eq!(http(&addr, "POST", "/restart/7").await.0, 404);
+
+    // Hot restart over HTTP, then with SIGHUP: each resumes, no identify is spent.
+    let (code, body) = http(&addr, "POST", "/restart").await;
+    assert_eq!((code, body.as_str()), (202, r#"{"restarting":[0]}"#));
+    run.expect_type("resumed").await;
+    run.signal("HUP");
+    run.expect_type("resumed").await;
+    let c = gw.counters().shard(0);
+    assert_eq!((c.identifies, c.resumes_ok, c.max_live_sockets), (1, 3, 1));
+
+    // SIGTERM drains: exit 0, no socket left.
+    run.signal("TERM");
+    let status = run.wait().await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", run.stderr());
+    gw.wait_for(WAIT, |c| c.live_sockets == 0).await.unwrap();
+    assert_eq!(gw.counters().shard(0).close_frames.last(), Some(&4000));
+    let everything = format!("{}\n{}", run.stdout(), run.stderr());
+    assert!(!everything.contains(TOKEN), "the token leaked");
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_process_hands_its_session_to_the_next_one() {
+    let mock = MockServer::start(mock_config()).await.unwrap();
+    let gw = mock.handle();
+    let api = mock.http_base();
+    let dir = temp_dir("session-handover");
+    let file = dir.join("sessions.json");
+    let file_arg = file.to_str().unwrap().to_owned();
+    let args = ["run", "--api-base", &api, "--session-file", &file_arg];
+
+    let mut first = spawn(&args, &[("HANDOVER_TOKEN", TOKEN)]);
+    let ready = first.expect_type("ready").await;
+    let session = ready["session_id"].as_str().unwrap().to_owned();
+    gw.dispatch(0, "MESSAGE_CREATE", &json!({ "n": 1 }));
+    let ev = first.expect_type("dispatch").await;
+    assert_eq!(ev["seq"], 2);
+    first.signal("TERM");
+    assert_eq!(first.wait().await.code(), Some(0), "{}", first.stderr());
+    gw.wait_for(WAIT, |c| c.live_sockets == 0).await.unwrap();
+
+    let saved: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(saved["version"], 1);
+    assert_eq!(saved["total"], 1);
+    assert_eq!(saved["sessions"][0]["shard"], 0);
+    assert_eq!(saved["sessions"][0]["session_id"], session.as_str());
+    assert_eq!(saved["sessions"][0]["seq"], 2);
+    assert_eq!(
+        saved["sessions"][0]["resume_gateway_url"],
+        mock.url().as_str()
+    );
+
+    // An event while no process runs: the next one gets it through the resume replay.
+    gw.dispatch(0, "MESSAGE_CREATE", &json!({ "n": 2 }));
+
+    let mut second = spawn(&args, &[("HANDOVER_TOKEN", TOKEN)]);
+    let handshake = second
+        .expect_line("a handshake", |v| {
+            v["type"] == "ready" || v["type"] == "resumed"
+        })
+        .await;
+    assert_eq!(handshake["type"], "resumed", "{}", second.stdout());
+    assert_eq!(handshake["session_id"], session.as_str());
+    assert!(!file.exists(), "the session file is used once");
+    // Replayed events come before RESUMED.
+    let missed: Value = second
+        .lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["type"] == "dispatch")
+        .expect("the missed event was replayed");
+    assert_eq!(
+        (missed["seq"].as_u64(), missed["data"]["n"].as_u64()),
+        (Some(3), Some(2))
+    );
+    let c = gw.counters().shard(0);
+    assert_eq!((c.identifies, c.resumes_ok, c.max_live_sockets), (1, 1, 1));
+
+    second.signal("TERM");
+    assert_eq!(second.wait().await.code(), Some(0), "{}", second.stderr());
+    gw.wait_for(WAIT, |c| c.live_sockets == 0).await.unwrap();
+    let saved: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(saved["sessions"][0]["session_id"], session.as_str());
+    assert!(saved["sessions"][0]["seq"].as_u64().unwrap() >= 3);
+    let _ = std::fs::remove_dir_all(&dir);
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_session_file_is_not_resumed() {
+    let mock = MockServer::start(mock_config()).await.unwrap();
+    let gw = mock.handle();
+    let api = mock.http_base();
+    let dir = temp_dir("stale-session");
+    let file = dir.join("sessions.json");
+    std::fs::write(
+        &file,
+        json!({"version":1,"saved_at_ms":1000,"total":1,"sessions":[
+            {"shard":0,"session_id":"old","resume_gateway_url":mock.url(),"seq":9}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let file_arg = file.to_str().unwrap().to_owned();
+    let mut run = spawn(
+        &["run", "--api-base", &api, "--session-file", &file_arg],
+        &[("HANDOVER_TOKEN", TOKEN)],
+    );
+    let handshake = run
+        .expect_line("a handshake", |v| {
+            v["type"] == "ready" || v["type"] == "resumed"
+        })
+        .await;
+    assert_eq!(handshake["type"], "ready");
+    assert_eq!(gw.counters().resumes_unknown_session, 0, "nothing resumed");
+    run.signal("INT");
+    assert_eq!(run.wait().await.code(), Some(0));
+    assert!(
+        run.stderr().contains("session file not used"),
+        "{}",
+        run.stderr()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    mock.shutdown().await;
+}
