@@ -1787,12 +1787,13 @@ impl<'a, C: Codec<Item = GatewayEvent, Command = Command>> Sim<'a, C> {
                 let (sid, _) = self.intern(&r.session_id);
                 self.record(Rec::ItemResumed(sid, r.seq));
                 self.accepted_items += 1;
-                // Not a violation (yet): the mock keeps its RESUMED frames in the replay buffer,
-                // so a RESUMED lost with its connection is replayed on the next resume and the
-                // application sees two for one resume. Counted in the outcome.
+                // The mock keeps its RESUMED frames in the replay buffer, so a RESUMED lost with
+                // its connection is replayed on the next resume. The codec must deliver that one
+                // as a plain dispatch: the application hears of one resume per resume.
                 if self.accepted_items > self.accepted_events {
                     self.resumed_replayed += 1;
                     self.accepted_events = self.accepted_items;
+                    self.violate("two RESUMED items for one resume".to_string());
                 }
                 if self.current.map(|c| self.delivered[c].sid) != Some(sid) {
                     self.violate(format!(

@@ -367,6 +367,9 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
     /// Jumps to the next due instant (never backwards) and processes everything due then.
     /// Returns the instant, or `None` if nothing will ever happen without an input.
     pub fn step(&mut self) -> Result<Option<Instant>, MemoryError> {
+        // Actions the peer queued between steps (faults injected through `peer_mut`) are due
+        // now, not at the next deadline of the core or the peer.
+        self.drain_peer();
         let Some(next) = self.next_timeout() else {
             return Ok(None);
         };
@@ -377,6 +380,7 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
 
     /// Processes everything due up to `deadline`, then sets the clock to `deadline`.
     pub fn run_until(&mut self, deadline: Instant) -> Result<(), MemoryError> {
+        self.drain_peer();
         while let Some(next) = self.next_timeout() {
             if next > deadline {
                 break;
@@ -400,6 +404,7 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
         mut condition: impl FnMut(&Self) -> bool,
     ) -> Result<bool, MemoryError> {
         let end = self.now + limit;
+        self.drain_peer();
         loop {
             if condition(self) {
                 return Ok(true);

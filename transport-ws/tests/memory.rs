@@ -150,6 +150,28 @@ fn peer_drop_without_close_resumes_on_a_new_transport() {
 }
 
 #[test]
+fn a_fault_injected_between_steps_acts_at_once_not_at_the_next_deadline() {
+    let mut s = sim(LinePeer::new(1000));
+    s.start().unwrap();
+    assert!(
+        s.run_until_condition(Duration::from_secs(5), identified)
+            .unwrap()
+    );
+    s.take_events();
+    // The next heartbeat is up to a second away; the drop must not wait for it.
+    s.peer_mut().act(PeerAction::Drop);
+    s.run_for(Duration::from_millis(1)).unwrap();
+    let facts = transport_events(&s.take_events());
+    assert!(
+        facts.contains(&TransportEvent::Closed {
+            conn: ConnectionId(1),
+            code: None
+        }),
+        "{facts:?}"
+    );
+}
+
+#[test]
 fn peer_close_frame_is_answered_and_reported_with_its_code() {
     let mut s = sim(LinePeer::new(1000));
     s.start().unwrap();

@@ -1,10 +1,12 @@
 //! [`DiscordCodec`]: Discord gateway v10 (JSON encoding) as a [`handover_core::Codec`].
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use handover_core::{Codec, ConnectionId, Decoded, Message, OpenMode, Payload, Signal};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::commands::{ConnectionProperties, IdentifyData, ResumeData, ShardId, UpdatePresence};
 use super::compression::{Compression, DEFAULT_MAX_DECOMPRESSED_BYTES, Decompressor};
@@ -174,6 +176,8 @@ pub struct DiscordCodec {
     limiter: SendLimiter,
     conn: Option<ConnectionId>,
     mode: OpenMode,
+    /// A RESUMED already accepted the handshake on the current connection.
+    resumed_here: bool,
 }
 
 impl DiscordCodec {
@@ -189,6 +193,7 @@ impl DiscordCodec {
             limiter,
             conn: None,
             mode: OpenMode::Identify,
+            resumed_here: false,
         })
     }
 
@@ -329,7 +334,15 @@ impl DiscordCodec {
                     })),
                 })
             }
+            "RESUMED" if self.resumed_here => {
+                // A second RESUMED on one connection: one that never reached us before was
+                // replayed among the missed events. The handshake is already accepted; this
+                // one is delivered like any replayed dispatch (once, in seq order).
+                tracing::debug!(seq = ?env.s, "second RESUMED on one connection");
+                self.plain_dispatch(buf, env.s, env.d, t)
+            }
             "RESUMED" => {
+                self.resumed_here = true;
                 self.tracker.resumed(env.s);
                 let session_id = self
                     .tracker
@@ -345,34 +358,41 @@ impl DiscordCodec {
                     })),
                 })
             }
-            _ => {
-                let seq = env.s.ok_or(ProtocolError::MissingField {
-                    field: "s",
-                    context: "dispatch",
-                })?;
-                match self.tracker.dispatch(seq) {
-                    Verdict::Duplicate => {
-                        tracing::debug!(seq, event = %t, "duplicate dispatch dropped");
-                        return Ok(Decoded::nothing());
-                    }
-                    Verdict::DeliverAfterJump { expected } => {
-                        tracing::warn!(seq, expected, event = %t, "sequence jumped");
-                    }
-                    Verdict::Deliver => {}
-                }
-                let data = env
-                    .d
-                    .map_or_else(RawJson::null, |d| RawJson::from_buffer(buf, d));
-                Ok(Decoded {
-                    signal: None,
-                    item: Some(GatewayEvent::Dispatch(Dispatch {
-                        seq,
-                        event_type: t.into_owned(),
-                        data,
-                    })),
-                })
-            }
+            _ => self.plain_dispatch(buf, env.s, env.d, t),
         }
+    }
+
+    /// Any dispatch but READY and the handshake's RESUMED: delivered once, in seq order.
+    fn plain_dispatch(
+        &mut self,
+        buf: &Bytes,
+        s: Option<u64>,
+        d: Option<&RawValue>,
+        t: Cow<'_, str>,
+    ) -> Result<Decoded<GatewayEvent>, ProtocolError> {
+        let seq = s.ok_or(ProtocolError::MissingField {
+            field: "s",
+            context: "dispatch",
+        })?;
+        match self.tracker.dispatch(seq) {
+            Verdict::Duplicate => {
+                tracing::debug!(seq, event = %t, "duplicate dispatch dropped");
+                return Ok(Decoded::nothing());
+            }
+            Verdict::DeliverAfterJump { expected } => {
+                tracing::warn!(seq, expected, event = %t, "sequence jumped");
+            }
+            Verdict::Deliver => {}
+        }
+        let data = d.map_or_else(RawJson::null, |d| RawJson::from_buffer(buf, d));
+        Ok(Decoded {
+            signal: None,
+            item: Some(GatewayEvent::Dispatch(Dispatch {
+                seq,
+                event_type: t.into_owned(),
+                data,
+            })),
+        })
     }
 
     fn checked(bytes: Vec<u8>) -> Result<Message, ProtocolError> {
@@ -407,6 +427,7 @@ impl Codec for DiscordCodec {
     fn reset(&mut self, conn: ConnectionId, mode: OpenMode) {
         self.conn = Some(conn);
         self.mode = mode;
+        self.resumed_here = false;
         self.limiter.reset();
         self.decompressor =
             Decompressor::new(self.cfg.compression, self.cfg.max_decompressed_bytes)

@@ -447,3 +447,37 @@ fn commands_encode_as_documented() {
         Err(ProtocolError::InvalidCommand { .. })
     ));
 }
+
+#[test]
+fn a_replayed_resumed_is_not_a_second_handshake() {
+    // Connection 1 had a session; its RESUMED (seq 4) was written but never arrived. The
+    // resume on connection 2 replays it among the missed events, then sends a new RESUMED.
+    let mut c = ready_codec();
+    c.reset(ConnectionId(2), OpenMode::Resume);
+    decode(&mut c, &hello(41_250)).unwrap();
+    let first = decode(&mut c, &resumed(4)).unwrap();
+    assert_eq!(
+        first.signal,
+        Some(Signal::HandshakeAccepted { resumed: true })
+    );
+    assert!(matches!(first.item, Some(GatewayEvent::Resumed(_))));
+    let again = decode(&mut c, &resumed(6)).unwrap();
+    assert_eq!(again.signal, None, "one handshake per connection");
+    // Delivered as the replayed dispatch it is, so sequence numbers stay gapless.
+    match again.item {
+        Some(GatewayEvent::Dispatch(d)) => {
+            assert_eq!((d.seq, d.event_type.as_str()), (6, "RESUMED"));
+        }
+        other => panic!("expected a plain dispatch, got {other:?}"),
+    }
+    assert_eq!(c.last_seq(), Some(6));
+
+    // The next connection's RESUMED is its handshake again.
+    c.reset(ConnectionId(3), OpenMode::Resume);
+    decode(&mut c, &hello(41_250)).unwrap();
+    let next = decode(&mut c, &resumed(7)).unwrap();
+    assert_eq!(
+        next.signal,
+        Some(Signal::HandshakeAccepted { resumed: true })
+    );
+}
