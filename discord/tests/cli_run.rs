@@ -9,7 +9,7 @@ mod cli_common;
 use std::time::Duration;
 
 use cli_common::{TOKEN, WAIT, http, mock_config, spawn, temp_dir};
-use handover_discord::mock::MockServer;
+use handover_discord::mock::{MockConfig, MockServer};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,6 +250,79 @@ async fn a_stale_session_file_is_not_resumed() {
         "{}",
         run.stderr()
     );
+    let _ = std::fs::remove_dir_all(&dir);
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shard_of_a_fleet_is_handed_over() {
+    let mock = MockServer::start(MockConfig {
+        shards: 2,
+        max_concurrency: 2,
+        ..mock_config()
+    })
+    .await
+    .unwrap();
+    let gw = mock.handle();
+    let api = mock.http_base();
+    let dir = temp_dir("fleet-handover");
+    let file = dir.join("sessions.json");
+    let file_arg = file.to_str().unwrap().to_owned();
+    let args = ["run", "--api-base", &api, "--session-file", &file_arg];
+
+    let mut first = spawn(&args, &[("HANDOVER_TOKEN", TOKEN)]);
+    let started = first.expect_type("started").await;
+    assert_eq!(
+        (started["shards"].clone(), started["total"].clone()),
+        (json!([0, 1]), json!(2))
+    );
+    let a = first.expect_type("ready").await;
+    let b = first.expect_type("ready").await;
+    let mut ready: Vec<u64> = vec![a["shard"].as_u64().unwrap(), b["shard"].as_u64().unwrap()];
+    ready.sort_unstable();
+    assert_eq!(ready, vec![0, 1]);
+    // A command naming no shard goes to every shard; a raw one must name it.
+    first
+        .send(r#"{"op":"presence","status":"dnd","id":1}"#)
+        .await;
+    first.expect_type("ok").await;
+    first
+        .send(r#"{"op":"raw","payload":{"op":1,"d":null},"id":2}"#)
+        .await;
+    let err = first.expect_type("error").await;
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("`shard` is required"),
+        "{err}"
+    );
+    first.signal("TERM");
+    assert_eq!(first.wait().await.code(), Some(0), "{}", first.stderr());
+    gw.wait_for(WAIT, |c| c.live_sockets == 0).await.unwrap();
+    let saved: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(saved["total"], 2);
+    assert_eq!(saved["sessions"].as_array().unwrap().len(), 2, "{saved}");
+
+    let mut second = spawn(&args, &[("HANDOVER_TOKEN", TOKEN)]);
+    for _ in 0..2 {
+        let h = second
+            .expect_line("a handshake", |v| {
+                v["type"] == "ready" || v["type"] == "resumed"
+            })
+            .await;
+        assert_eq!(h["type"], "resumed", "{}", second.stdout());
+    }
+    for shard in 0..2 {
+        let c = gw.counters().shard(shard);
+        assert_eq!(
+            (c.identifies, c.resumes_ok, c.max_live_sockets),
+            (1, 1, 1),
+            "shard {shard}"
+        );
+    }
+    second.signal("TERM");
+    assert_eq!(second.wait().await.code(), Some(0), "{}", second.stderr());
     let _ = std::fs::remove_dir_all(&dir);
     mock.shutdown().await;
 }

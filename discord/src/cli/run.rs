@@ -23,12 +23,9 @@ use super::ndjson::{self, CommandError, MAX_COMMAND_LINE, Route, StdinCommand};
 use super::session_file;
 use crate::http::{DEFAULT_API_BASE, HttpError, HttpOptions, gateway_bot};
 use crate::protocol::{
-    Compression, GatewayConfig, IdentifyQueueConfig, Intents, Session, SessionStartLimit, ShardId,
-    Token,
+    Compression, GatewayConfig, IdentifyQueueConfig, Intents, Session, SessionStartLimit, Token,
 };
-use crate::runtime::{
-    Fleet, FleetConfig, Shard, ShardConfig, ShardEvent, ShardEventKind, ShardHandle, ShardSelection,
-};
+use crate::runtime::{Fleet, FleetConfig, ShardEvent, ShardEventKind, ShardHandle, ShardSelection};
 
 /// The environment variable holding the bot token. The token is never a flag (flags show up in
 /// `ps`, shell history and process listings) and is never printed.
@@ -223,8 +220,8 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     gateway.gateway_url = lookup.url;
     gateway.compression = args.compression.into();
     let drain = Duration::from_millis(args.drain_timeout_ms.max(1));
-    let group = Group::start(gateway, ids.clone(), total, lookup.limit, drain, sessions)?;
-    let handles = Arc::new(group.handles());
+    let fleet = start_fleet(gateway, ids.clone(), total, lookup.limit, drain, sessions)?;
+    let handles = Arc::new(handles(&fleet));
     let counters = Arc::new(AdapterCounters::default());
 
     let mut http_addr = None;
@@ -248,7 +245,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     }
 
     let mut adapter = Adapter {
-        group,
+        fleet,
         handles: handles.clone(),
         counters: counters.clone(),
         out: BufWriter::with_capacity(64 * 1024, tokio::io::stdout()),
@@ -361,78 +358,38 @@ fn load_sessions(path: &std::path::Path, total: u32, max_age_secs: u64) -> BTree
     }
 }
 
-/// One shard on its own, or a fleet sharing an identify queue.
-enum Group {
-    One(Shard),
-    Many(Fleet),
+/// Starts the shards as one fleet: one identify queue (paced by the bot's `max_concurrency`
+/// and session start limit), saved sessions resumed.
+fn start_fleet(
+    gateway: GatewayConfig,
+    ids: Range<u32>,
+    total: u32,
+    limit: Option<SessionStartLimit>,
+    drain: Duration,
+    sessions: BTreeMap<u32, Session>,
+) -> Result<Fleet, CliError> {
+    let mut config = FleetConfig::new(gateway, ShardSelection::Range { ids, total });
+    config.lifecycle.drain_deadline = drain;
+    config.identify = IdentifyQueueConfig {
+        max_concurrency: limit.map_or(1, |l| l.max_concurrency.max(1)),
+        ..IdentifyQueueConfig::default()
+    };
+    config.session_start_limit = limit;
+    for (shard, s) in &sessions {
+        info!(shard, seq = s.seq, "resuming the saved session");
+    }
+    config.sessions = sessions;
+    Fleet::start(config).map_err(|e| match e {
+        crate::runtime::FleetError::BadSelection { reason } => CliError::Usage(reason),
+        other => CliError::Start(other),
+    })
 }
 
-impl Group {
-    fn start(
-        gateway: GatewayConfig,
-        ids: Range<u32>,
-        total: u32,
-        limit: Option<SessionStartLimit>,
-        drain: Duration,
-        mut sessions: BTreeMap<u32, Session>,
-    ) -> Result<Group, CliError> {
-        let identify = IdentifyQueueConfig {
-            max_concurrency: limit.map_or(1, |l| l.max_concurrency.max(1)),
-            ..IdentifyQueueConfig::default()
-        };
-        if ids.len() == 1 {
-            let id = ids.start;
-            let mut gateway = gateway;
-            gateway.shard = ShardId::new(id, total).map_err(|e| CliError::Usage(e.to_string()))?;
-            let mut config = ShardConfig::new(gateway);
-            config.lifecycle.drain_deadline = drain;
-            config.identify = identify;
-            config.resume = sessions.remove(&id);
-            if let Some(s) = &config.resume {
-                info!(shard = id, seq = s.seq, "resuming the saved session");
-            }
-            let shard = Shard::start(config).map_err(|source| {
-                CliError::Start(crate::runtime::FleetError::Shard { shard: id, source })
-            })?;
-            return Ok(Group::One(shard));
-        }
-        if !sessions.is_empty() {
-            // The fleet has no per-shard resume yet: resuming several shards from a session
-            // file waits for it, and these shards identify (paced by the shared queue).
-            warn!(
-                sessions = sessions.len(),
-                "saved sessions are resumed for a single shard only; identifying"
-            );
-        }
-        let mut config = FleetConfig::new(gateway, ShardSelection::Range { ids, total });
-        config.lifecycle.drain_deadline = drain;
-        config.identify = identify;
-        config.session_start_limit = limit;
-        Fleet::start(config).map(Group::Many).map_err(|e| match e {
-            crate::runtime::FleetError::BadSelection { reason } => CliError::Usage(reason),
-            other => CliError::Start(other),
-        })
-    }
-
-    fn handles(&self) -> BTreeMap<u32, ShardHandle> {
-        match self {
-            Group::One(s) => {
-                let h = s.handle();
-                BTreeMap::from([(h.id(), h)])
-            }
-            Group::Many(f) => f
-                .shard_ids()
-                .filter_map(|id| f.shard(id).map(|h| (id, h.clone())))
-                .collect(),
-        }
-    }
-
-    async fn next_event(&mut self) -> Option<ShardEvent> {
-        match self {
-            Group::One(s) => s.next_event().await,
-            Group::Many(f) => f.next_event().await,
-        }
-    }
+fn handles(fleet: &Fleet) -> BTreeMap<u32, ShardHandle> {
+    fleet
+        .shard_ids()
+        .filter_map(|id| fleet.shard(id).map(|h| (id, h.clone())))
+        .collect()
 }
 
 struct Signals {
@@ -455,7 +412,7 @@ impl Signals {
 }
 
 struct Adapter {
-    group: Group,
+    fleet: Fleet,
     handles: Arc<BTreeMap<u32, ShardHandle>>,
     counters: Arc<AdapterCounters>,
     out: BufWriter<tokio::io::Stdout>,
@@ -475,11 +432,11 @@ impl Adapter {
     ) -> Result<(), CliError> {
         loop {
             tokio::select! {
-                ev = self.group.next_event(), if !self.events_done => match ev {
+                ev = self.fleet.next_event(), if !self.events_done => match ev {
                     Some(ev) => {
                         self.on_event(ev);
                         for _ in 0..BATCH {
-                            match self.group.next_event().now_or_never() {
+                            match self.fleet.next_event().now_or_never() {
                                 Some(Some(ev)) => self.on_event(ev),
                                 Some(None) => {
                                     self.events_done = true;
@@ -580,7 +537,7 @@ impl Adapter {
                     self.flush().await;
                     return Some(out);
                 }
-                ev = self.group.next_event(), if !self.events_done => match ev {
+                ev = self.fleet.next_event(), if !self.events_done => match ev {
                     Some(ev) => self.on_event(ev),
                     None => self.events_done = true,
                 },
@@ -617,10 +574,7 @@ impl Adapter {
         }
         let mut result = Ok(());
         if let Some(path) = session_path {
-            let sessions: BTreeMap<u32, Session> = handles
-                .iter()
-                .filter_map(|(id, h)| h.session().map(|s| (*id, s)))
-                .collect();
+            let sessions = self.fleet.sessions();
             if sessions.is_empty() {
                 info!(path = %path.display(), "no resumable session to save");
             } else {
@@ -642,7 +596,7 @@ impl Adapter {
         let _ = self.pump_while(shutdown, bound).await;
         // The last events (socket closed, state changes) until every shard task has ended.
         while !self.events_done {
-            match tokio::time::timeout(Duration::from_millis(100), self.group.next_event()).await {
+            match tokio::time::timeout(Duration::from_millis(100), self.fleet.next_event()).await {
                 Ok(Some(ev)) => self.on_event(ev),
                 Ok(None) | Err(_) => break,
             }
