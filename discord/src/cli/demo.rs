@@ -130,6 +130,29 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, CliError> {
 
 /// Runs the demo writing to `out` and returns the report (broken invariants included).
 pub async fn play(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, CliError> {
+    play_tour(opts, out, Tour::Full).await
+}
+
+/// Plays the incident alone (the zombie socket and the restart storm), then stops the shard
+/// and prints the table: what `cargo run -p handover-discord --example incident` shows.
+pub async fn play_incident(
+    opts: &DemoOptions,
+    out: &mut dyn Write,
+) -> Result<DemoReport, CliError> {
+    play_tour(opts, out, Tour::Incident).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tour {
+    Full,
+    Incident,
+}
+
+async fn play_tour(
+    opts: &DemoOptions,
+    out: &mut dyn Write,
+    tour: Tour,
+) -> Result<DemoReport, CliError> {
     let mut day = Day::open(opts, out).await?;
     let sizes = if opts.quick {
         Sizes {
@@ -173,88 +196,14 @@ pub async fn play(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport,
         )
         .await,
     );
-    scenarios.push(
-        day.resumable(
-            "server asks to reconnect (op 7)",
-            "the gateway sends RECONNECT",
-            sizes.events,
-            |d: &Day<'_>| {
-                d.mock.inject(0, Fault::Reconnect);
-            },
-            None,
-        )
-        .await,
-    );
-    scenarios.push(
-        day.resumable(
-            "tcp dropped without close",
-            "the gateway drops TCP without a close frame",
-            sizes.events,
-            |d: &Day<'_>| {
-                d.mock.inject(0, Fault::DropTcp);
-            },
-            None,
-        )
-        .await,
-    );
-    scenarios.push(
-        day.resumable(
-            "close frames ignored on restart",
-            "the gateway stops answering close frames; the operator restarts the shard",
-            sizes.events,
-            |d: &Day<'_>| {
-                d.mock.inject(0, Fault::IgnoreCloseFrames);
-                let h = d.shard.handle();
-                tokio::spawn(async move { h.restart(RestartReason::Requested).await });
-            },
-            None,
-        )
-        .await,
-    );
-    scenarios.push(
-        day.resumable(
-            "heartbeat ACKs stop",
-            "the gateway stops ACKing heartbeats while events still flow",
-            sizes.events,
-            |d: &Day<'_>| {
-                d.mock.inject(0, Fault::StopAcks);
-            },
-            None,
-        )
-        .await,
-    );
-    scenarios.push(
-        day.resumable(
-            "invalid session, resumable (op 9 true)",
-            "the gateway sends INVALID_SESSION d=true",
-            sizes.events,
-            |d: &Day<'_>| {
-                d.mock.inject(0, Fault::InvalidSession { resumable: true });
-            },
-            None,
-        )
-        .await,
-    );
-    scenarios.push(
-        day.new_session(
-            "invalid session (op 9 false)",
-            "the gateway sends INVALID_SESSION d=false: the session is gone",
-            sizes.events,
-            Fault::InvalidSession { resumable: false },
-        )
-        .await,
-    );
-    scenarios.push(
-        day.new_session(
-            "session timed out (close 4009)",
-            "the gateway closes with 4009 (session timed out)",
-            sizes.events,
-            Fault::Close(4009),
-        )
-        .await,
-    );
+    if tour == Tour::Full {
+        day.tour(sizes.events, &mut scenarios).await;
+    }
     let max_live_sockets = day.stop().await;
-    scenarios.push(day.bad_token().await?);
+    if tour == Tour::Full {
+        scenarios.push(day.bad_token().await?);
+    }
+    day.close().await;
 
     let report = DemoReport {
         scenarios,
@@ -264,6 +213,93 @@ pub async fn play(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport,
     };
     day.table(&report);
     Ok(report)
+}
+
+impl Day<'_> {
+    /// Every fault after the incident, one after the other on the same shard.
+    async fn tour(&mut self, events: u64, scenarios: &mut Vec<ScenarioOutcome>) {
+        let day = self;
+        scenarios.push(
+            day.resumable(
+                "server asks to reconnect (op 7)",
+                "the gateway sends RECONNECT",
+                events,
+                |d: &Day<'_>| {
+                    d.mock.inject(0, Fault::Reconnect);
+                },
+                None,
+            )
+            .await,
+        );
+        scenarios.push(
+            day.resumable(
+                "tcp dropped without close",
+                "the gateway drops TCP without a close frame",
+                events,
+                |d: &Day<'_>| {
+                    d.mock.inject(0, Fault::DropTcp);
+                },
+                None,
+            )
+            .await,
+        );
+        scenarios.push(
+            day.resumable(
+                "close frames ignored on restart",
+                "the gateway stops answering close frames; the operator restarts the shard",
+                events,
+                |d: &Day<'_>| {
+                    d.mock.inject(0, Fault::IgnoreCloseFrames);
+                    let h = d.shard.handle();
+                    tokio::spawn(async move { h.restart(RestartReason::Requested).await });
+                },
+                None,
+            )
+            .await,
+        );
+        scenarios.push(
+            day.resumable(
+                "heartbeat ACKs stop",
+                "the gateway stops ACKing heartbeats while events still flow",
+                events,
+                |d: &Day<'_>| {
+                    d.mock.inject(0, Fault::StopAcks);
+                },
+                None,
+            )
+            .await,
+        );
+        scenarios.push(
+            day.resumable(
+                "invalid session, resumable (op 9 true)",
+                "the gateway sends INVALID_SESSION d=true",
+                events,
+                |d: &Day<'_>| {
+                    d.mock.inject(0, Fault::InvalidSession { resumable: true });
+                },
+                None,
+            )
+            .await,
+        );
+        scenarios.push(
+            day.new_session(
+                "invalid session (op 9 false)",
+                "the gateway sends INVALID_SESSION d=false: the session is gone",
+                events,
+                Fault::InvalidSession { resumable: false },
+            )
+            .await,
+        );
+        scenarios.push(
+            day.new_session(
+                "session timed out (close 4009)",
+                "the gateway closes with 4009 (session timed out)",
+                events,
+                Fault::Close(4009),
+            )
+            .await,
+        );
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -755,9 +791,6 @@ impl<'o> Day<'o> {
             ));
         }
         let _ = bot.stop(StopIntent::EndSession).await;
-        if let Some(server) = self.server.take() {
-            server.shutdown().await;
-        }
         Ok(self.outcome(
             name,
             "gave up",
@@ -768,6 +801,13 @@ impl<'o> Day<'o> {
             reason.is_some().then_some(gave_up_after),
             broken,
         ))
+    }
+
+    /// Shuts the mock gateway down (every socket closed).
+    async fn close(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
     }
 
     fn table(&mut self, report: &DemoReport) {
