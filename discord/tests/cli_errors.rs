@@ -94,6 +94,7 @@ async fn bad_flags_exit_2() {
         &["run", "--http", "not-an-address"],
         &["demo", "--seed", "x"],
         &["mock-gateway", "--port", "70000"],
+        &["--log-level", "a=b=c=d", "demo"],
         &["fly"],
     ] {
         let (code, stdout, stderr) = run_to_end(args, &env).await;
@@ -117,4 +118,40 @@ async fn bad_flags_exit_2() {
     assert!(stderr.contains("--http-allow-remote"), "{stderr}");
     let (code, _, stderr) = run_to_end(&["run", "--gateway-url", "http://x"], &env).await;
     assert_eq!(code, Some(2), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_goes_away_ends_the_run_with_1_and_the_session_saved() {
+    let mock = MockServer::start(mock_config()).await.unwrap();
+    let gw = mock.handle();
+    let api = mock.http_base();
+    let dir = cli_common::temp_dir("stdout-closed");
+    let file = dir.join("sessions.json");
+    let mut run = cli_common::spawn(
+        &[
+            "run",
+            "--api-base",
+            &api,
+            "--session-file",
+            file.to_str().unwrap(),
+        ],
+        &[("HANDOVER_TOKEN", cli_common::TOKEN)],
+    );
+    run.expect_type("ready").await;
+    run.close_stdout();
+    // The next event finds no reader.
+    gw.dispatch(0, "MESSAGE_CREATE", &serde_json::json!({ "n": 1 }));
+    let status = run.wait().await;
+    assert_eq!(status.code(), Some(1), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("error: stdout was closed"),
+        "{}",
+        run.stderr()
+    );
+    gw.wait_for(cli_common::WAIT, |c| c.live_sockets == 0)
+        .await
+        .unwrap();
+    assert!(file.exists(), "the session is handed over all the same");
+    let _ = std::fs::remove_dir_all(&dir);
+    mock.shutdown().await;
 }

@@ -201,6 +201,21 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         ));
     }
     let mut signals = Signals::install()?;
+    // Bound before any shard starts, so a busy port fails the start without spending an
+    // identify.
+    let listener = match args.http {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                CliError::io(format!("cannot bind the control server on {addr}"), e)
+            })?;
+            let local = listener
+                .local_addr()
+                .map_err(|e| CliError::io("cannot read the control server address", e))?;
+            info!(addr = %local, "control server listening");
+            Some((listener, local.to_string()))
+        }
+        None => None,
+    };
 
     let lookup = match &args.gateway_url {
         Some(url) => Lookup {
@@ -223,26 +238,16 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     let fleet = start_fleet(gateway, ids.clone(), total, lookup.limit, drain, sessions)?;
     let handles = Arc::new(handles(&fleet));
     let counters = Arc::new(AdapterCounters::default());
-
-    let mut http_addr = None;
-    let mut http_task = None;
-    if let Some(addr) = args.http {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| CliError::io(format!("cannot bind the control server on {addr}"), e))?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| CliError::io("cannot read the control server address", e))?;
-        info!(addr = %local, "control server listening");
-        http_addr = Some(local.to_string());
-        http_task = Some(tokio::spawn(control::serve(
+    let http_addr = listener.as_ref().map(|(_, addr)| addr.clone());
+    let http_task = listener.map(|(listener, _)| {
+        tokio::spawn(control::serve(
             listener,
             Control {
                 shards: handles.clone(),
                 counters: counters.clone(),
             },
-        )));
-    }
+        ))
+    });
 
     let mut adapter = Adapter {
         fleet,
@@ -511,16 +516,12 @@ impl Adapter {
             self.buf.clear();
             return;
         }
-        if !self.buf.is_empty() {
-            let written = self.out.write_all(&self.buf).await;
-            self.buf.clear();
-            if let Err(e) = written {
-                warn!(error = %e, "stdout closed");
-                self.stdout_ok = false;
-                return;
-            }
+        if self.buf.is_empty() {
+            return;
         }
-        if let Err(e) = self.out.flush().await {
+        let written = self.out.write_all(&self.buf).await;
+        self.buf.clear();
+        if let Err(e) = written.and(self.out.flush().await) {
             warn!(error = %e, "stdout closed");
             self.stdout_ok = false;
         }

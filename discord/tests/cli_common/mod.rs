@@ -36,7 +36,7 @@ pub fn mock_config() -> MockConfig {
 pub struct Handover {
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: Lines<BufReader<ChildStdout>>,
+    stdout: Option<Lines<BufReader<ChildStdout>>>,
     stderr: Arc<Mutex<String>>,
     stderr_task: Option<tokio::task::JoinHandle<()>>,
     /// Every stdout line read so far.
@@ -59,7 +59,7 @@ pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Handover {
     }
     let mut child = cmd.spawn().expect("the handover binary starts");
     let stdin = child.stdin.take();
-    let stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let stdout = Some(BufReader::new(child.stdout.take().expect("piped stdout")).lines());
     let mut stderr_pipe = child.stderr.take().expect("piped stderr");
     let stderr = Arc::new(Mutex::new(String::new()));
     let sink = stderr.clone();
@@ -101,7 +101,8 @@ impl Handover {
     pub async fn expect_line(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let next = tokio::time::timeout_at(deadline, self.stdout.next_line()).await;
+            let stdout = self.stdout.as_mut().expect("stdout still read");
+            let next = tokio::time::timeout_at(deadline, stdout.next_line()).await;
             let line = match next {
                 Ok(Ok(Some(line))) => line,
                 Ok(Ok(None)) | Ok(Err(_)) => panic!(
@@ -146,11 +147,17 @@ impl Handover {
     /// Reads the rest of stdout (until the process closes it).
     pub async fn read_to_end(&mut self) {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while let Ok(Ok(Some(line))) =
-            tokio::time::timeout_at(deadline, self.stdout.next_line()).await
-        {
+        let Some(stdout) = self.stdout.as_mut() else {
+            return;
+        };
+        while let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline, stdout.next_line()).await {
             self.lines.push(line);
         }
+    }
+
+    /// Stops reading stdout and closes the pipe, as a consumer that went away.
+    pub fn close_stdout(&mut self) {
+        self.stdout = None;
     }
 
     /// Writes one line to stdin.
