@@ -29,7 +29,10 @@ async fn the_mock_gateway_serves_a_run_process_and_takes_commands() {
     assert_eq!(ws, format!("ws://127.0.0.1:{port}"));
     assert_eq!(api, format!("http://127.0.0.1:{port}"));
 
-    let mut run = spawn(&["run", "--api-base", &api], &[("HANDOVER_TOKEN", TOKEN)]);
+    let mut run = spawn(
+        &["run", "--api-base", &api, "--compression", "zlib-stream"],
+        &[("HANDOVER_TOKEN", TOKEN)],
+    );
     run.expect_type("ready").await;
 
     mock.send(r#"{"op":"dispatch","shard":0,"event":"GUILD_CREATE","data":{"id":"5"}}"#)

@@ -326,3 +326,35 @@ async fn every_shard_of_a_fleet_is_handed_over() {
     let _ = std::fs::remove_dir_all(&dir);
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_while_the_gateway_is_unreachable() {
+    let mock = MockServer::start(mock_config()).await.unwrap();
+    let url = mock.url();
+    let mut run = spawn(
+        &[
+            "run",
+            "--gateway-url",
+            &url,
+            "--http",
+            "0",
+            "--drain-timeout-ms",
+            "200",
+        ],
+        &[("HANDOVER_TOKEN", TOKEN)],
+    );
+    let started = run.expect_type("started").await;
+    let addr = started["http"].as_str().unwrap().to_owned();
+    run.expect_type("ready").await;
+    mock.shutdown().await;
+    run.expect_type("socket_closed").await;
+    let (code, body) = http(&addr, "GET", "/health").await;
+    assert_eq!(code, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["healthy"], false);
+    assert_ne!(v["shards"][0]["phase"], "receiving");
+    let (_, metrics) = http(&addr, "GET", "/metrics").await;
+    assert!(metrics.contains("handover_shard_phase{shard=\"0\",phase=\"receiving\"} 0\n"));
+    run.signal("TERM");
+    assert_eq!(run.wait().await.code(), Some(0), "{}", run.stderr());
+}
