@@ -273,13 +273,14 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     ));
 
     let outcome = adapter.serve(&mut signals, lines_rx).await;
+    // Nothing may restart a shard while it drains: commands and the control API end first.
     commands.abort();
-    let drained = adapter
-        .drain(args.session_file.as_deref(), total, drain)
-        .await;
     if let Some(t) = http_task {
         t.abort();
     }
+    let drained = adapter
+        .drain(args.session_file.as_deref(), total, drain)
+        .await;
     outcome.and(drained)
 }
 
