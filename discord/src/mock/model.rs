@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use handover_core::{ConnectionId, Message};
+use handover_core::{CloseClass, ConnectionId, Message};
 use handover_transport_ws::memory::{MemoryPeer, PeerAction};
 use serde_json::{Value, json};
 use tracing::debug;
@@ -26,7 +26,7 @@ use crate::mock::compress::{Compression, Compressor};
 use crate::mock::config::{DOCUMENTED_INTENTS, MockConfig, PRIVILEGED_INTENTS};
 use crate::mock::counters::{Counters, ShardCounters};
 use crate::mock::fault::{Fault, Garbage, ShardKey, StreamId, StreamRate, StreamSpec, Target};
-use crate::protocol::{CloseCode, OpCode};
+use crate::protocol::{CLOSE_RULES, CloseCode, OpCode};
 
 /// The `_trace` value the mock puts in HELLO, READY and RESUMED.
 const TRACE: &str = "handover-mock";
@@ -71,22 +71,14 @@ enum Fate {
     End,
 }
 
-/// Fate of the session after the mock closes with `code`.
+/// Fate of the session after the mock closes with `code`: the codes after which Discord
+/// documents a new session (4007, 4009) or no retry (4004, 4010-4014) end it; every other code
+/// leaves it resumable. The table is the protocol layer's, checked against the documentation in
+/// `protocol::opcode`'s tests.
 fn fate_of_server_close(code: u16) -> Fate {
-    const ENDS: [CloseCode; 8] = [
-        CloseCode::AuthenticationFailed,
-        CloseCode::InvalidSeq,
-        CloseCode::SessionTimedOut,
-        CloseCode::InvalidShard,
-        CloseCode::ShardingRequired,
-        CloseCode::InvalidApiVersion,
-        CloseCode::InvalidIntents,
-        CloseCode::DisallowedIntents,
-    ];
-    if ENDS.iter().any(|c| c.code() == code) {
-        Fate::End
-    } else {
-        Fate::Resumable
+    match CLOSE_RULES.classify(Some(code)) {
+        CloseClass::Resume => Fate::Resumable,
+        CloseClass::NewSession | CloseClass::Fatal => Fate::End,
     }
 }
 
