@@ -44,6 +44,17 @@ pub struct TransportConfig {
     /// received. Default 4 KiB, chosen to keep idle connections cheap; values under 256 are
     /// raised to 256.
     pub read_buffer_size: usize,
+    /// Bytes read from the socket at a time, ahead of TLS and the WebSocket parser, which then
+    /// take theirs from this buffer in smaller pieces. Without it, an application that keeps
+    /// received messages alive (zero-copy payloads share the WebSocket layer's receive buffer)
+    /// makes about one socket read per message or two; with it, one per `read_ahead_size`
+    /// bytes. The buffer exists only while data is arriving: it is allocated when a read finds
+    /// it empty and released as soon as the socket has nothing more to read, so an idle
+    /// connection holds none of it. It is also the most that waits in it, already read from
+    /// the socket, while the driver pauses reading for a slow application. Default 64 KiB
+    /// (below glibc's 128 KiB mmap threshold, so taking and releasing it stays cheap); 0 turns
+    /// read-ahead off (every read goes to the socket).
+    pub read_ahead_size: usize,
     /// Bytes of outgoing frames buffered before they are written to the socket. Default 0:
     /// every message is written at once (gateway traffic is small and latency-sensitive).
     pub write_buffer_size: usize,
@@ -72,6 +83,7 @@ impl Default for TransportConfig {
             extra_root_certificates: Vec::new(),
             use_webpki_roots: true,
             read_buffer_size: 4 << 10,
+            read_ahead_size: 64 << 10,
             write_buffer_size: 0,
             command_capacity: 16,
             event_capacity: 64,
@@ -111,6 +123,7 @@ impl std::fmt::Debug for TransportConfig {
             )
             .field("use_webpki_roots", &self.use_webpki_roots)
             .field("read_buffer_size", &self.read_buffer_size)
+            .field("read_ahead_size", &self.read_ahead_size)
             .field("write_buffer_size", &self.write_buffer_size)
             .field("command_capacity", &self.command_capacity)
             .field("event_capacity", &self.event_capacity)

@@ -47,6 +47,7 @@ mod driver;
 mod error;
 mod event;
 pub mod memory;
+mod read_ahead;
 mod socket;
 
 pub use config::TransportConfig;

@@ -31,14 +31,16 @@ use tokio_tungstenite::tungstenite::{self, Utf8Bytes, error::CapacityError};
 
 use crate::config::TransportConfig;
 use crate::error::TransportError;
+use crate::read_ahead::ReadAhead;
 
 /// Frames discarded in one poll before yielding, so a flood cannot starve the driver task.
 const MAX_DISCARDS_PER_POLL: usize = 64;
 
-/// The byte stream under the WebSocket: plain TCP or TLS over TCP.
+/// The byte stream under the WebSocket: plain TCP or TLS over TCP, the socket read ahead in
+/// large chunks either way (see [`ReadAhead`]).
 pub(crate) enum MaybeTls {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Plain(ReadAhead<TcpStream>),
+    Tls(Box<TlsStream<ReadAhead<TcpStream>>>),
 }
 
 impl AsyncRead for MaybeTls {
@@ -89,6 +91,7 @@ type ConnectFuture = Pin<Box<dyn Future<Output = Result<Ws, TransportError>> + S
 pub(crate) struct ConnectSettings {
     pub(crate) timeout: Duration,
     pub(crate) ws: WebSocketConfig,
+    pub(crate) read_ahead: usize,
     pub(crate) close_timeout: Duration,
 }
 
@@ -103,6 +106,7 @@ impl ConnectSettings {
         ConnectSettings {
             timeout: config.connect_timeout,
             ws,
+            read_ahead: config.read_ahead_size,
             close_timeout: config.close_timeout,
         }
     }
@@ -196,8 +200,9 @@ pub(crate) fn connect(
     };
     let timeout = settings.timeout;
     let ws_config = settings.ws;
+    let read_ahead = settings.read_ahead;
     Box::pin(async move {
-        let attempt = connect_inner(conn, url, target, tls_config, ws_config);
+        let attempt = connect_inner(conn, url, target, tls_config, ws_config, read_ahead);
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(TransportError::ConnectTimeout {
@@ -242,6 +247,7 @@ async fn connect_inner(
     target: Target,
     tls: Option<Arc<rustls::ClientConfig>>,
     ws_config: WebSocketConfig,
+    read_ahead: usize,
 ) -> Result<Ws, TransportError> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
@@ -250,6 +256,7 @@ async fn connect_inner(
     if let Err(error) = tcp.set_nodelay(true) {
         tracing::debug!(%conn, %error, "could not set tcp nodelay");
     }
+    let tcp = ReadAhead::new(tcp, read_ahead);
     let stream = match tls {
         None => MaybeTls::Plain(tcp),
         Some(config) => {

@@ -484,6 +484,48 @@ async fn wss_without_the_custom_root_is_rejected() {
     assert_eq!(server.counts().upgraded, 0);
 }
 
+/// Reads pass through the read-ahead buffer, under TLS and without, with it off, smaller than a
+/// message, and at its default: every message of a flood arrives whole and in order.
+#[tokio::test]
+async fn a_flood_arrives_whole_and_in_order_through_the_read_ahead() {
+    const N: usize = 3_000;
+    let (ca, tls) = tls_material();
+    for secure in [false, true] {
+        for read_ahead in [0, 700, TransportConfig::default().read_ahead_size] {
+            let behavior = Behavior {
+                flood: Some((N, 1024)),
+                ..Behavior::default()
+            };
+            let server = TestServer::start_with_tls(behavior, secure.then(|| tls.clone())).await;
+            let scheme = if secure { "wss" } else { "ws" };
+            let url = format!("{scheme}://127.0.0.1:{}/", server.addr.port());
+            let transport = TransportConfig {
+                extra_root_certificates: vec![ca.clone()],
+                read_ahead_size: read_ahead,
+                ..TransportConfig::default()
+            };
+            let mut c = Client::spawn(url, core_config(), transport);
+            c.handle.start().await.unwrap();
+            let mut next = 0usize;
+            while next < N {
+                match tokio::time::timeout(LIMIT, c.events.next_event()).await {
+                    Ok(Some(DriverEvent::Item(item))) => {
+                        let index: usize = item.split(' ').next().unwrap().parse().unwrap();
+                        assert_eq!(index, next, "{scheme}, read-ahead {read_ahead}");
+                        assert!(item.len() >= 1000, "a whole message: {} bytes", item.len());
+                        next += 1;
+                    }
+                    Ok(Some(DriverEvent::Error(e))) => panic!("{scheme}: {e}"),
+                    Ok(Some(_)) => {}
+                    other => panic!("{scheme}: events ended early at {next}: {other:?}"),
+                }
+            }
+            c.handle.stop(StopIntent::EndSession).await.unwrap();
+            assert_eq!(c.handle.status().opens, 1);
+        }
+    }
+}
+
 #[tokio::test]
 async fn oversize_message_is_a_typed_error_and_the_connection_recovers() {
     let server = TestServer::start(Behavior::default()).await;
