@@ -1,6 +1,6 @@
 //! Deterministic simulation of the whole client stack in memory.
 //!
-//! One run puts the real lifecycle core ([`Connection`]), the real Discord codec
+//! One run puts the real lifecycle core ([`Connection`](handover_core::Connection)), the real Discord codec
 //! ([`DiscordCodec`]) and the sans-IO mock gateway ([`MockGateway`]) together in a
 //! [`MemoryDriver`], on a virtual clock, and plays a seeded [`Scenario`] against them: server
 //! faults (zombies, dropped TCP, ignored close frames, op 7, op 9, close codes of every class,
