@@ -10,7 +10,7 @@ use handover_core::{Backoff, RestartReason, StopIntent};
 use handover_discord::mock::{Fault, MockServer};
 use handover_discord::runtime::{Fleet, FleetConfig, Shard, ShardSelection, ShardStatus};
 use handover_tests::{
-    Log, WAIT, gateway, identify_queue, is_ready, lifecycle, mock_config, read_until,
+    Log, WAIT, gateway, identify_queue, is_ready, is_resumed, lifecycle, mock_config, read_until,
     read_until_status, shard_config,
 };
 use tokio::net::TcpListener;
@@ -207,4 +207,46 @@ async fn stop_while_waiting_for_an_identify_permit() {
         .await
         .expect("no socket left");
     assert_eq!(mock.handle().counters().shard(0).identifies, 0);
+}
+
+#[tokio::test]
+async fn dropping_a_call_midway_leaves_the_shard_consistent() {
+    let mock = MockServer::start(mock_config()).await.expect("mock starts");
+    let gw = mock.handle();
+    let mut shard = Shard::start(slow_config(&mock.url())).expect("valid config");
+    let mut log = Log::default();
+    read_until(&mut shard, &mut log, |l| l.count(is_ready) == 1).await;
+
+    // A stop whose caller gives up after 1 ms, while the close is never answered: the stop
+    // still completes inside the shard (abort at the drain deadline), with no socket left.
+    gw.inject(0, Fault::IgnoreCloseFrames);
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(1),
+        shard.stop(StopIntent::KeepResumable),
+    )
+    .await;
+    assert!(
+        dropped.is_err(),
+        "the stop must still be draining after 1 ms"
+    );
+    let status = read_until_status(&mut shard, &mut log, |s| s.phase == "stopped").await;
+    assert_eq!(status.live_sockets, 0);
+    assert!(status.resumable);
+
+    // Started again, it resumes.
+    shard.handle().start().await.expect("alive");
+    read_until(&mut shard, &mut log, |l| l.count(is_resumed) == 1).await;
+
+    // Restarts abandoned at every point of their way through the shard's command channel.
+    for i in 0..60u64 {
+        let _ = tokio::time::timeout(
+            Duration::from_micros(i * 53),
+            shard.restart(RestartReason::HealthMonitor),
+        )
+        .await;
+    }
+    read_until_status(&mut shard, &mut log, |s| s.phase == "receiving").await;
+    let c = gw.counters();
+    assert_eq!(c.max_live_sockets, 1, "two sockets at once");
+    assert_eq!(c.shard(0).identifies, 1, "an identify was spent");
 }
