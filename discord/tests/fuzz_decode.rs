@@ -32,7 +32,7 @@ use proptest::test_runner::{RngAlgorithm, RngSeed};
 use serde_json::{Value, json};
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
-const DEFAULT_CASES: u32 = 256;
+const DEFAULT_CASES: u32 = 512;
 
 /// The seed used unless `PROPTEST_RNG_SEED` says otherwise, so CI runs are reproducible.
 const DEFAULT_SEED: u64 = 0x6465_636f_6465_7221;

@@ -37,7 +37,7 @@ use proptest::test_runner::{RngAlgorithm, RngSeed};
 use serde_json::{Value, json};
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
-const DEFAULT_CASES: u32 = 128;
+const DEFAULT_CASES: u32 = 256;
 
 /// The seed used unless `PROPTEST_RNG_SEED` says otherwise, so CI runs are reproducible.
 const DEFAULT_SEED: u64 = 0x6d6f_636b_6761_7465;
