@@ -371,10 +371,8 @@ fn stream_messages() -> impl Strategy<Value = Vec<Vec<u8>>> {
 ///
 /// A cut right after a `00 00 FF FF` inside the compressed bytes is skipped: zlib-stream marks
 /// the end of a message by a frame ending with the suffix, so such a frame ends the message by
-/// the protocol's own rule. `ZlibStreamEncoder::compress` sometimes ends its output with a
-/// second, empty sync-flush block (`.. 00 00 FF FF 00 00 00 FF FF`, when the first suffix fills
-/// its output buffer exactly); a cut between the two would deliver the message and then an
-/// empty one.
+/// the protocol's own rule (a sender never cuts a frame there; the encoder emits exactly one
+/// marker per message, see `zlib_encoder_emits_exactly_one_sync_marker_per_message`).
 fn split(chunk: &[u8], cuts: &[Index]) -> Vec<Vec<u8>> {
     let mut at: Vec<usize> = cuts
         .iter()

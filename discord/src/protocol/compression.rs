@@ -243,7 +243,11 @@ impl ZlibStreamEncoder {
 
     /// Compresses one message; the result ends with [`ZLIB_SUFFIX`].
     pub fn compress(&mut self, msg: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(msg.len() / 2 + 64);
+        // Room for deflate's worst case (stored blocks: 5 bytes per 16 KiB) plus the sync marker
+        // with margin, so one call finishes the flush with output space to spare. A flush that
+        // fills the buffer exactly cannot tell whether it is complete, and flushing again would
+        // append a second, empty marker (zlib's manual: keep more than six bytes free).
+        let mut out = Vec::with_capacity(msg.len() + msg.len() / 1024 + 128);
         let mut input = msg;
         loop {
             if out.capacity() - out.len() < 64 {
@@ -389,6 +393,30 @@ mod tests {
             let c = enc.compress(&m);
             assert!(c.ends_with(&ZLIB_SUFFIX));
             assert_eq!(dec.push(&c).unwrap(), Some(m));
+        }
+    }
+
+    #[test]
+    fn zlib_encoder_emits_exactly_one_sync_marker_per_message() {
+        // Found by fuzzing: this message's compressed form used to end exactly at the output
+        // buffer's capacity, and a second flush appended another, empty marker.
+        let mut ready = br#"{"d":{"guilds":[{"id":"7","unavailable":true}],"resume_gateway_url":"wss://resume.example","session_id":"0123456789abcdef","shard":[0,1],"user":{"bot":true,"id":"42"},"v":10},"op":0,"s":1,"t":"READY"}"#.to_vec();
+        ready[1] ^= 0b100;
+        let mut inputs = vec![ready];
+        // And a spread of sizes and contents, compressible and not.
+        let mut rng = fastrand::Rng::with_seed(5);
+        for len in (0..3000).step_by(7) {
+            inputs.push((0..len).map(|_| rng.u8(b' '..=b'~')).collect());
+            inputs.push(vec![b'a'; len]);
+        }
+        for msg in inputs.iter().filter(|m| !m.is_empty()) {
+            let mut enc = ZlibStreamEncoder::new();
+            let c = enc.compress(msg);
+            let markers = c.windows(4).filter(|w| *w == ZLIB_SUFFIX).count();
+            assert!(c.ends_with(&ZLIB_SUFFIX));
+            assert_eq!(markers, 1, "{} bytes in: two sync markers", msg.len());
+            let mut dec = ZlibStreamDecoder::new(DEFAULT_MAX_DECOMPRESSED_BYTES);
+            assert_eq!(dec.push(&c).unwrap().as_deref(), Some(&msg[..]));
         }
     }
 
