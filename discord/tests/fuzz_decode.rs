@@ -18,6 +18,8 @@
 //! by hand with `PROPTEST_CASES=5000 cargo test -p handover-discord --test fuzz_decode` (and pick
 //! another seed with `PROPTEST_RNG_SEED=<n>`).
 
+mod fuzz_common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,7 +30,6 @@ use handover_discord::protocol::{
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{RngAlgorithm, RngSeed};
 use serde_json::{Value, json};
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
@@ -41,25 +42,7 @@ const DEFAULT_SEED: u64 = 0x6465_636f_6465_7221;
 const CAP: usize = 2048;
 
 fn proptest_config() -> ProptestConfig {
-    // `ProptestConfig::default()` already reads PROPTEST_CASES and PROPTEST_RNG_SEED.
-    let base = ProptestConfig::default();
-    let env = |name| std::env::var_os(name).is_some();
-    ProptestConfig {
-        cases: if env("PROPTEST_CASES") {
-            base.cases
-        } else {
-            DEFAULT_CASES
-        },
-        rng_algorithm: RngAlgorithm::ChaCha,
-        rng_seed: if env("PROPTEST_RNG_SEED") {
-            base.rng_seed
-        } else {
-            RngSeed::Fixed(DEFAULT_SEED)
-        },
-        failure_persistence: None,
-        max_shrink_iters: 4096,
-        ..base
-    }
+    fuzz_common::proptest_config(DEFAULT_CASES, DEFAULT_SEED, 4096)
 }
 
 fn codec(compression: Compression) -> DiscordCodec {

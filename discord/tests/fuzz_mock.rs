@@ -21,6 +21,8 @@
 //! by hand with `PROPTEST_CASES=2000 cargo test -p handover-discord --test fuzz_mock` (and pick
 //! another seed with `PROPTEST_RNG_SEED=<n>`).
 
+mod fuzz_common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -33,7 +35,6 @@ use handover_discord::protocol::{ZlibStreamDecoder, ZstdStreamDecoder};
 use handover_transport_ws::memory::{MemoryPeer, PeerAction};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{RngAlgorithm, RngSeed};
 use serde_json::{Value, json};
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
@@ -46,25 +47,7 @@ const DEFAULT_SEED: u64 = 0x6d6f_636b_6761_7465;
 const MAX_TIMEOUTS_PER_STEP: usize = 1000;
 
 fn proptest_config() -> ProptestConfig {
-    // `ProptestConfig::default()` already reads PROPTEST_CASES and PROPTEST_RNG_SEED.
-    let base = ProptestConfig::default();
-    let env = |name| std::env::var_os(name).is_some();
-    ProptestConfig {
-        cases: if env("PROPTEST_CASES") {
-            base.cases
-        } else {
-            DEFAULT_CASES
-        },
-        rng_algorithm: RngAlgorithm::ChaCha,
-        rng_seed: if env("PROPTEST_RNG_SEED") {
-            base.rng_seed
-        } else {
-            RngSeed::Fixed(DEFAULT_SEED)
-        },
-        failure_persistence: None,
-        max_shrink_iters: 2048,
-        ..base
-    }
+    fuzz_common::proptest_config(DEFAULT_CASES, DEFAULT_SEED, 2048)
 }
 
 const fn ms(n: u64) -> Duration {
