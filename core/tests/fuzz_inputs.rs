@@ -20,27 +20,19 @@
 //! sequences by hand with `PROPTEST_CASES=5000 cargo test -p handover-core --test fuzz_inputs`
 //! (and pick another seed with `PROPTEST_RNG_SEED=<n>`).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use handover_core::{
-    Backoff, CloseRules, Config, Connection, ConnectionId, Event, Input, Output, Phase,
-    RestartReason, Signal, State, StopIntent,
+    Backoff, Config, Connection, ConnectionId, Event, Input, Output, Phase, RestartReason, Signal,
+    State, StopIntent,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, RngSeed};
 
-const RESUME_CODE: u16 = 4000;
-const NEW_SESSION_CODE: u16 = 4007;
-const FATAL_CODE: u16 = 4004;
-
-/// One new-session code and one fatal code; every other code is resumable.
-const RULES: CloseRules = CloseRules {
-    new_session: &[NEW_SESSION_CODE],
-    fatal: &[FATAL_CODE],
-    end_session_code: 1000,
-    keep_resumable_code: RESUME_CODE,
-};
+use common::{FATAL_CODE, NEW_SESSION_CODE, RESUME_CODE, RULES};
 
 /// Sequences per run unless `PROPTEST_CASES` says otherwise.
 const DEFAULT_CASES: u32 = 256;

@@ -12,27 +12,19 @@
 //! The same checker runs on a deliberately broken wrapper to show it can fail, and the reachable
 //! state transitions generate `docs/state-diagram.md`.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use handover_core::{
-    Backoff, CloseClass, CloseRules, Config, Connection, ConnectionId, Event, GiveUpReason, Input,
-    OpenMode, Output, Payload, Phase, RestartReason, Signal, State, StopIntent,
+    Backoff, CloseClass, Config, Connection, ConnectionId, Event, GiveUpReason, Input, OpenMode,
+    Output, Payload, Phase, RestartReason, Signal, State, StopIntent,
 };
 
-const RESUME_CODE: u16 = 4000;
-const NEW_SESSION_CODE: u16 = 4007;
-const FATAL_CODE: u16 = 4004;
-
-/// Close rules with exactly one code of each class.
-const RULES: CloseRules = CloseRules {
-    new_session: &[NEW_SESSION_CODE],
-    fatal: &[FATAL_CODE],
-    end_session_code: 1000,
-    keep_resumable_code: RESUME_CODE,
-};
+use common::{FATAL_CODE, NEW_SESSION_CODE, RESUME_CODE, RULES};
 
 const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

@@ -1,22 +1,17 @@
 //! Scenario tests in virtual time: one `Connection` driven by a small scripted peer, never
 //! sleeping. Time jumps straight to the next scheduled input or `poll_timeout`.
 
+mod common;
+
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use handover_core::{
-    Backoff, CloseRules, Config, Connection, ConnectionId, Event, GiveUpReason, Input, OpenMode,
-    Output, Payload, Phase, RestartReason, Signal, State, StopIntent,
+    Backoff, Config, Connection, ConnectionId, Event, GiveUpReason, Input, OpenMode, Output,
+    Payload, Phase, RestartReason, Signal, State, StopIntent,
 };
 
-const FATAL: u16 = 4004;
-const NEW_SESSION: u16 = 4007;
-const RULES: CloseRules = CloseRules {
-    new_session: &[NEW_SESSION],
-    fatal: &[FATAL],
-    end_session_code: 1000,
-    keep_resumable_code: 4000,
-};
+use common::{FATAL_CODE as FATAL, NEW_SESSION_CODE as NEW_SESSION, RULES};
 const INTERVAL: Duration = Duration::from_millis(41_250);
 
 fn config() -> Config {
