@@ -78,7 +78,29 @@ pub trait Codec {
     fn reset(&mut self, conn: ConnectionId, mode: OpenMode);
 
     /// Decode one received message.
+    ///
+    /// One message may mean more than one item for the application: the first comes in
+    /// [`Decoded::item`], the rest from [`poll_item`](Codec::poll_item), which the driver MUST
+    /// drain after every `decode` (whether it returned `Ok` or `Err`), delivering them in order
+    /// after the first.
     fn decode(&mut self, now: Instant, msg: Message) -> Result<Decoded<Self::Item>, Self::Error>;
+
+    /// More items from the last [`decode`](Codec::decode), in order; `None` when there are no
+    /// more. The default has none.
+    fn poll_item(&mut self) -> Option<Self::Item> {
+        None
+    }
+
+    /// Whether the current transport can no longer be decoded (for example a corrupted
+    /// compression stream: every later message would fail). The driver MUST ask after every
+    /// `decode` that returned `Err` and, on `true`, feed
+    /// [`Input::Restart`](crate::Input::Restart) with
+    /// [`RestartReason::ProtocolError`](crate::RestartReason::ProtocolError), so the
+    /// connection is replaced (and the session resumed) at once instead of waiting for zombie
+    /// detection. Answers `true` once per broken transport. The default never asks.
+    fn poll_restart(&mut self) -> bool {
+        false
+    }
 
     /// Build the message for a payload the core asked for.
     fn encode(&mut self, now: Instant, payload: Payload) -> Result<Message, Self::Error>;

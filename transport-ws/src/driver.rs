@@ -246,10 +246,12 @@ impl<C: Codec> DriverEvents<C> {
     }
 }
 
-/// Hard ceiling of locally held events, as a multiple of `max_pending_events`. Reading stops at
-/// `max_pending_events`; past this ceiling (only reachable by lifecycle events piling up while
-/// the application never reads, for example through hours of reconnects) the oldest lifecycle
-/// event is dropped. Items are never dropped.
+/// Ceiling of locally held events, as a multiple of `max_pending_events`. Reading stops at
+/// `max_pending_events`; lifecycle events (state changes, socket reports, errors) are still
+/// queued past it. At this ceiling (only reachable while the application does not read through
+/// many reconnects) the driver defers the next reconnect until the application has read below
+/// it, so no event is ever dropped and the queue stays bounded: at most the ceiling plus the
+/// events of one connection's end.
 const PENDING_CEILING_FACTOR: usize = 8;
 
 struct PendingPermit {
@@ -475,6 +477,9 @@ where
                 if let Some(item) = decoded.item {
                     self.push_event(DriverEvent::Item(item));
                 }
+                while let Some(item) = self.codec.poll_item() {
+                    self.push_event(DriverEvent::Item(item));
+                }
             }
             Err(e) => {
                 debug!(%conn, error = %e, "decode failed");
@@ -482,6 +487,13 @@ where
                     conn,
                     source: Box::new(e),
                 }));
+                while let Some(item) = self.codec.poll_item() {
+                    self.push_event(DriverEvent::Item(item));
+                }
+                if self.codec.poll_restart() {
+                    debug!(%conn, "codec cannot decode this transport any more; restarting");
+                    self.feed(Input::Restart(RestartReason::ProtocolError));
+                }
             }
         }
     }
@@ -497,6 +509,9 @@ where
             debug!("close reply linger expired; dropping socket");
             let code = self.transport.as_ref().and_then(Transport::peer_code);
             self.end_transport(code);
+        }
+        if self.reconnect_held() {
+            return;
         }
         self.core.handle_timeout(now);
         self.pump();
@@ -622,7 +637,13 @@ where
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let core = self.core.poll_timeout();
+        // Closed with a reconnect due but the application far behind: the reconnect waits
+        // (re-armed as soon as the application reads, since every read wakes this loop).
+        let core = if self.reconnect_held() {
+            None
+        } else {
+            self.core.poll_timeout()
+        };
         let linger = self.transport.as_ref().and_then(Transport::deadline);
         match (core, linger) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -638,19 +659,14 @@ where
         if !self.events_open {
             return;
         }
-        if self.pending.len() >= self.max_pending.saturating_mul(PENDING_CEILING_FACTOR) {
-            // Items are never dropped (they are only produced while reading, far below the
-            // ceiling); the oldest lifecycle event goes instead.
-            if let Some(i) = self
-                .pending
-                .iter()
-                .position(|e| !matches!(e, DriverEvent::Item(_)))
-            {
-                warn!("event reader stalled; dropping the oldest lifecycle event");
-                self.pending.remove(i);
-            }
-        }
         self.pending.push_back(event);
+    }
+
+    /// Whether the application is so far behind that a reconnect must wait for it.
+    fn reconnect_held(&self) -> bool {
+        self.events_open
+            && self.pending.len() >= self.max_pending.saturating_mul(PENDING_CEILING_FACTOR)
+            && self.core.state() == State::Closed
     }
 
     fn flush_events(&mut self) {

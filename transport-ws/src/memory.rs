@@ -705,13 +705,23 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
                 if let Some(item) = decoded.item {
                     self.events.push_back(DriverEvent::Item(item));
                 }
+                while let Some(item) = self.codec.poll_item() {
+                    self.events.push_back(DriverEvent::Item(item));
+                }
             }
-            Err(e) => self
-                .events
-                .push_back(DriverEvent::Error(TransportError::Decode {
-                    conn,
-                    source: Box::new(e),
-                })),
+            Err(e) => {
+                self.events
+                    .push_back(DriverEvent::Error(TransportError::Decode {
+                        conn,
+                        source: Box::new(e),
+                    }));
+                while let Some(item) = self.codec.poll_item() {
+                    self.events.push_back(DriverEvent::Item(item));
+                }
+                if self.codec.poll_restart() {
+                    self.feed(Input::Restart(RestartReason::ProtocolError));
+                }
+            }
         }
     }
 }

@@ -218,7 +218,7 @@ pub fn health_body(statuses: &[ShardStatus]) -> (bool, String) {
 ///
 /// Per shard (label `shard`): `handover_shard_phase` (1 for the current `phase` label, 0 for
 /// the others), `handover_shard_reconnects_total`, `handover_shard_identifies_total`,
-/// `handover_shard_resumes_total`, `handover_shard_events_delivered_total`,
+/// `handover_shard_resumes_total`, `handover_shard_events_delivered_total`, `handover_shard_events_received_total`,
 /// `handover_shard_duplicates_dropped_total`, `handover_shard_gaps_total`,
 /// `handover_shard_latency_milliseconds` (absent until the first ACK),
 /// `handover_shard_live_sockets`, `handover_shard_resumable`, `handover_shard_gave_up`. Process:
@@ -242,7 +242,7 @@ pub fn metrics_text(statuses: &[ShardStatus], counters: &AdapterCounters) -> Str
             );
         }
     }
-    let per_shard: [Family; 10] = [
+    let per_shard: [Family; 11] = [
         (
             "handover_shard_reconnects_total",
             "counter",
@@ -264,8 +264,14 @@ pub fn metrics_text(statuses: &[ShardStatus], counters: &AdapterCounters) -> Str
         (
             "handover_shard_events_delivered_total",
             "counter",
-            "dispatches delivered to the application",
+            "dispatches the sink took (for handover run: written to stdout)",
             |s| Some(s.delivered),
+        ),
+        (
+            "handover_shard_events_received_total",
+            "counter",
+            "dispatches received from the gateway, once each (delivered or still queued)",
+            |s| Some(s.received),
         ),
         (
             "handover_shard_duplicates_dropped_total",
@@ -378,6 +384,7 @@ mod tests {
             identifies: 1,
             resumes: 1,
             delivered: 40,
+            received: 45,
             duplicates_dropped: 3,
             gaps: 0,
             last_close_code: None,

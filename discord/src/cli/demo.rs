@@ -883,7 +883,7 @@ fn shard_config(url: &str, token: &str, seed: u64) -> Result<ShardConfig, CliErr
     let mut gateway = GatewayConfig::new(token, Intents::GUILDS | Intents::GUILD_MESSAGES);
     gateway.gateway_url = url.to_owned();
     let mut config = ShardConfig::new(gateway);
-    config.seed = seed;
+    config.seed = Some(seed);
     config.lifecycle = Config {
         probe_grace: Duration::from_millis(100),
         drain_deadline: Duration::from_millis(200),

@@ -23,6 +23,7 @@ pub mod mock_gateway;
 pub mod ndjson;
 pub mod run;
 pub mod session_file;
+mod writer;
 
 pub use control::{health_body, metrics_text};
 pub use demo::{DemoOptions, DemoReport};
@@ -98,6 +99,12 @@ pub enum CliError {
     /// Stdout was closed by its reader: events can no longer be delivered.
     #[error("stdout was closed; events can no longer be delivered")]
     StdoutClosed,
+    /// At shutdown, stdout's reader did not take the last events within the write deadline.
+    /// They are not lost: the session file resumes before them.
+    #[error(
+        "stdout did not take the last events within {0:?}; the session file resumes before them"
+    )]
+    OutputCutShort(std::time::Duration),
     /// The shards did not drain within the bound.
     #[error("shards did not drain within {0:?}")]
     DrainTimedOut(std::time::Duration),
@@ -120,10 +127,12 @@ pub enum CliError {
 
 impl CliError {
     /// The process exit code: 2 for usage and configuration errors (bad flags, missing or
-    /// malformed token), 1 for everything that failed at run time.
+    /// malformed token), 3 when a shutdown left output unwritten (stdout's reader stalled past
+    /// the write deadline), 1 for everything else that failed at run time.
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::MissingToken { .. } | CliError::InvalidToken { .. } | CliError::Usage(_) => 2,
+            CliError::OutputCutShort(_) => 3,
             _ => 1,
         }
     }

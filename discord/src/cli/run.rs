@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use handover_core::{RestartReason, StopIntent};
 use handover_transport_ws::SendError;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
@@ -21,6 +20,7 @@ use super::CliError;
 use super::control::{self, AdapterCounters, Control};
 use super::ndjson::{self, CommandError, MAX_COMMAND_LINE, Route, StdinCommand};
 use super::session_file;
+use super::writer::{Batch, Writer};
 use crate::http::{DEFAULT_API_BASE, HttpError, HttpOptions, gateway_bot};
 use crate::protocol::{
     Compression, GatewayConfig, IdentifyQueueConfig, Intents, Session, SessionStartLimit, Token,
@@ -84,6 +84,12 @@ pub struct RunArgs {
     /// shutdown too.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     pub drain_timeout_ms: u64,
+
+    /// On SIGTERM/SIGINT, once the shards are drained, how long stdout's reader has to take
+    /// the last events. What it has not taken by then is left to the next process (the
+    /// session file resumes before it) and the exit code is 3.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub write_timeout_ms: u64,
 }
 
 /// Transport compression, as a flag value.
@@ -249,19 +255,15 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         ))
     });
 
-    let mut adapter = Adapter {
-        fleet,
-        handles: handles.clone(),
-        counters: counters.clone(),
-        out: BufWriter::with_capacity(64 * 1024, tokio::io::stdout()),
-        buf: Vec::with_capacity(64 * 1024),
-        gave_up: BTreeMap::new(),
-        events_done: false,
-        stdout_ok: true,
-    };
+    let mut adapter = Adapter::new(fleet, handles.clone(), counters.clone())?;
     let ids_vec: Vec<u32> = ids.collect();
-    ndjson::write_started(&mut adapter.buf, &ids_vec, total, http_addr.as_deref());
-    adapter.flush().await;
+    ndjson::write_started(
+        &mut adapter.batch.bytes,
+        &ids_vec,
+        total,
+        http_addr.as_deref(),
+    );
+    adapter.hand_over();
     info!(shards = ?ids_vec, total, "started");
 
     let (lines_tx, lines_rx) = mpsc::channel(256);
@@ -278,10 +280,21 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     if let Some(t) = http_task {
         t.abort();
     }
+    let write_deadline = Duration::from_millis(args.write_timeout_ms);
     let drained = adapter
-        .drain(args.session_file.as_deref(), total, drain)
+        .drain(args.session_file.as_deref(), total, drain, write_deadline)
         .await;
-    outcome.and(drained)
+    outcome?;
+    if let Some(e) = drained.save_error {
+        return Err(e);
+    }
+    if let Some(bound) = drained.timed_out {
+        return Err(CliError::DrainTimedOut(bound));
+    }
+    if let Some(bound) = drained.cut_short {
+        return Err(CliError::OutputCutShort(bound));
+    }
+    Ok(())
 }
 
 struct Lookup {
@@ -417,44 +430,80 @@ impl Signals {
     }
 }
 
+/// Bytes of output the adapter holds for the writer before it stops taking events (the rest
+/// waits in the shards' queues, and then in their sockets).
+const MAX_HELD_OUTPUT: usize = 256 * 1024;
+
+/// How long a stopped writer may take to finish the write it is in (it never blocks inside
+/// one: see the `writer` module).
+const WRITER_STOP_BOUND: Duration = Duration::from_secs(2);
+
 struct Adapter {
     fleet: Fleet,
     handles: Arc<BTreeMap<u32, ShardHandle>>,
     counters: Arc<AdapterCounters>,
-    out: BufWriter<tokio::io::Stdout>,
-    buf: Vec<u8>,
+    writer: Writer,
+    /// Output built but not yet handed to the writer, with a receipt per event.
+    batch: Batch,
     gave_up: BTreeMap<u32, String>,
     events_done: bool,
-    stdout_ok: bool,
+}
+
+/// How a drain ended.
+#[derive(Debug, Default)]
+struct Drained {
+    /// The shards did not stop within the bound.
+    timed_out: Option<Duration>,
+    /// Output was still unwritten at the write deadline (stdout's reader stalled).
+    cut_short: Option<Duration>,
+    /// The session file could not be written.
+    save_error: Option<CliError>,
 }
 
 impl Adapter {
+    fn new(
+        fleet: Fleet,
+        handles: Arc<BTreeMap<u32, ShardHandle>>,
+        counters: Arc<AdapterCounters>,
+    ) -> Result<Adapter, CliError> {
+        let writer = Writer::stdout(counters.clone())
+            .map_err(|e| CliError::io("cannot write to stdout", e))?;
+        Ok(Adapter {
+            fleet,
+            handles,
+            counters,
+            writer,
+            batch: Batch::default(),
+            gave_up: BTreeMap::new(),
+            events_done: false,
+        })
+    }
+
+    /// Whether the adapter may take more events (or command replies) now.
+    fn has_room(&self) -> bool {
+        self.batch.bytes.len() < MAX_HELD_OUTPUT
+    }
+
     /// Pumps events and command replies to stdout until a signal asks to stop (`Ok`) or a
-    /// fatal condition ends the run (`Err`).
+    /// fatal condition ends the run (`Err`). Never blocks on stdout: a stalled reader only
+    /// stops the taking of events (backpressure), never the handling of signals.
     async fn serve(
         &mut self,
         signals: &mut Signals,
         mut lines: mpsc::Receiver<Vec<u8>>,
     ) -> Result<(), CliError> {
         loop {
+            let room = self.has_room();
             tokio::select! {
-                ev = self.fleet.next_event(), if !self.events_done => match ev {
+                ev = self.fleet.next_event(), if !self.events_done && room => match ev {
                     Some(ev) => {
                         self.on_event(ev);
-                        for _ in 0..BATCH {
-                            match self.fleet.next_event().now_or_never() {
-                                Some(Some(ev)) => self.on_event(ev),
-                                Some(None) => {
-                                    self.events_done = true;
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
+                        self.take_ready_events();
                     }
                     None => self.events_done = true,
                 },
-                Some(line) = lines.recv() => self.buf.extend_from_slice(&line),
+                Some(line) = lines.recv(), if room => self.batch.bytes.extend_from_slice(&line),
+                () = self.writer.changed() => {}
                 _ = signals.term.recv() => {
                     info!("sigterm: draining");
                     return Ok(());
@@ -475,8 +524,8 @@ impl Adapter {
                     });
                 }
             }
-            self.flush().await;
-            if !self.stdout_ok {
+            self.hand_over();
+            if self.writer.failed() {
                 return Err(CliError::StdoutClosed);
             }
             if self.gave_up.len() == self.handles.len() {
@@ -496,6 +545,19 @@ impl Adapter {
         }
     }
 
+    /// Takes the events already queued, up to the output bound, without waiting.
+    fn take_ready_events(&mut self) {
+        for _ in 0..BATCH {
+            if !self.has_room() {
+                return;
+            }
+            match self.fleet.try_next_event() {
+                Some(ev) => self.on_event(ev),
+                None => return,
+            }
+        }
+    }
+
     fn on_event(&mut self, ev: ShardEvent) {
         match &ev.kind {
             ShardEventKind::GaveUp { reason } => {
@@ -507,62 +569,87 @@ impl Adapter {
             }
             _ => {}
         }
-        ndjson::write_event(&mut self.buf, &ev);
-        self.counters.events_written.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Writes what is buffered. A failed write means the reader of stdout is gone.
-    async fn flush(&mut self) {
-        if !self.stdout_ok {
-            self.buf.clear();
-            return;
-        }
-        if self.buf.is_empty() {
-            return;
-        }
-        let written = self.out.write_all(&self.buf).await;
-        self.buf.clear();
-        if let Err(e) = written.and(self.out.flush().await) {
-            warn!(error = %e, "stdout closed");
-            self.stdout_ok = false;
+        ndjson::write_event(&mut self.batch.bytes, &ev);
+        if let Some(receipt) = self.fleet.receipt(&ev) {
+            self.batch.marks.push((self.batch.bytes.len(), receipt));
         }
     }
 
-    /// Runs `fut` while still writing events, for at most `bound`. `None` on timeout.
+    /// Hands what is built to the writer when it has room: at once when it is idle (so a
+    /// lone event goes out immediately), in one batch per write when it is busy.
+    fn hand_over(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        if let Err(back) = self.writer.offer(batch) {
+            self.batch = back;
+        }
+    }
+
+    /// Whether every byte produced so far is written.
+    fn is_flushed(&self) -> bool {
+        self.batch.is_empty() && self.writer.is_idle()
+    }
+
+    /// Runs `fut` while still taking and writing events, for at most `bound`. `None` on
+    /// timeout.
     async fn pump_while<F: Future>(&mut self, fut: F, bound: Duration) -> Option<F::Output> {
         let deadline = tokio::time::sleep(bound);
         tokio::pin!(fut, deadline);
         loop {
+            let room = self.has_room();
             tokio::select! {
                 biased;
                 out = &mut fut => {
-                    self.flush().await;
+                    self.hand_over();
                     return Some(out);
                 }
-                ev = self.fleet.next_event(), if !self.events_done => match ev {
-                    Some(ev) => self.on_event(ev),
+                ev = self.fleet.next_event(), if !self.events_done && room => match ev {
+                    Some(ev) => {
+                        self.on_event(ev);
+                        self.take_ready_events();
+                    }
                     None => self.events_done = true,
                 },
+                () = self.writer.changed() => {}
                 _ = &mut deadline => {
-                    self.flush().await;
+                    self.hand_over();
                     return None;
                 }
             }
-            if self.buf.len() >= 16 * 1024 {
-                self.flush().await;
+            self.hand_over();
+        }
+    }
+
+    /// Writes what is left until everything is out or `bound` passes. Whether it all went out.
+    async fn write_out(&mut self, bound: Duration) -> bool {
+        let deadline = tokio::time::sleep(bound);
+        tokio::pin!(deadline);
+        loop {
+            self.hand_over();
+            if self.is_flushed() || self.writer.failed() {
+                return self.is_flushed();
+            }
+            tokio::select! {
+                () = self.writer.changed() => {}
+                _ = &mut deadline => return false,
             }
         }
     }
 
     /// Stops every shard keeping its session resumable (every socket confirmed gone or
-    /// aborted at the drain deadline), saves the sessions, ends the shard tasks and writes the
-    /// last events.
+    /// aborted at the drain deadline), writes what is left until the write deadline, stops
+    /// the writer, and only then saves the sessions: the session file resumes right after
+    /// the last event actually written.
     async fn drain(
         &mut self,
         session_path: Option<&std::path::Path>,
         total: u32,
         drain: Duration,
-    ) -> Result<(), CliError> {
+        write_deadline: Duration,
+    ) -> Drained {
+        let mut report = Drained::default();
         // Each shard's stop is bounded by the drain deadline plus the abort; shards stop
         // concurrently.
         let bound = drain + Duration::from_secs(2);
@@ -570,11 +657,37 @@ impl Adapter {
         let stop = futures_util::future::join_all(
             handles.values().map(|h| h.stop(StopIntent::KeepResumable)),
         );
-        let stopped = self.pump_while(stop, bound).await;
-        if stopped.is_none() {
+        if self.pump_while(stop, bound).await.is_none() {
             error!(?bound, "shards did not stop in time");
+            report.timed_out = Some(bound);
         }
-        let mut result = Ok(());
+        let shutdown = futures_util::future::join_all(handles.values().map(ShardHandle::shutdown));
+        let _ = self.pump_while(shutdown, bound).await;
+        // The last events (socket closed, state changes) until every shard task has ended.
+        let last = async {
+            while !self.events_done && self.has_room() {
+                match tokio::time::timeout(Duration::from_millis(100), self.fleet.next_event())
+                    .await
+                {
+                    Ok(Some(ev)) => self.on_event(ev),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        };
+        last.await;
+        if !self.write_out(write_deadline).await && !self.writer.failed() {
+            let unwritten = self.batch.marks.iter().filter(|(_, r)| r.counts()).count();
+            error!(
+                ?write_deadline,
+                unwritten_in_adapter = unwritten,
+                "stdout did not take the last events in time; they are left for the next process"
+            );
+            report.cut_short = Some(write_deadline);
+        }
+        if !self.writer.stop(WRITER_STOP_BOUND).await {
+            // Not reachable with a writer that polls before it writes; logged if it ever is.
+            error!("the stdout writer did not stop; the session file may be behind stdout");
+        }
         if let Some(path) = session_path {
             let sessions = self.fleet.sessions();
             if sessions.is_empty() {
@@ -582,11 +695,14 @@ impl Adapter {
             } else {
                 match session_file::save(path, total, &sessions, session_file::now_ms()) {
                     Ok(()) => {
+                        for (shard, s) in &sessions {
+                            info!(shard, seq = s.seq, "session saved");
+                        }
                         info!(path = %path.display(), sessions = sessions.len(), "sessions saved")
                     }
                     Err(e) => {
                         error!(error = %e, "sessions not saved");
-                        result = Err(CliError::io(
+                        report.save_error = Some(CliError::io(
                             "session file",
                             std::io::Error::other(e.to_string()),
                         ));
@@ -594,22 +710,9 @@ impl Adapter {
                 }
             }
         }
-        let shutdown = futures_util::future::join_all(handles.values().map(ShardHandle::shutdown));
-        let _ = self.pump_while(shutdown, bound).await;
-        // The last events (socket closed, state changes) until every shard task has ended.
-        while !self.events_done {
-            match tokio::time::timeout(Duration::from_millis(100), self.fleet.next_event()).await {
-                Ok(Some(ev)) => self.on_event(ev),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        self.flush().await;
         let live: usize = handles.values().map(|h| h.status().live_sockets).sum();
         info!(live_sockets = live, "drained");
-        if stopped.is_none() {
-            return Err(CliError::DrainTimedOut(bound));
-        }
-        result
+        report
     }
 }
 

@@ -47,7 +47,16 @@ pub struct GatewayConfig {
     pub max_decompressed_bytes: usize,
     /// The send limit. Default Discord's: 120 per 60 s, slots kept for heartbeats.
     pub rate_limit: RateLimitConfig,
+    /// The shortest heartbeat interval a HELLO may set; a shorter one (0 included) is raised
+    /// to this, with a warning. Default [`MIN_HEARTBEAT_INTERVAL`].
+    pub min_heartbeat_interval: Duration,
 }
+
+/// Default floor on the heartbeat interval a HELLO may set: 100 ms. Discord sends 41,250 ms;
+/// test gateways (the mock included) use a few hundred milliseconds. Without a floor, a HELLO
+/// with `heartbeat_interval` 0 would make the client beat as fast as it can and be closed for
+/// exceeding the send rate (4008).
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
 impl GatewayConfig {
     /// A configuration for shard `[0, 1]` of the default gateway, no compression.
@@ -63,6 +72,7 @@ impl GatewayConfig {
             compression: Compression::None,
             max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
             rate_limit: RateLimitConfig::default(),
+            min_heartbeat_interval: MIN_HEARTBEAT_INTERVAL,
         }
     }
 
@@ -103,9 +113,9 @@ pub enum GatewayEvent {
     /// Any other dispatch (op 0), exactly once and in order within a session.
     Dispatch(Dispatch),
     /// A session that had delivered events was lost and a new one is starting: the events in
-    /// between will never arrive. Reported once, on the new connection's HELLO, before READY.
-    /// (Should a server ever answer a RESUME with READY, the replaced session is reported at
-    /// the next HELLO instead, since one message yields one item.)
+    /// between will never arrive. Reported once, before the new session's READY: on the new
+    /// connection's HELLO, or (should a server answer a RESUME with READY) just before that
+    /// READY.
     Gap(Gap),
 }
 
@@ -178,6 +188,10 @@ pub struct DiscordCodec {
     mode: OpenMode,
     /// A RESUMED already accepted the handshake on the current connection.
     resumed_here: bool,
+    /// Items of the last decoded message after the first (see [`Codec::poll_item`]).
+    extra: Option<GatewayEvent>,
+    /// The restart for a broken decompression stream was asked for on this connection.
+    restart_asked: bool,
 }
 
 impl DiscordCodec {
@@ -194,6 +208,8 @@ impl DiscordCodec {
             conn: None,
             mode: OpenMode::Identify,
             resumed_here: false,
+            extra: None,
+            restart_asked: false,
         })
     }
 
@@ -255,7 +271,15 @@ impl DiscordCodec {
                         field: "heartbeat_interval",
                         context: "hello",
                     })?;
-                let interval = Duration::from_millis(ms);
+                let mut interval = Duration::from_millis(ms);
+                if interval < self.cfg.min_heartbeat_interval {
+                    tracing::warn!(
+                        asked_ms = ms,
+                        floor_ms = self.cfg.min_heartbeat_interval.as_millis() as u64,
+                        "heartbeat interval below the floor; using the floor"
+                    );
+                    interval = self.cfg.min_heartbeat_interval;
+                }
                 self.limiter.set_heartbeat_interval(interval);
                 if self.mode == OpenMode::Resume && self.tracker.session_ids().is_none() {
                     // Asked to resume with nothing to resume: behave as Discord would, so the
@@ -324,14 +348,29 @@ impl DiscordCodec {
                 tracing::info!(session = %session_id, seq = ?env.s, "ready");
                 self.tracker
                     .ready(session_id.clone(), resume_gateway_url.clone(), env.s);
+                let ready = GatewayEvent::Ready(Ready {
+                    session_id,
+                    resume_gateway_url,
+                    seq: env.s,
+                    data: RawJson::from_buffer(buf, d),
+                });
+                // A READY that replaced a session we still held (a server answering a
+                // RESUME with READY): the lost session is reported first, then READY.
+                let item = match self.tracker.take_gap() {
+                    Some(gap) => {
+                        tracing::warn!(
+                            lost_session = %gap.session_id,
+                            last_seq = gap.last_seq,
+                            "session replaced by READY; events were missed"
+                        );
+                        self.extra = Some(ready);
+                        GatewayEvent::Gap(gap)
+                    }
+                    None => ready,
+                };
                 Ok(Decoded {
                     signal: Some(Signal::HandshakeAccepted { resumed: false }),
-                    item: Some(GatewayEvent::Ready(Ready {
-                        session_id,
-                        resume_gateway_url,
-                        seq: env.s,
-                        data: RawJson::from_buffer(buf, d),
-                    })),
+                    item: Some(item),
                 })
             }
             "RESUMED" if self.resumed_here => {
@@ -428,6 +467,8 @@ impl Codec for DiscordCodec {
         self.conn = Some(conn);
         self.mode = mode;
         self.resumed_here = false;
+        self.extra = None;
+        self.restart_asked = false;
         self.limiter.reset();
         self.decompressor =
             Decompressor::new(self.cfg.compression, self.cfg.max_decompressed_bytes)
@@ -454,6 +495,19 @@ impl Codec for DiscordCodec {
             },
         };
         self.decode_json(&buf)
+    }
+
+    fn poll_item(&mut self) -> Option<GatewayEvent> {
+        self.extra.take()
+    }
+
+    fn poll_restart(&mut self) -> bool {
+        if self.restart_asked || !self.decompressor.is_poisoned() {
+            return false;
+        }
+        tracing::warn!("the decompression stream is corrupted; replacing the connection");
+        self.restart_asked = true;
+        true
     }
 
     fn encode(&mut self, now: Instant, payload: Payload) -> Result<Message, ProtocolError> {

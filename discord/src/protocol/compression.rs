@@ -356,6 +356,16 @@ impl Decompressor {
         })
     }
 
+    /// Whether the stream is beyond repair: every later message on this connection fails.
+    pub(crate) fn is_poisoned(&self) -> bool {
+        match self {
+            Decompressor::None => false,
+            Decompressor::Zlib(z) => z.poisoned,
+            Decompressor::Zstd(z) => z.poisoned,
+            Decompressor::Failed => true,
+        }
+    }
+
     /// A complete message from a binary frame, or `None` while one is incomplete. Binary
     /// frames without compression are taken as JSON.
     pub(crate) fn push(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, ProtocolError> {

@@ -23,8 +23,8 @@ pub mod token;
 mod tests;
 
 pub use codec::{
-    API_VERSION, DEFAULT_GATEWAY_URL, DiscordCodec, Dispatch, GatewayConfig, GatewayEvent, Ready,
-    Resumed, gateway_url,
+    API_VERSION, DEFAULT_GATEWAY_URL, DiscordCodec, Dispatch, GatewayConfig, GatewayEvent,
+    MIN_HEARTBEAT_INTERVAL, Ready, Resumed, gateway_url,
 };
 pub use commands::{
     Activity, Command, ConnectionProperties, RequestGuildMembers, RequestSoundboardSounds, ShardId,

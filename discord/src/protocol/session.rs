@@ -26,7 +26,8 @@ pub struct Gap {
     pub session_id: String,
     /// Its last sequence number delivered.
     pub last_seq: u64,
-    /// Dispatches it delivered.
+    /// Dispatches it delivered in this process (0 for a session restored from an earlier
+    /// process that was lost before it resumed).
     pub delivered: u64,
 }
 
@@ -66,6 +67,8 @@ pub(crate) struct Tracker {
     /// Dispatches delivered in the current session.
     delivered_in_session: u64,
     pending_gap: Option<Gap>,
+    /// The session came from an earlier process, where it had delivered events.
+    restored_with_events: bool,
     pub(crate) stats: DeliveryStats,
 }
 
@@ -87,10 +90,13 @@ impl Tracker {
         self.last_seq
     }
 
+    /// A session saved by an earlier process. If it had delivered anything there (`seq > 0`)
+    /// and is lost before it resumes, the loss is reported as a gap like any other.
     pub(crate) fn restore(&mut self, s: Session) {
         self.ids = Some((s.session_id, s.resume_gateway_url));
         self.last_seq = Some(s.seq);
         self.delivered_in_session = 0;
+        self.restored_with_events = s.seq > 0;
     }
 
     /// A new session is about to start (identify): the held one, if it delivered anything, is
@@ -99,8 +105,9 @@ impl Tracker {
         let ids = self.ids.take();
         let last = self.last_seq.take();
         let delivered = std::mem::take(&mut self.delivered_in_session);
+        let restored = std::mem::take(&mut self.restored_with_events);
         if self.pending_gap.is_none()
-            && delivered > 0
+            && (delivered > 0 || restored)
             && let Some((session_id, _)) = ids
         {
             self.stats.sessions_lost += 1;

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use tracing::info;
 
+use super::delivery::{Delivery, Receipt};
 use super::queue::IdentifyGate;
 use super::shard::{self, ShardConfig, ShardEvent, ShardHandle};
 use super::status::ShardStatus;
@@ -79,8 +80,12 @@ pub struct FleetConfig {
     pub session_start_limit: Option<SessionStartLimit>,
     /// Merged events buffered for the application. Default 4096.
     pub event_capacity: usize,
-    /// Seed for the shards' jitter (each shard derives its own).
-    pub seed: u64,
+    /// Seed for the shards' jitter (each shard derives its own). `None` (the default): every
+    /// shard draws its own from the operating system's randomness.
+    pub seed: Option<u64>,
+    /// Who decides that an event was delivered (see [`Delivery`]). Default: `next_event()`
+    /// returning it.
+    pub delivery: Delivery,
     /// Sessions saved earlier, by shard id (for example from a session file): those shards
     /// resume instead of identifying. Default empty.
     pub sessions: BTreeMap<u32, Session>,
@@ -100,7 +105,8 @@ impl FleetConfig {
             identify: IdentifyQueueConfig::default(),
             session_start_limit: None,
             event_capacity: 4096,
-            seed: 0x6a09_e667_f3bc_c908,
+            seed: None,
+            delivery: Delivery::OnReturn,
             sessions: BTreeMap::new(),
         }
     }
@@ -162,6 +168,7 @@ pub enum FleetError {
 pub struct Fleet {
     shards: BTreeMap<u32, ShardHandle>,
     events: mpsc::Receiver<ShardEvent>,
+    delivery: Delivery,
     _gate: IdentifyGate,
 }
 
@@ -205,7 +212,10 @@ impl Fleet {
             let mut shard_config = ShardConfig::new(gateway);
             shard_config.lifecycle = config.lifecycle;
             shard_config.transport = config.transport.clone();
-            shard_config.seed = config.seed ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            shard_config.seed = config
+                .seed
+                .map(|seed| seed ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            shard_config.delivery = config.delivery;
             shard_config.resume = config.sessions.remove(&id);
             let handle = shard::spawn(shard_config, gate.permits_for(id), tx.clone())
                 .map_err(|source| FleetError::Shard { shard: id, source })?;
@@ -214,13 +224,42 @@ impl Fleet {
         Ok(Fleet {
             shards,
             events: rx,
+            delivery: config.delivery,
             _gate: gate,
         })
     }
 
     /// The next event of any shard, tagged with its shard id; `None` once every shard ended.
+    ///
+    /// With [`Delivery::OnReturn`] (the default) a dispatch counts as delivered as it is
+    /// returned; with [`Delivery::Confirmed`], once its [`receipt`](Self::receipt) is
+    /// confirmed.
     pub async fn next_event(&mut self) -> Option<ShardEvent> {
-        self.events.recv().await
+        let event = self.events.recv().await?;
+        if self.delivery == Delivery::OnReturn
+            && let Some(shard) = self.shards.get(&event.shard)
+        {
+            shard.receipt(&event).confirm();
+        }
+        Some(event)
+    }
+
+    /// The next event if one is ready now, without waiting (`None` if none is). Delivery as
+    /// for [`next_event`](Self::next_event).
+    pub fn try_next_event(&mut self) -> Option<ShardEvent> {
+        let event = self.events.try_recv().ok()?;
+        if self.delivery == Delivery::OnReturn
+            && let Some(shard) = self.shards.get(&event.shard)
+        {
+            shard.receipt(&event).confirm();
+        }
+        Some(event)
+    }
+
+    /// A receipt for `event`, to confirm once the sink has safely taken it (with
+    /// [`Delivery::Confirmed`]). `None` for an event of a shard this fleet does not run.
+    pub fn receipt(&self, event: &ShardEvent) -> Option<Receipt> {
+        self.shards.get(&event.shard).map(|s| s.receipt(event))
     }
 
     /// The shard ids this fleet runs, ascending.

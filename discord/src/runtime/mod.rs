@@ -7,11 +7,13 @@
 //! moment, any number of times: the shard never has two sockets, resumes instead of identifying
 //! when the session allows it, and delivers each dispatch once.
 
+pub mod delivery;
 mod fleet;
 mod queue;
 mod shard;
 mod status;
 
+pub use delivery::{Delivery, Receipt};
 pub use fleet::{Fleet, FleetConfig, FleetError, ShardSelection};
 pub use queue::IdentifyGate;
 pub use shard::{Shard, ShardConfig, ShardEvent, ShardEventKind, ShardHandle};

@@ -14,6 +14,7 @@ use handover_transport_ws::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::delivery::{Delivery, Entry, Ledger, Receipt, resumable_session};
 use super::queue::IdentifyGate;
 use super::status::{Observed, ShardStatus, describe_give_up};
 use crate::protocol::session::Gap;
@@ -32,8 +33,13 @@ pub struct ShardConfig {
     pub lifecycle: Config,
     /// Socket limits and TLS roots.
     pub transport: TransportConfig,
-    /// Seed for heartbeat and backoff jitter.
-    pub seed: u64,
+    /// Seed for heartbeat and backoff jitter. `None` (the default): drawn from the operating
+    /// system's randomness, so that processes and restarts do not reconnect in step. Set it
+    /// for reproducible runs (tests, simulations).
+    pub seed: Option<u64>,
+    /// Who decides that an event was delivered (see [`Delivery`]). Default: `next_event()`
+    /// returning it.
+    pub delivery: Delivery,
     /// Events buffered for the application before the shard stops reading its socket.
     /// Default 1024.
     pub event_capacity: usize,
@@ -50,7 +56,6 @@ pub struct ShardConfig {
 impl ShardConfig {
     /// Defaults for everything but the gateway settings.
     pub fn new(gateway: GatewayConfig) -> Self {
-        let seed = u64::from(gateway.shard.id).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x4a11;
         ShardConfig {
             gateway,
             lifecycle: Config {
@@ -58,7 +63,8 @@ impl ShardConfig {
                 ..Config::default()
             },
             transport: TransportConfig::default(),
-            seed,
+            seed: None,
+            delivery: Delivery::OnReturn,
             event_capacity: 1024,
             identify: IdentifyQueueConfig::default(),
             resume: None,
@@ -133,6 +139,7 @@ pub struct ShardHandle {
     shard: u32,
     driver: DriverHandle<ObservedCodec>,
     observed: Arc<Mutex<Observed>>,
+    ledger: Arc<Ledger>,
 }
 
 impl ShardHandle {
@@ -171,23 +178,37 @@ impl ShardHandle {
     pub fn status(&self) -> ShardStatus {
         let core = self.driver.status();
         let observed = lock(&self.observed).clone();
-        ShardStatus::build(self.shard, &core, &observed, self.driver.live_transports())
+        let taken = self.ledger.snapshot();
+        ShardStatus::build(
+            self.shard,
+            &core,
+            &observed,
+            &taken,
+            self.driver.live_transports(),
+        )
     }
 
-    /// The session a reconnect would resume (id, resume URL, last sequence number), if one is
-    /// held: what a session file stores so that a process restart resumes instead of
-    /// identifying. Read it after [`stop`](Self::stop) with
-    /// [`StopIntent::KeepResumable`] for the final sequence number.
+    /// The session a later process should resume (id, resume URL, and the last sequence number
+    /// the application's sink took), if one is held: what a session file stores so that a
+    /// process restart resumes instead of identifying, and misses nothing. Read it after
+    /// [`stop`](Self::stop) with [`StopIntent::KeepResumable`], once the sink has taken what it
+    /// will take.
+    ///
+    /// The sequence number is the sink's, not the socket's (see the
+    /// [sink contract](super::delivery)): events received but not yet taken are replayed by
+    /// Discord to the next process. If the shard lost the session and the sink has not taken
+    /// the gap report yet, the lost session is returned all the same, so the next process
+    /// fails to resume it and reports the gap. After [`StopIntent::EndSession`] there is
+    /// nothing worth saving: do not save what this returns then.
     pub fn session(&self) -> Option<Session> {
-        if !self.driver.status().resumable {
-            return None;
-        }
-        let o = lock(&self.observed);
-        Some(Session {
-            session_id: o.session_id.clone()?,
-            resume_gateway_url: o.resume_url.clone()?,
-            seq: o.last_seq.unwrap_or(0),
-        })
+        resumable_session(&self.ledger.snapshot())
+    }
+
+    /// A receipt for `event`, to confirm once the sink has safely taken it (with
+    /// [`Delivery::Confirmed`]; with [`Delivery::OnReturn`] the event was already counted when
+    /// it was returned and confirming it again changes nothing that matters).
+    pub fn receipt(&self, event: &ShardEvent) -> Receipt {
+        Receipt::new(self.ledger.clone(), Entry::of(event))
     }
 
     /// Stop (keeping the session resumable) and end the shard's task.
@@ -237,6 +258,7 @@ impl std::fmt::Debug for ShardHandle {
 pub struct Shard {
     handle: ShardHandle,
     events: mpsc::Receiver<ShardEvent>,
+    delivery: Delivery,
 }
 
 impl Shard {
@@ -247,13 +269,33 @@ impl Shard {
         let (tx, rx) = mpsc::channel(config.event_capacity.max(1));
         let gate = IdentifyGate::spawn(config.identify, None);
         let permits = gate.permits_for(config.gateway.shard.id);
+        let delivery = config.delivery;
         let handle = spawn(config, permits, tx)?;
-        Ok(Shard { handle, events: rx })
+        Ok(Shard {
+            handle,
+            events: rx,
+            delivery,
+        })
     }
 
     /// The next event, or `None` once the shard's task has ended.
+    ///
+    /// With [`Delivery::OnReturn`] (the default) a dispatch counts as delivered as it is
+    /// returned; with [`Delivery::Confirmed`], once its [`receipt`](Self::receipt) is
+    /// confirmed.
     pub async fn next_event(&mut self) -> Option<ShardEvent> {
-        self.events.recv().await
+        let event = self.events.recv().await?;
+        if self.delivery == Delivery::OnReturn
+            && let Some(entry) = Entry::of(&event)
+        {
+            self.handle.ledger.take(&entry);
+        }
+        Some(event)
+    }
+
+    /// See [`ShardHandle::receipt`].
+    pub fn receipt(&self, event: &ShardEvent) -> Receipt {
+        self.handle.receipt(event)
     }
 
     /// A cloneable handle for other tasks.
@@ -294,15 +336,15 @@ pub(crate) fn spawn(
     lifecycle.close_rules = CLOSE_RULES;
     lifecycle.gate_new_sessions = true;
     let mut observed = Observed::default();
+    let ledger = Ledger::new(config.resume.as_ref());
+    let seed = config.seed.unwrap_or_else(os_seed);
     let connection = match config.resume {
         Some(session) => {
             observed.session_id = Some(session.session_id.clone());
-            observed.resume_url = Some(session.resume_gateway_url.clone());
-            observed.last_seq = Some(session.seq);
             codec.restore_session(session);
-            Connection::with_restored_session(lifecycle, config.seed)
+            Connection::with_restored_session(lifecycle, seed)
         }
-        None => Connection::new(lifecycle, config.seed),
+        None => Connection::new(lifecycle, seed),
     };
     let observed = Arc::new(Mutex::new(observed));
     let codec = ObservedCodec {
@@ -316,12 +358,20 @@ pub(crate) fn spawn(
         shard,
         driver,
         observed,
+        ledger,
     };
     let starter = handle.driver.clone();
     tokio::spawn(async move {
         let _ = starter.start().await;
     });
     Ok(handle)
+}
+
+/// A seed from the operating system's randomness (std's `RandomState` keys are drawn from it),
+/// different in every process and for every shard.
+pub(crate) fn os_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x4a11_u64)
 }
 
 /// Forwards the driver's events to the application, as shard events, recording what the
@@ -426,7 +476,6 @@ impl Codec for ObservedCodec {
                 match item {
                     GatewayEvent::Ready(r) => {
                         o.session_id = Some(r.session_id.clone());
-                        o.resume_url = Some(r.resume_gateway_url.clone());
                     }
                     GatewayEvent::Resumed(r) => o.session_id = Some(r.session_id.clone()),
                     _ => {}
@@ -436,8 +485,15 @@ impl Codec for ObservedCodec {
             Err(e) => o.last_error = Some(e.to_string()),
         }
         o.delivery = self.inner.stats();
-        o.last_seq = self.inner.last_seq();
         result
+    }
+
+    fn poll_item(&mut self) -> Option<GatewayEvent> {
+        self.inner.poll_item()
+    }
+
+    fn poll_restart(&mut self) -> bool {
+        self.inner.poll_restart()
     }
 
     fn encode(&mut self, now: Instant, payload: Payload) -> Result<Message, ProtocolError> {

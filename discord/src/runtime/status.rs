@@ -5,6 +5,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use handover_core::Status;
 use serde::Serialize;
 
+use super::delivery::Taken;
 use crate::protocol::{CloseCode, DeliveryStats};
 
 /// What the runtime observes next to the core (updated inside the shard's task).
@@ -14,8 +15,6 @@ pub(crate) struct Observed {
     pub(crate) delivery: DeliveryStats,
     pub(crate) last_error: Option<String>,
     pub(crate) session_id: Option<String>,
-    pub(crate) resume_url: Option<String>,
-    pub(crate) last_seq: Option<u64>,
 }
 
 /// A serializable snapshot of one shard, for status pages, metrics and logs.
@@ -49,8 +48,13 @@ pub struct ShardStatus {
     pub identifies: u64,
     /// RESUME payloads sent.
     pub resumes: u64,
-    /// Dispatches delivered to the application.
+    /// Dispatches (READY and RESUMED included) the application's sink took: returned by
+    /// `next_event()`, or confirmed through a receipt (see the sink contract in
+    /// `runtime::delivery`). For `handover run`: written to stdout.
     pub delivered: u64,
+    /// Dispatches (READY and RESUMED included) received from the gateway, once each; those not
+    /// yet `delivered` are queued for the sink.
+    pub received: u64,
     /// Replayed dispatches dropped because they were already delivered.
     pub duplicates_dropped: u64,
     /// Sessions lost after delivering events (each reported as a gap event).
@@ -69,7 +73,13 @@ pub struct ShardStatus {
 }
 
 impl ShardStatus {
-    pub(crate) fn build(shard: u32, core: &Status, observed: &Observed, live: usize) -> Self {
+    pub(crate) fn build(
+        shard: u32,
+        core: &Status,
+        observed: &Observed,
+        taken: &Taken,
+        live: usize,
+    ) -> Self {
         let clock = Clock::now();
         ShardStatus {
             shard,
@@ -86,7 +96,8 @@ impl ShardStatus {
             reconnects: core.reconnects,
             identifies: core.identifies,
             resumes: core.resumes,
-            delivered: observed.delivery.delivered,
+            delivered: taken.delivered,
+            received: observed.delivery.delivered,
             duplicates_dropped: observed.delivery.duplicates,
             gaps: observed.delivery.sessions_lost,
             last_close_code: core.last_close_code,
