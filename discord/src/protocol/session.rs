@@ -224,15 +224,31 @@ mod tests {
     }
 
     #[test]
-    fn a_session_that_delivered_nothing_is_not_a_gap() {
+    fn a_restored_session_is_a_gap_only_if_it_had_delivered_events() {
         let mut t = Tracker::default();
         t.restore(Session {
             session_id: "a".into(),
             resume_gateway_url: "wss://r".into(),
-            seq: 9,
+            seq: 0,
         });
         t.forget_session();
         assert_eq!(t.take_gap(), None);
+        // Delivered up to seq 9 by an earlier process, then lost before it resumed here.
+        t.restore(Session {
+            session_id: "b".into(),
+            resume_gateway_url: "wss://r".into(),
+            seq: 9,
+        });
+        t.forget_session();
+        assert_eq!(
+            t.take_gap(),
+            Some(Gap {
+                session_id: "b".into(),
+                last_seq: 9,
+                delivered: 0,
+            })
+        );
+        assert_eq!(t.stats.sessions_lost, 1);
     }
 
     #[test]

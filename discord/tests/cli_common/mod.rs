@@ -195,6 +195,19 @@ impl Handover {
         status
     }
 
+    /// Waits for the process to exit without reading stdout, as a reader stalled through the
+    /// whole shutdown would; what the process wrote stays in the pipe for
+    /// [`read_to_end`](Self::read_to_end).
+    pub async fn wait_unread(&mut self) -> ExitStatus {
+        match tokio::time::timeout(WAIT, self.child.wait()).await {
+            Ok(status) => status.expect("wait works"),
+            Err(_) => panic!(
+                "handover did not exit within {WAIT:?} with stdout unread\nstderr:\n{}",
+                self.stderr()
+            ),
+        }
+    }
+
     /// All of stdout read so far, one string.
     pub fn stdout(&self) -> String {
         self.lines.join("\n")

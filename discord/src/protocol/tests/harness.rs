@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use handover_core::{
-    Codec, Config, Connection, ConnectionId, Event, Input, Message, OpenMode, Output,
+    Codec, Config, Connection, ConnectionId, Event, Input, Message, OpenMode, Output, RestartReason,
 };
 use serde_json::Value;
 
@@ -86,13 +86,29 @@ impl Harness {
     }
 
     /// A server message arrives on `conn`; returns the decode result.
+    /// As the codec contract asks: the first item, then every item of `poll_item`; after an
+    /// error, a restart when `poll_restart` asks for one.
     pub(super) fn server_msg(
         &mut self,
         conn: ConnectionId,
         msg: Message,
     ) -> Result<(), ProtocolError> {
-        let d = self.codec.decode(self.now, msg)?;
+        let d = match self.codec.decode(self.now, msg) {
+            Ok(d) => d,
+            Err(e) => {
+                while let Some(item) = self.codec.poll_item() {
+                    self.seen.push(Seen::App(item));
+                }
+                if self.codec.poll_restart() {
+                    self.input(Input::Restart(RestartReason::ProtocolError));
+                }
+                return Err(e);
+            }
+        };
         if let Some(item) = d.item {
+            self.seen.push(Seen::App(item));
+        }
+        while let Some(item) = self.codec.poll_item() {
             self.seen.push(Seen::App(item));
         }
         if let Some(signal) = d.signal {
