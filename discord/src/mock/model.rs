@@ -40,6 +40,12 @@ const REQUEST_CHANNEL_INFO: u64 = 43;
 /// Discord documents: "you will be forced to Resume").
 pub const HEARTBEAT_TIMEOUT_CLOSE: u16 = 4000;
 
+/// The id of the bot user (and of its application) of the token at index `token`, as READY
+/// reports it: `1000000000000000000 + token`.
+pub const fn bot_user_id(token: usize) -> u64 {
+    1_000_000_000_000_000_000u64.saturating_add(token as u64)
+}
+
 /// An answer to an HTTP request, computed by the model so the HTTP API is sans-IO too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpReply {
@@ -282,6 +288,12 @@ impl MockGateway {
                 .conns
                 .iter()
                 .filter(|(_, c)| c.shard == Some(key))
+                .map(|(id, _)| *id)
+                .collect(),
+            Target::Token(token) => self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.shard.is_some_and(|k| k.token == token))
                 .map(|(id, _)| *id)
                 .collect(),
             Target::Connection(id) => self
@@ -984,7 +996,7 @@ impl MockGateway {
         let sc = self.shard_counters(key);
         sc.sessions_started += 1;
         sc.sessions.entry(sid.clone()).or_default();
-        let user_id = (1_000_000_000_000_000_000u64 + token as u64).to_string();
+        let user_id = bot_user_id(token).to_string();
         let ready = json!({
             "v": 10,
             "user": {
