@@ -9,7 +9,7 @@ mod cli_common;
 use std::time::Duration;
 
 use cli_common::{TOKEN, WAIT, http, mock_config, spawn, temp_dir};
-use handover_discord::mock::{MockConfig, MockServer};
+use handover_discord::mock::{Fault, MockConfig, MockServer};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,13 +75,13 @@ async fn events_commands_http_control_and_hot_restarts() {
         (Some(7), Some(5))
     );
 
-    // A raw payload reaches the gateway: an unknown opcode makes it close with 4001, and the
-    // shard resumes.
-    run.send(r#"{"op":"raw","payload":{"op":99,"d":null},"id":"raw"}"#)
+    // A raw payload reaches the gateway; the gateway closes with 4001 and the shard resumes.
+    run.send(r#"{"op":"raw","payload":{"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}},"id":"raw"}"#)
         .await;
+    run.expect_line("ok for raw", |v| v["type"] == "ok" && v["id"] == "raw")
+        .await;
+    assert_eq!(gw.inject(0, Fault::Close(4001)), 1);
     run.expect_type("resumed").await;
-    run.seen_or_expect("ok for raw", |v| v["type"] == "ok" && v["id"] == "raw")
-        .await;
     run.seen_or_expect("socket closed with 4001", |v| {
         v["type"] == "socket_closed" && v["code"] == 4001
     })
@@ -287,7 +287,7 @@ async fn every_shard_of_a_fleet_is_handed_over() {
         .await;
     first.expect_type("ok").await;
     first
-        .send(r#"{"op":"raw","payload":{"op":1,"d":null},"id":2}"#)
+        .send(r#"{"op":"raw","payload":{"op":3,"d":null},"id":2}"#)
         .await;
     let err = first.expect_type("error").await;
     assert!(

@@ -93,11 +93,15 @@ enum ConnPick {
 enum Frame {
     Identify {
         good_token: bool,
+        /// The token written as `Bot <token>` (Discord accepts both forms).
+        bot_prefix: bool,
         intents: u64,
         shard: [u32; 2],
     },
     Resume {
         good_token: bool,
+        /// The token written as `Bot <token>`.
+        bot_prefix: bool,
         session: Option<Index>,
         seq: Option<u64>,
     },
@@ -145,6 +149,8 @@ enum Op {
 enum TargetPick {
     Conn(ConnPick),
     Shard(u32),
+    /// Every socket counted for a shard of the (only) token.
+    Token,
     All,
 }
 
@@ -171,22 +177,26 @@ fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         3 => (
             prop::bool::weighted(0.9),
+            prop::bool::weighted(0.25),
             prop_oneof![6 => Just(513u64), 1 => Just(1 << 1), 1 => Just(1 << 30), 1 => any::<u64>()],
             prop_oneof![Just([0, 2]), Just([1, 2]), Just([0, 1]), Just([3, 2])],
         )
-            .prop_map(|(good_token, intents, shard)| Frame::Identify {
+            .prop_map(|(good_token, bot_prefix, intents, shard)| Frame::Identify {
                 good_token,
+                bot_prefix,
                 intents,
                 shard,
             }),
         2 => (
             prop::bool::weighted(0.9),
+            prop::bool::weighted(0.25),
             prop::option::weighted(0.8, any::<Index>()),
             // Mostly within what a session has sent (a seq above it is closed with 4007).
             prop::option::weighted(0.9, prop_oneof![4 => 0u64..3, 1 => 0u64..20]),
         )
-            .prop_map(|(good_token, session, seq)| Frame::Resume {
+            .prop_map(|(good_token, bot_prefix, session, seq)| Frame::Resume {
                 good_token,
+                bot_prefix,
                 session,
                 seq,
             }),
@@ -264,6 +274,7 @@ fn op() -> impl Strategy<Value = Op> {
             prop_oneof![
                 3 => conn_pick().prop_map(TargetPick::Conn),
                 1 => (0u32..3).prop_map(TargetPick::Shard),
+                1 => Just(TargetPick::Token),
                 1 => Just(TargetPick::All),
             ],
             fault(),
@@ -352,20 +363,29 @@ impl Harness {
     }
 
     fn frame_bytes(&self, frame: &Frame) -> Vec<u8> {
-        let token = |good: bool| if good { DEFAULT_TOKEN } else { "wrong-token" };
+        let token = |good: bool, prefix: bool| {
+            let text = if good { DEFAULT_TOKEN } else { "wrong-token" };
+            if prefix {
+                format!("Bot {text}")
+            } else {
+                text.to_owned()
+            }
+        };
         let v: Value = match frame {
             Frame::Identify {
                 good_token,
+                bot_prefix,
                 intents,
                 shard,
             } => json!({"op": 2, "d": {
-                "token": token(*good_token),
+                "token": token(*good_token, *bot_prefix),
                 "intents": intents,
                 "properties": {"os": "linux", "browser": "fuzz", "device": "fuzz"},
                 "shard": shard,
             }}),
             Frame::Resume {
                 good_token,
+                bot_prefix,
                 session,
                 seq,
             } => {
@@ -374,7 +394,7 @@ impl Harness {
                     .map_or("no-such-session".to_owned(), |i| {
                         i.get(&self.sessions).clone()
                     });
-                json!({"op": 6, "d": {"token": token(*good_token), "session_id": sid, "seq": seq}})
+                json!({"op": 6, "d": {"token": token(*good_token, *bot_prefix), "session_id": sid, "seq": seq}})
             }
             Frame::Heartbeat(seq) => json!({"op": 1, "d": seq}),
             Frame::Presence => json!({"op": 3, "d": {
@@ -566,12 +586,14 @@ impl Harness {
                 let frame = if self.sessions.is_empty() {
                     Frame::Identify {
                         good_token: true,
+                        bot_prefix: false,
                         intents: 513,
                         shard: [0, 2],
                     }
                 } else {
                     Frame::Resume {
                         good_token: true,
+                        bot_prefix: false,
                         session: Some(*session),
                         seq: Some(*seq),
                     }
@@ -625,6 +647,7 @@ impl Harness {
                 let target = match *target {
                     TargetPick::Conn(c) => Target::Connection(self.pick(c)),
                     TargetPick::Shard(s) => Target::Shard(ShardKey::new(0, s)),
+                    TargetPick::Token => Target::Token(0),
                     TargetPick::All => Target::All,
                 };
                 self.gw.inject(now, target, *fault);

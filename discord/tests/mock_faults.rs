@@ -383,3 +383,84 @@ async fn counters_track_sockets_sessions_and_close_codes_per_shard() {
     assert_eq!(open, vec![SHARD0, SHARD0]);
     assert_eq!(handle.inject(Target::All, Fault::RequestHeartbeat), 3);
 }
+
+/// Discord keeps reading a client that stops reading: heartbeats still arrive while the
+/// gateway's own writes are blocked, the session is kept (no 4000, no 4009), and a RESUME
+/// replays what the client never read. Timers are scaled down: the client stops reading for
+/// ten heartbeat intervals (at Discord's 41.25 s, about seven minutes) while thousands of
+/// 1 KiB events, far more than the socket buffers hold, are dispatched.
+#[tokio::test]
+async fn a_client_that_stops_reading_during_a_stream_keeps_its_session_and_resumes_it() {
+    let interval = Duration::from_millis(200);
+    let count: u64 = 12_000;
+    let mock = start(MockConfig {
+        heartbeat_interval: interval,
+        heartbeat_grace: Some(Duration::from_millis(300)),
+        replay_buffer: 20_000,
+        ..fast_config()
+    })
+    .await;
+    let handle = mock.handle();
+    let mut c = Client::connect_small_buffer(&mock.url()).await;
+    c.expect_op(10).await;
+    let sid = c.identify([0, 1]).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    handle.stream(StreamSpec {
+        shard: SHARD0,
+        event: "MESSAGE_CREATE".into(),
+        data: json!({ "content": "x".repeat(1024) }),
+        count,
+        rate: StreamRate::Every(Duration::from_micros(50)),
+    });
+    for seq in 2..12 {
+        assert_eq!(c.expect_dispatch("MESSAGE_CREATE").await["s"], seq);
+    }
+    // Stop reading; keep heartbeating for ten intervals.
+    let beats = 20;
+    for _ in 0..beats {
+        c.heartbeat().await;
+        tokio::time::sleep(interval / 2).await;
+    }
+    let k = handle
+        .wait_for(WAIT, |k| k.shard(0).heartbeats_received >= beats)
+        .await
+        .expect("every heartbeat read while the mock could not write");
+    let s0 = k.shard(0);
+    assert_eq!(
+        s0.server_closes,
+        Vec::<u16>::new(),
+        "the session was timed out"
+    );
+    assert_eq!((s0.live_sockets, k.connections_accepted), (1, 1));
+    let open = handle.connections();
+    assert_eq!(open[0].session_id.as_deref(), Some(sid.as_str()));
+    assert!(!open[0].closing);
+    assert_eq!(k.shard(0).sessions[&sid].sent, count + 1, "all queued");
+
+    // The client gives up on the socket and resumes from the last event it read.
+    drop(c);
+    handle
+        .wait_for(WAIT, |k| k.live_sockets == 0)
+        .await
+        .unwrap();
+    let (mut r, _) = Client::hello(&mock.url()).await;
+    r.send_resume(&sid, 11).await;
+    for seq in 12..count + 2 {
+        let frame = tokio::time::timeout(WAIT, r.ws.next())
+            .await
+            .expect("frame in time")
+            .expect("open")
+            .expect("frame");
+        let Message::Text(text) = frame else {
+            panic!("unexpected {frame:?}")
+        };
+        let prefix = format!("{{\"op\":0,\"t\":\"MESSAGE_CREATE\",\"s\":{seq},");
+        assert!(text.starts_with(&prefix), "{}", &text[..60]);
+    }
+    assert_eq!(r.expect_dispatch("RESUMED").await["s"], count + 2);
+    let s0 = handle.counters().shard(0);
+    assert_eq!((s0.resumes_ok, s0.resumes_failed), (1, 0));
+    assert_eq!(s0.sessions[&sid].replayed, count - 10);
+}

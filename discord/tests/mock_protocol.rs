@@ -135,6 +135,39 @@ async fn resume_after_the_window_gets_invalid_session_false() {
 }
 
 #[tokio::test]
+async fn resume_of_a_session_this_mock_never_issued_gets_invalid_session_false() {
+    // One issued by another mock (with its own seed), and one made up.
+    let other = start(MockConfig {
+        seed: 1,
+        ..fast_config()
+    })
+    .await;
+    let (_c, foreign) = identified(&other.url(), [0, 1]).await;
+    let mock = start(MockConfig {
+        seed: 2,
+        identify_window: Duration::ZERO,
+        ..fast_config()
+    })
+    .await;
+    let handle = mock.handle();
+    for (n, sid) in [foreign.as_str(), "00112233445566778899aabbccddeeff"]
+        .into_iter()
+        .enumerate()
+    {
+        let (mut c, _) = Client::hello(&mock.url()).await;
+        c.send_resume(sid, 1).await;
+        let nine = c.expect_op(9).await;
+        assert_eq!(nine, json!({"op": 9, "d": false, "s": null, "t": null}));
+        assert_eq!(handle.counters().resumes_unknown_session, n as u64 + 1);
+        // Like Discord, op 9 leaves the connection open: it may identify now.
+        let ready = c.identify([0, 1]).await;
+        assert_ne!(ready["session_id"], sid);
+    }
+    let shard = handle.counters().shard(0);
+    assert_eq!((shard.resumes_ok, shard.sessions_started), (0, 2));
+}
+
+#[tokio::test]
 async fn resume_with_a_seq_beyond_the_session_closes_4007() {
     let mock = start(fast_config()).await;
     let (a, sid) = identified(&mock.url(), [0, 1]).await;

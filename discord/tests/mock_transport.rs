@@ -149,6 +149,16 @@ async fn the_same_seed_gives_the_same_sessions() {
 }
 
 #[tokio::test]
+async fn mocks_with_default_settings_hand_out_different_session_ids() {
+    let a = start(MockConfig::default()).await;
+    let b = start(MockConfig::default()).await;
+    assert_ne!(a.handle().config().seed, b.handle().config().seed);
+    let (_ca, sa) = identified(&a.url(), [0, 1]).await;
+    let (_cb, sb) = identified(&b.url(), [0, 1]).await;
+    assert_ne!(sa, sb);
+}
+
+#[tokio::test]
 async fn shutdown_closes_every_socket() {
     let mock = start(fast_config()).await;
     let handle = mock.handle();

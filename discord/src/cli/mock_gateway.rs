@@ -3,24 +3,13 @@
 //! On start it prints one JSON line on stdout:
 //!
 //! ```json
-//! {"type":"listening","ws_url":"ws://127.0.0.1:PORT","http_base":"http://127.0.0.1:PORT","port":PORT}
+//! {"type":"listening","ws_url":"ws://127.0.0.1:PORT","http_base":"http://127.0.0.1:PORT","port":PORT,"tokens":1,"seed":N}
 //! ```
 //!
 //! then reads control commands as JSON lines on stdin (each answered by one line on stdout)
 //! and runs until SIGTERM or SIGINT. End of stdin does not stop it. Accepted tokens come from
-//! `HANDOVER_MOCK_TOKENS` (comma-separated), default `mock-token`.
-//!
-//! | command | effect | answer |
-//! |---|---|---|
-//! | `{"op":"dispatch","shard":0,"event":"MESSAGE_CREATE","data":{...}}` | one dispatch to the shard's live sessions | `{"type":"dispatched","written":N}` |
-//! | `{"op":"stream","shard":0,"event":"...","data":{...},"count":100,"every_ms":5}` | a bounded stream (`every_ms` absent: as fast as read) | `{"type":"streaming","stream":ID}` |
-//! | `{"op":"fault","shard":0,"fault":"zombie"}` | a fault on the shard's sockets (`shard` absent: every socket) | `{"type":"injected","hit":N}` |
-//! | `{"op":"counters"}` | | `{"type":"counters",...}` |
-//!
-//! Faults: `zombie`, `stop_acks`, `drop_tcp`, `ignore_close_frames`, `reconnect`,
-//! `invalid_session` (with `"resumable": bool`), `close` (with `"code": N`), `delay` (with
-//! `"ms": N`), `garbage_text`, `garbage_binary`, `request_heartbeat`. A `"token"` index selects
-//! another accepted token's shards (default 0).
+//! `HANDOVER_MOCK_TOKENS` (comma-separated), default `mock-token`. The full list of commands
+//! is [`HELP`] (printed by `--help`) and `docs/operations.md`.
 
 use std::time::Duration;
 
@@ -32,15 +21,51 @@ use tracing::{info, warn};
 
 use super::CliError;
 use crate::mock::{
-    Counters, DEFAULT_TOKEN, Fault, Garbage, MockConfig, MockHandle, MockServer, ShardKey,
-    StreamRate, StreamSpec, Target,
+    Counters, DEFAULT_TOKEN, Fault, Garbage, MockConfig, MockHandle, MockServer,
+    PRIVILEGED_INTENTS, ShardKey, StreamRate, StreamSpec, Target, bot_user_id, os_seed,
 };
+use crate::protocol::Intents;
 
 /// The environment variable listing the tokens the mock accepts, comma-separated.
 pub const MOCK_TOKENS_ENV: &str = "HANDOVER_MOCK_TOKENS";
 
+/// The text `handover mock-gateway --help` prints after the flags.
+pub const HELP: &str = "\
+Environment:
+  HANDOVER_MOCK_TOKENS  accepted bot tokens, comma-separated (default: mock-token). Token N
+                        (from 0) is bot N: READY's user and application id is
+                        1000000000000000000 + N.
+                        IDENTIFY and RESUME take a token bare or as \"Bot <token>\"; GET
+                        /api/v10/gateway/bot wants \"Authorization: Bot <token>\".
+
+Stdout: one {\"type\":\"listening\",\"ws_url\",\"http_base\",\"port\",\"tokens\",\"seed\"} line, then one
+answer line per command.
+
+Stdin commands (one JSON object per line):
+  {\"op\":\"dispatch\",\"shard\":0,\"event\":\"MESSAGE_CREATE\",\"data\":{..}}
+        -> {\"type\":\"dispatched\",\"written\":N}  (shard default 0, event MESSAGE_CREATE)
+  {\"op\":\"stream\",\"shard\":0,\"event\":\"..\",\"data\":{..},\"count\":100,\"every_ms\":5}
+        -> {\"type\":\"streaming\",\"stream\":ID,\"streams\":[ID,..]}  (no every_ms: as fast as
+           the client reads)
+  {\"op\":\"fault\",\"shard\":0,\"fault\":\"zombie\"}
+        -> {\"type\":\"injected\",\"hit\":N}  (no shard: every socket)
+           faults: zombie, stop_acks, drop_tcp, ignore_close_frames, reconnect,
+           invalid_session (\"resumable\": bool), close (\"code\": N), delay (\"ms\": N),
+           garbage_text, garbage_binary, request_heartbeat
+  {\"op\":\"counters\"}
+        -> {\"type\":\"counters\",..}  (shards keyed \"token/shard\")
+  Which bot: \"token\": N (index in HANDOVER_MOCK_TOKENS) or \"token\": \"<token>\", or
+  \"bot\": \"<user or application id>\". Without either, a command goes to every bot.
+  A line that cannot be carried out -> {\"type\":\"error\",\"error\":\"..\"}; the mock goes on.
+
+Exit codes:
+  0  stopped by SIGTERM or SIGINT (end of stdin does not stop it)
+  1  the port could not be bound, or stdout was closed
+  2  a usage error (unknown or malformed flag)";
+
 /// Flags of `handover mock-gateway`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = HELP)]
 #[non_exhaustive]
 pub struct MockArgs {
     /// TCP port on 127.0.0.1 (0: any free port, printed on stdout).
@@ -61,9 +86,33 @@ pub struct MockArgs {
     /// max_concurrency: identify buckets.
     #[arg(long, default_value_t = 1)]
     pub max_concurrency: u32,
-    /// Seed for session ids and garbage frames.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Dispatches kept per session for replay on RESUME (a RESUME older than the oldest kept
+    /// one gets op 9 d=false).
+    #[arg(long, value_name = "N", default_value_t = MockConfig::DEFAULT_REPLAY_BUFFER)]
+    pub replay_buffer: usize,
+    /// Privileged intents the application has enabled, names joined by `,` or `|`
+    /// (GUILD_MEMBERS, GUILD_PRESENCES, MESSAGE_CONTENT) or a decimal bit set. Without it an
+    /// IDENTIFY asking for one closes with 4014, as on Discord.
+    #[arg(long, value_name = "INTENTS", value_parser = parse_privileged_intents)]
+    pub allow_privileged_intents: Option<u64>,
+    /// Seed for session ids and garbage frames, for a reproducible run. Default: drawn from the
+    /// operating system, so two mocks never hand out the same session ids; the seed in use is
+    /// printed in the `listening` line.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+fn parse_privileged_intents(text: &str) -> Result<u64, String> {
+    let intents = Intents::parse(&text.replace(',', "|"))
+        .ok_or_else(|| "not a list of intent names or a decimal bit set".to_owned())?;
+    let bits = intents.bits();
+    if bits & !PRIVILEGED_INTENTS != 0 {
+        return Err(
+            "only privileged intents can be allowed (GUILD_MEMBERS, GUILD_PRESENCES, MESSAGE_CONTENT)"
+                .to_owned(),
+        );
+    }
+    Ok(bits)
 }
 
 impl MockArgs {
@@ -87,7 +136,9 @@ impl MockArgs {
             identify_window: Duration::from_millis(self.identify_window_ms),
             resume_window: Duration::from_secs(self.resume_window_secs),
             max_concurrency: self.max_concurrency.max(1),
-            seed: self.seed,
+            replay_buffer: self.replay_buffer,
+            allowed_privileged_intents: self.allow_privileged_intents.unwrap_or(0),
+            seed: self.seed.unwrap_or_else(os_seed),
             port: self.port,
             ..MockConfig::default()
         }
@@ -103,6 +154,7 @@ pub async fn run(args: MockArgs) -> Result<(), CliError> {
     let mut int = install(SignalKind::interrupt(), "SIGINT")?;
     let config = args.config();
     let tokens = config.tokens.len();
+    let seed = config.seed;
     let mock = MockServer::start(config).await.map_err(CliError::Mock)?;
     let handle = mock.handle();
     let mut stdout = tokio::io::stdout();
@@ -113,6 +165,7 @@ pub async fn run(args: MockArgs) -> Result<(), CliError> {
         http_base: String,
         port: u16,
         tokens: usize,
+        seed: u64,
     }
     let hello = Listening {
         r#type: "listening",
@@ -120,6 +173,7 @@ pub async fn run(args: MockArgs) -> Result<(), CliError> {
         http_base: mock.http_base(),
         port: mock.addr().port(),
         tokens,
+        seed,
     };
     write_line(&mut stdout, &hello).await?;
     info!(url = %mock.url(), "mock gateway listening");
@@ -161,7 +215,9 @@ async fn write_line(
 struct ControlLine {
     op: String,
     #[serde(default)]
-    token: usize,
+    token: Option<Value>,
+    #[serde(default)]
+    bot: Option<Value>,
     #[serde(default)]
     shard: Option<u32>,
     #[serde(default)]
@@ -182,7 +238,70 @@ struct ControlLine {
     ms: Option<u64>,
 }
 
+/// The bots a control line targets: the token indices it names, or every token.
+enum Bots {
+    Every(usize),
+    One(usize),
+}
+
+impl Bots {
+    fn indices(&self) -> std::ops::Range<usize> {
+        match *self {
+            Bots::Every(n) => 0..n,
+            Bots::One(i) => i..i + 1,
+        }
+    }
+}
+
+/// Resolves `token` (an index or the token itself) and `bot` (READY's user or application
+/// id, a string or a number). Errors never quote the token.
+fn bots(mock: &MockHandle, cmd: &ControlLine) -> Result<Bots, String> {
+    let tokens = mock.config().tokens;
+    let id_of = |v: &Value| match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    };
+    let by_token = match &cmd.token {
+        None => None,
+        Some(Value::String(text)) => Some(
+            tokens
+                .iter()
+                .position(|t| t == text)
+                .ok_or("`token` is not one of the accepted tokens")?,
+        ),
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|&i| i < tokens.len())
+                .ok_or_else(|| {
+                    format!(
+                        "`token` is neither a token nor an index below {}",
+                        tokens.len()
+                    )
+                })?,
+        ),
+    };
+    let by_bot = match &cmd.bot {
+        None => None,
+        Some(v) => Some(
+            id_of(v)
+                .and_then(|id| (0..tokens.len()).find(|&i| bot_user_id(i) == id))
+                .ok_or("`bot` is not the user or application id of an accepted token")?,
+        ),
+    };
+    match (by_token, by_bot) {
+        (None, None) => Ok(Bots::Every(tokens.len())),
+        (Some(i), None) | (None, Some(i)) => Ok(Bots::One(i)),
+        (Some(i), Some(j)) if i == j => Ok(Bots::One(i)),
+        (Some(_), Some(_)) => Err("`token` and `bot` name different bots".into()),
+    }
+}
+
 /// Carries out one control line and returns the answer line.
+///
+/// A line names its bot with `"token"` (an index in the accepted tokens, or the token itself)
+/// or `"bot"` (READY's user or application id); without either it applies to every bot.
 pub fn control(mock: &MockHandle, line: &str) -> Value {
     let error = |message: String| json!({ "type": "error", "error": message });
     let cmd: ControlLine = match serde_json::from_str(line) {
@@ -195,12 +314,22 @@ pub fn control(mock: &MockHandle, line: &str) -> Value {
             ));
         }
     };
-    let key = ShardKey::new(cmd.token, cmd.shard.unwrap_or(0));
+    let bots = match bots(mock, &cmd) {
+        Ok(b) => b,
+        Err(message) => {
+            warn!(error = %message, "control line refused");
+            return error(message);
+        }
+    };
+    let shard = cmd.shard.unwrap_or(0);
     match cmd.op.as_str() {
         "dispatch" => {
             let event = cmd.event.unwrap_or_else(|| "MESSAGE_CREATE".into());
             let data = cmd.data.unwrap_or_else(|| json!({}));
-            let written = mock.dispatch(key, &event, &data);
+            let written: usize = bots
+                .indices()
+                .map(|t| mock.dispatch(ShardKey::new(t, shard), &event, &data))
+                .sum();
             json!({ "type": "dispatched", "written": written })
         }
         "stream" => {
@@ -208,14 +337,22 @@ pub fn control(mock: &MockHandle, line: &str) -> Value {
                 Some(ms) => StreamRate::Every(Duration::from_millis(ms)),
                 None => StreamRate::AsFastAsRead,
             };
-            let id = mock.stream(StreamSpec {
-                shard: key,
-                event: cmd.event.unwrap_or_else(|| "MESSAGE_CREATE".into()),
-                data: cmd.data.unwrap_or_else(|| json!({})),
-                count: cmd.count.unwrap_or(1),
-                rate,
-            });
-            json!({ "type": "streaming", "stream": id.0 })
+            let event = cmd.event.unwrap_or_else(|| "MESSAGE_CREATE".into());
+            let data = cmd.data.unwrap_or_else(|| json!({}));
+            let ids: Vec<u64> = bots
+                .indices()
+                .map(|t| {
+                    mock.stream(StreamSpec {
+                        shard: ShardKey::new(t, shard),
+                        event: event.clone(),
+                        data: data.clone(),
+                        count: cmd.count.unwrap_or(1),
+                        rate,
+                    })
+                    .0
+                })
+                .collect();
+            json!({ "type": "streaming", "stream": ids.first(), "streams": ids })
         }
         "fault" => {
             let fault = match cmd.fault.as_deref() {
@@ -234,11 +371,15 @@ pub fn control(mock: &MockHandle, line: &str) -> Value {
                 Some("request_heartbeat") => Fault::RequestHeartbeat,
                 _ => return error("unknown or missing `fault`".into()),
             };
-            let target = match cmd.shard {
-                Some(_) => Target::Shard(key),
-                None => Target::All,
+            let hit: usize = match (&bots, cmd.shard) {
+                // Every socket, identified or not.
+                (Bots::Every(_), None) => mock.inject(Target::All, fault),
+                (Bots::One(t), None) => mock.inject(Target::Token(*t), fault),
+                (_, Some(shard)) => bots
+                    .indices()
+                    .map(|t| mock.inject(ShardKey::new(t, shard), fault))
+                    .sum(),
             };
-            let hit = mock.inject(target, fault);
             json!({ "type": "injected", "hit": hit })
         }
         "counters" => counters_json(&mock.counters()),
@@ -293,4 +434,63 @@ pub fn counters_json(c: &Counters) -> Value {
         "http_requests": c.http_requests,
         "shards": shards,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Line {
+        #[command(flatten)]
+        args: MockArgs,
+    }
+
+    fn parse(flags: &[&str]) -> Result<MockArgs, clap::Error> {
+        let argv = std::iter::once("mock-gateway").chain(flags.iter().copied());
+        Line::try_parse_from(argv).map(|l| l.args)
+    }
+
+    #[test]
+    fn privileged_intents_flag() {
+        assert_eq!(parse(&[]).unwrap().config().allowed_privileged_intents, 0);
+        let all = parse(&[
+            "--allow-privileged-intents",
+            "GUILD_MEMBERS,GUILD_PRESENCES|MESSAGE_CONTENT",
+        ])
+        .unwrap();
+        assert_eq!(all.config().allowed_privileged_intents, PRIVILEGED_INTENTS);
+        let one = parse(&["--allow-privileged-intents", "MESSAGE_CONTENT"]).unwrap();
+        assert_eq!(one.config().allowed_privileged_intents, 1 << 15);
+        let bits = parse(&["--allow-privileged-intents", "258"]).unwrap();
+        assert_eq!(
+            bits.config().allowed_privileged_intents,
+            (1 << 1) | (1 << 8)
+        );
+        for bad in ["GUILDS", "MESSAGE_CONTENT,GUILDS", "1", "NOPE"] {
+            let err = parse(&["--allow-privileged-intents", bad])
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn replay_buffer_and_seed_flags() {
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(
+            defaults.config().replay_buffer,
+            MockConfig::DEFAULT_REPLAY_BUFFER
+        );
+        assert_eq!(defaults.seed, None);
+        assert_ne!(
+            defaults.config().seed,
+            defaults.config().seed,
+            "drawn each time"
+        );
+        let set = parse(&["--replay-buffer", "20000", "--seed", "5"]).unwrap();
+        let config = set.config();
+        assert_eq!((config.replay_buffer, config.seed), (20_000, 5));
+    }
 }

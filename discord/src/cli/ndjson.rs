@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::protocol::{
-    Activity, Command, RawJson, RequestGuildMembers, RequestSoundboardSounds, Snowflake, Status,
-    UpdatePresence, UpdateVoiceState,
+    Activity, Command, ProtocolError, RawJson, RequestGuildMembers, RequestSoundboardSounds,
+    Snowflake, Status, UpdatePresence, UpdateVoiceState,
 };
 use crate::runtime::{ShardEvent, ShardEventKind, ShardStatus};
 use handover_core::OpenMode;
@@ -256,6 +256,14 @@ pub enum CommandError {
         /// Why.
         reason: String,
     },
+    /// A `raw` payload with an opcode that may not be sent through `raw`: one the lifecycle
+    /// owns (heartbeat, identify, resume) or one Discord does not accept from a client, which
+    /// would get the connection closed with 4001. See [`Command::RAW_OPCODES`].
+    #[error("raw op {op} refused: {}", raw_refusal(*.op))]
+    RawOpcode {
+        /// The opcode given.
+        op: u64,
+    },
     /// The process runs several shards and the command did not say which.
     #[error("`shard` is required for this op when several shards run")]
     ShardRequired,
@@ -281,6 +289,16 @@ pub enum CommandError {
     },
 }
 
+/// Why a `raw` opcode is refused (for [`CommandError::RawOpcode`]'s message).
+fn raw_refusal(op: u64) -> &'static str {
+    let lifecycle = u8::try_from(op).is_ok_and(|op| Command::LIFECYCLE_OPCODES.contains(&op));
+    if lifecycle {
+        "heartbeat, identify and resume are sent by the shard itself"
+    } else {
+        "not an opcode a client may send (3, 4, 8, 31 or 43)"
+    }
+}
+
 impl CommandError {
     /// The shard the error is about, if any.
     pub fn shard(&self) -> Option<u32> {
@@ -290,6 +308,16 @@ impl CommandError {
             | CommandError::ShardGone { shard } => Some(*shard),
             _ => None,
         }
+    }
+
+    /// A gateway command the protocol layer refused to build. Its own message already says
+    /// "invalid command", so only the reason is kept: one prefix per line.
+    fn invalid(e: &ProtocolError) -> CommandError {
+        let reason = match e {
+            ProtocolError::InvalidCommand { reason } => (*reason).to_owned(),
+            other => other.to_string(),
+        };
+        CommandError::Invalid { reason }
     }
 
     fn malformed(e: &serde_json::Error) -> CommandError {
@@ -363,7 +391,7 @@ struct Raw<'a> {
 
 #[derive(Deserialize)]
 struct RawPayload<'a> {
-    op: u8,
+    op: u64,
     #[serde(borrow, default)]
     d: Option<&'a RawValue>,
 }
@@ -373,7 +401,7 @@ struct RawPayload<'a> {
 /// Ops: `presence` (`status`, optional `activities`, `afk`, `since`; every shard unless
 /// `shard` is given), `request_guild_members` and `voice_state` (Discord's fields; routed to
 /// the guild's shard unless `shard` is given), `request_soundboard_sounds` (`guild_ids`), `raw`
-/// (`payload: {"op": N, "d": ...}`; identify and resume are refused), `restart` (one shard or
+/// (`payload: {"op": N, "d": ...}`, N one of [`Command::RAW_OPCODES`]), `restart` (one shard or
 /// every shard), `status`. Gateway commands are checked for shape here, so a bad one is
 /// refused before anything is sent.
 pub fn parse_command(line: &str) -> ParsedLine<'_> {
@@ -405,9 +433,9 @@ fn parse_body(
 ) -> Result<StdinCommand, CommandError> {
     let named = shard.map(Route::Shard);
     let send = |route: Route, command: Command| -> Result<StdinCommand, CommandError> {
-        command.to_payload().map_err(|e| CommandError::Invalid {
-            reason: e.to_string(),
-        })?;
+        command
+            .to_payload()
+            .map_err(|e| CommandError::invalid(&e))?;
         Ok(StdinCommand::Send { route, command })
     };
     let of = |e: serde_json::Error| CommandError::malformed(&e);
@@ -454,13 +482,17 @@ fn parse_body(
         Some("raw") => {
             let r: Raw<'_> = serde_json::from_str(line).map_err(of)?;
             let p: RawPayload<'_> = serde_json::from_str(r.payload.get()).map_err(of)?;
+            // Checked before anything else: the opcode decides whether the payload may be sent
+            // at all (`Command::RAW_OPCODES`, taken from Discord's opcode table).
+            let op = u8::try_from(p.op)
+                .ok()
+                .filter(|op| Command::RAW_OPCODES.contains(op))
+                .ok_or(CommandError::RawOpcode { op: p.op })?;
             let d = match p.d {
-                Some(d) => RawJson::parse(d.get()).map_err(|e| CommandError::Invalid {
-                    reason: e.to_string(),
-                })?,
+                Some(d) => RawJson::parse(d.get()).map_err(|e| CommandError::invalid(&e))?,
                 None => RawJson::null(),
             };
-            send(named.unwrap_or(Route::Single), Command::Raw { op: p.op, d })
+            send(named.unwrap_or(Route::Single), Command::Raw { op, d })
         }
         Some("restart") => Ok(StdinCommand::Restart {
             route: named.unwrap_or(Route::All),
@@ -624,19 +656,117 @@ mod tests {
             } => assert!(d.as_str().contains("\"online\"")),
             other => panic!("{other:?}"),
         }
-        let identify = parse_command(r#"{"op":"raw","shard":0,"payload":{"op":2,"d":{}}}"#);
-        assert!(matches!(
-            identify.command,
-            Err(CommandError::Invalid { .. })
-        ));
-        let no_d = parse_command(r#"{"op":"raw","payload":{"op":1}}"#);
+        let no_d = parse_command(r#"{"op":"raw","payload":{"op":43}}"#);
         assert!(matches!(
             no_d.command.unwrap(),
             StdinCommand::Send {
                 route: Route::Single,
-                command: Command::Raw { op: 1, .. }
+                command: Command::Raw { op: 43, .. }
             }
         ));
+        for op in Command::RAW_OPCODES {
+            let line = format!(r#"{{"op":"raw","payload":{{"op":{op},"d":null}}}}"#);
+            assert!(parse_command(&line).command.is_ok(), "op {op}");
+        }
+    }
+
+    #[test]
+    fn raw_payloads_with_an_opcode_clients_may_not_send_are_refused() {
+        // Lifecycle opcodes, receive-only ones, gaps in Discord's table, and numbers beyond a
+        // byte: each refused by number, before its `d` is even looked at.
+        for op in [
+            0u64,
+            1,
+            2,
+            5,
+            6,
+            7,
+            9,
+            10,
+            11,
+            12,
+            30,
+            32,
+            42,
+            44,
+            99,
+            255,
+            256,
+            1 << 40,
+        ] {
+            let line = format!(r#"{{"op":"raw","shard":0,"payload":{{"op":{op},"d":{{"x":1}}}}}}"#);
+            assert_eq!(
+                parse_command(&line).command,
+                Err(CommandError::RawOpcode { op }),
+                "op {op}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_error_message_exactly_with_one_prefix() {
+        let parsed = |line: &str| parse_command(line).command.unwrap_err().to_string();
+        let cases: Vec<(String, &str)> = vec![
+            (
+                CommandError::TooLong {
+                    limit: MAX_COMMAND_LINE,
+                }
+                .to_string(),
+                "command line longer than 65536 bytes",
+            ),
+            (
+                parsed("not json"),
+                "malformed command: a command is a json object",
+            ),
+            (
+                parsed(r#"{"op":"presence""#),
+                "malformed command: eof error at line 1 column 16",
+            ),
+            (parsed(r#"{"shard":1}"#), "missing field `op`"),
+            (
+                parsed(r#"{"op":"fly"}"#),
+                "unknown op `fly` (expected presence, request_guild_members, voice_state, request_soundboard_sounds, raw, restart or status)",
+            ),
+            (
+                parsed(r#"{"op":"request_guild_members","guild_id":"1"}"#),
+                "invalid command: request guild members needs a query or user ids",
+            ),
+            (
+                parsed(r#"{"op":"request_guild_members","guild_id":"1","query":"a"}"#),
+                "invalid command: request guild members with a query needs a limit",
+            ),
+            (
+                parsed(r#"{"op":"raw","payload":{"op":99,"d":null}}"#),
+                "raw op 99 refused: not an opcode a client may send (3, 4, 8, 31 or 43)",
+            ),
+            (
+                parsed(r#"{"op":"raw","payload":{"op":2,"d":{}}}"#),
+                "raw op 2 refused: heartbeat, identify and resume are sent by the shard itself",
+            ),
+            (
+                CommandError::ShardRequired.to_string(),
+                "`shard` is required for this op when several shards run",
+            ),
+            (
+                CommandError::NoSuchShard { shard: 5 }.to_string(),
+                "no shard 5 in this process",
+            ),
+            (
+                CommandError::Send {
+                    shard: 1,
+                    reason: "not identified".into(),
+                }
+                .to_string(),
+                "shard 1 did not send it: not identified",
+            ),
+            (
+                CommandError::ShardGone { shard: 2 }.to_string(),
+                "shard 2 has stopped",
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
     }
 
     #[test]

@@ -16,6 +16,14 @@ pub const PRIVILEGED_INTENTS: u64 = (1 << 1) | (1 << 8) | (1 << 15);
 /// mock still never prints it.
 pub const DEFAULT_TOKEN: &str = "mock-token";
 
+/// A seed from the operating system's randomness: the standard library's hash keys, which it
+/// draws from the OS for each thread and steps for each new hasher, run through SipHash. A
+/// different value for every call, in every process; it is not a secret, only unpredictable.
+pub fn os_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x6d6f_636b_u64)
+}
+
 /// The daily session-start budget of one token, as `GET /gateway/bot` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionStartLimit {
@@ -79,7 +87,8 @@ pub struct MockConfig {
     /// Largest payload a client may send, in bytes; larger closes with 4002. Default 4096.
     pub max_payload: usize,
     /// Dispatches kept per session for replay on RESUME; a RESUME older than the oldest kept one
-    /// gets op 9 d=false. Default 1000.
+    /// gets op 9 d=false. Default [`MockConfig::DEFAULT_REPLAY_BUFFER`] (1000); any size works
+    /// (memory is the only bound).
     pub replay_buffer: usize,
     /// After the mock sends a close frame, how long it waits for the client's reply (or EOF)
     /// before dropping TCP. Default 5 s.
@@ -87,10 +96,20 @@ pub struct MockConfig {
     /// Dispatches emitted per step by a stream running as fast as the client reads. Default 32.
     pub stream_batch: usize,
     /// Seed for everything random in the mock (session ids, garbage frames). Same seed and same
-    /// inputs give the same outputs.
+    /// inputs give the same outputs. Default: drawn from the operating system's randomness for
+    /// every configuration ([`os_seed`]), so two mocks never hand out the same session ids
+    /// and a client cannot resume one mock's session on another; set it for a reproducible
+    /// run.
     pub seed: u64,
     /// TCP port on 127.0.0.1 for [`MockServer`](crate::mock::MockServer). Default 0 (any free port).
     pub port: u16,
+}
+
+impl MockConfig {
+    /// The default of [`replay_buffer`](MockConfig::replay_buffer): 1000 dispatches per
+    /// session. Discord does not document its own; raise it for tests in which a client stops
+    /// reading while more events than this are dispatched.
+    pub const DEFAULT_REPLAY_BUFFER: usize = 1000;
 }
 
 impl Default for MockConfig {
@@ -109,10 +128,10 @@ impl Default for MockConfig {
             send_limit: 120,
             send_window: Duration::from_secs(60),
             max_payload: 4096,
-            replay_buffer: 1000,
+            replay_buffer: MockConfig::DEFAULT_REPLAY_BUFFER,
             close_timeout: Duration::from_secs(5),
             stream_batch: 32,
-            seed: 0,
+            seed: os_seed(),
             port: 0,
         }
     }
@@ -159,6 +178,14 @@ mod tests {
         let text = format!("{config:?}");
         assert!(!text.contains("super-secret"), "{text}");
         assert!(text.contains("2 redacted"), "{text}");
+    }
+
+    #[test]
+    fn default_seeds_differ() {
+        let seeds: std::collections::BTreeSet<u64> =
+            (0..64).map(|_| MockConfig::default().seed).collect();
+        assert_eq!(seeds.len(), 64);
+        assert_ne!(os_seed(), os_seed());
     }
 
     #[test]

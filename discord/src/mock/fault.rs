@@ -45,6 +45,9 @@ pub enum Target {
     /// Every open connection counted for this shard (it sent an accepted IDENTIFY or RESUME),
     /// including one whose session was since resumed elsewhere.
     Shard(ShardKey),
+    /// Every open connection counted for a shard of the token at this index (in
+    /// [`MockConfig::tokens`](crate::mock::MockConfig::tokens)).
+    Token(usize),
     /// One connection.
     Connection(ConnectionId),
     /// Every open connection, identified or not.

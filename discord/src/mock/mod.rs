@@ -34,9 +34,9 @@ mod server;
 
 pub use compress::Compression;
 pub use config::{
-    DEFAULT_TOKEN, DOCUMENTED_INTENTS, MockConfig, PRIVILEGED_INTENTS, SessionStartLimit,
+    DEFAULT_TOKEN, DOCUMENTED_INTENTS, MockConfig, PRIVILEGED_INTENTS, SessionStartLimit, os_seed,
 };
 pub use counters::{Counters, SessionCounters, ShardCounters};
 pub use fault::{Fault, Garbage, ShardKey, StreamId, StreamRate, StreamSpec, Target};
-pub use model::{ConnectionInfo, HttpReply, MockGateway};
+pub use model::{ConnectionInfo, HttpReply, MockGateway, bot_user_id};
 pub use server::{MockError, MockHandle, MockServer};

@@ -31,9 +31,20 @@ use crate::protocol::{CLOSE_RULES, CloseCode, OpCode};
 /// The `_trace` value the mock puts in HELLO, READY and RESUMED.
 const TRACE: &str = "handover-mock";
 
+/// Request Channel Info, a client opcode of gateway v10
+/// (<https://discord.com/developers/docs/topics/opcodes-and-status-codes#gateway-gateway-opcodes>)
+/// that [`OpCode`] does not model: the mock accepts it after the handshake.
+const REQUEST_CHANNEL_INFO: u64 = 43;
+
 /// Close code the mock uses when a client stops heartbeating (the session stays resumable, as
 /// Discord documents: "you will be forced to Resume").
 pub const HEARTBEAT_TIMEOUT_CLOSE: u16 = 4000;
+
+/// The id of the bot user (and of its application) of the token at index `token`, as READY
+/// reports it: `1000000000000000000 + token`.
+pub const fn bot_user_id(token: usize) -> u64 {
+    1_000_000_000_000_000_000u64.saturating_add(token as u64)
+}
 
 /// An answer to an HTTP request, computed by the model so the HTTP API is sans-IO too.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,6 +290,12 @@ impl MockGateway {
                 .filter(|(_, c)| c.shard == Some(key))
                 .map(|(id, _)| *id)
                 .collect(),
+            Target::Token(token) => self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.shard.is_some_and(|k| k.token == token))
+                .map(|(id, _)| *id)
+                .collect(),
             Target::Connection(id) => self
                 .conns
                 .contains_key(&id)
@@ -430,9 +447,18 @@ impl MockGateway {
         }
     }
 
+    /// The index of an accepted, not revoked token, given as configured.
     fn token_index(&self, token: &str) -> Option<usize> {
         let i = self.config.tokens.iter().position(|t| t == token)?;
         (!self.tokens[i].revoked).then_some(i)
+    }
+
+    /// The token of an IDENTIFY or RESUME: Discord accepts it bare or with the `Bot ` prefix
+    /// of the HTTP `Authorization` header (twilight-gateway sends the prefixed form), so the
+    /// mock does too. Anything else is refused.
+    fn gateway_token_index(&self, token: &str) -> Option<usize> {
+        self.token_index(token)
+            .or_else(|| token.strip_prefix("Bot ").and_then(|t| self.token_index(t)))
     }
 
     fn refresh_budget(&mut self, now: Instant, token: usize) {
@@ -841,6 +867,14 @@ impl MockGateway {
         };
         let d = payload.remove("d").unwrap_or(Value::Null);
         let identified = conn.identified;
+        if op == REQUEST_CHANNEL_INFO {
+            // Sendable by clients (Discord's opcode table) but not modelled by the protocol
+            // layer: accepted after the handshake like the other commands, nothing answered.
+            if !identified {
+                self.close_conn(now, id, CloseCode::NotAuthenticated.code());
+            }
+            return;
+        }
         match OpCode::from_code(op) {
             Some(OpCode::Heartbeat) => self.on_heartbeat(now, id),
             Some(OpCode::Identify) => self.on_identify(now, id, &d),
@@ -893,7 +927,7 @@ impl MockGateway {
         let (Some(token), Some(intents), true) = (token, intents, properties_ok) else {
             return self.close_conn(now, id, CloseCode::DecodeError.code());
         };
-        let Some(token) = self.token_index(token) else {
+        let Some(token) = self.gateway_token_index(token) else {
             return self.close_conn(now, id, CloseCode::AuthenticationFailed.code());
         };
         let (shard_id, shard_count) = match d.get("shard") {
@@ -962,7 +996,7 @@ impl MockGateway {
         let sc = self.shard_counters(key);
         sc.sessions_started += 1;
         sc.sessions.entry(sid.clone()).or_default();
-        let user_id = (1_000_000_000_000_000_000u64 + token as u64).to_string();
+        let user_id = bot_user_id(token).to_string();
         let ready = json!({
             "v": 10,
             "user": {
@@ -1015,7 +1049,7 @@ impl MockGateway {
         let (Some(token), Some(sid), Some(seq)) = (token, sid, seq) else {
             return self.close_conn(now, id, CloseCode::DecodeError.code());
         };
-        let Some(token) = self.token_index(token) else {
+        let Some(token) = self.gateway_token_index(token) else {
             return self.close_conn(now, id, CloseCode::AuthenticationFailed.code());
         };
         let Some(&key) = self.session_index.get(sid) else {
@@ -1599,6 +1633,65 @@ mod tests {
             sim.gw.on_message(sim.now, a, msg.clone());
             assert_eq!(sim.drain(), vec![(a, Out::Close(code))], "{msg:?}");
         }
+    }
+
+    #[test]
+    fn tokens_are_accepted_bare_or_with_the_bot_prefix() {
+        let properties = json!({"os": "linux", "browser": "t", "device": "t"});
+        for token in ["mock-token", "Bot mock-token"] {
+            let mut sim = Sim::new(Sim::fast());
+            let a = sim.connect();
+            let out = sim.send(
+                a,
+                json!({"op": 2, "d": {"token": token, "intents": 1, "properties": properties}}),
+            );
+            let sid = ready_session(&out);
+            sim.gw.on_disconnect(sim.now, a);
+            let b = sim.connect();
+            let out = sim.send(
+                b,
+                json!({"op": 6, "d": {"token": token, "session_id": sid, "seq": 1}}),
+            );
+            match out.as_slice() {
+                [Out::Json(v)] => assert_eq!(v["t"], "RESUMED", "{token}"),
+                other => panic!("{token}: {other:?}"),
+            }
+        }
+        for token in [
+            "Bearer mock-token",
+            "bot mock-token",
+            "Botmock-token",
+            "Bot  mock-token",
+            "Bot Bot mock-token",
+            "Bot ",
+            "mock-token ",
+        ] {
+            let mut sim = Sim::new(Sim::fast());
+            let a = sim.connect();
+            let out = sim.send(
+                a,
+                json!({"op": 2, "d": {"token": token, "intents": 1, "properties": properties}}),
+            );
+            assert_eq!(out, vec![Out::Close(4004)], "identify with {token:?}");
+            let b = sim.connect();
+            let out = sim.send(
+                b,
+                json!({"op": 6, "d": {"token": token, "session_id": "x", "seq": 1}}),
+            );
+            assert_eq!(out, vec![Out::Close(4004)], "resume with {token:?}");
+        }
+    }
+
+    #[test]
+    fn request_channel_info_is_accepted_after_the_handshake_only() {
+        let mut sim = Sim::new(Sim::fast());
+        let a = sim.connect();
+        let before = json!({"op": 43, "d": {"guild_id": "1", "fields": ["status"]}});
+        assert_eq!(sim.send(a, before.clone()), vec![Out::Close(4003)]);
+        let b = sim.connect();
+        ready_session(&sim.identify(b, [0, 1]));
+        assert!(sim.send(b, before).is_empty());
+        assert_eq!(sim.gw.counters().shard(0).server_closes, Vec::<u16>::new());
     }
 
     #[test]

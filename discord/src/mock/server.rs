@@ -159,6 +159,11 @@ impl MockHandle {
         self.inner.lock().model.counters()
     }
 
+    /// The configuration in force (see [`MockGateway::config`]).
+    pub fn config(&self) -> MockConfig {
+        self.inner.lock().model.config().clone()
+    }
+
     /// The open connections.
     pub fn connections(&self) -> Vec<ConnectionInfo> {
         self.inner.lock().model.connections()

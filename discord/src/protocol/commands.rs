@@ -295,9 +295,11 @@ pub enum Command {
     UpdateVoiceState(UpdateVoiceState),
     /// op 31.
     RequestSoundboardSounds(RequestSoundboardSounds),
-    /// Any other payload, for opcodes this crate does not model yet. IDENTIFY (2) and RESUME
-    /// (6) are refused: handshakes belong to the lifecycle, and a stray identify spends from
-    /// the daily budget.
+    /// A payload built by the application, for the opcodes in [`Command::RAW_OPCODES`] only
+    /// (the ones a client may send, less those the lifecycle owns). Anything else is refused
+    /// before sending: HEARTBEAT (1), IDENTIFY (2) and RESUME (6) belong to the lifecycle (a
+    /// stray identify spends from the daily budget), and an opcode Discord does not accept from
+    /// a client would get the connection closed with 4001.
     Raw {
         /// The opcode number.
         op: u8,
@@ -307,7 +309,19 @@ pub enum Command {
 }
 
 impl Command {
-    /// The payload bytes, checked for shape (not yet for size or rate).
+    /// The opcodes a [`Command::Raw`] may carry: those Discord's gateway v10 lists with the
+    /// client action "Send" (<https://discord.com/developers/docs/topics/opcodes-and-status-codes#gateway-gateway-opcodes>:
+    /// 1 Heartbeat, 2 Identify, 3 Presence Update, 4 Voice State Update, 6 Resume, 8 Request
+    /// Guild Members, 31 Request Soundboard Sounds, 43 Request Channel Info), less 1, 2 and 6,
+    /// which the lifecycle sends itself.
+    pub const RAW_OPCODES: [u8; 5] = [3, 4, 8, 31, 43];
+
+    /// The opcodes a client may send that the lifecycle owns (heartbeat, identify, resume): a
+    /// [`Command::Raw`] carrying one is refused.
+    pub const LIFECYCLE_OPCODES: [u8; 3] = [1, 2, 6];
+
+    /// The payload bytes, checked for shape (not yet for size or rate). A [`Command::Raw`]
+    /// whose opcode is not in [`Command::RAW_OPCODES`] is refused.
     pub fn to_payload(&self) -> Result<Vec<u8>, ProtocolError> {
         use super::envelope::encode_payload;
         match self {
@@ -321,9 +335,14 @@ impl Command {
                 encode_payload(OpCode::RequestSoundboardSounds, r)
             }
             Command::Raw { op, d } => {
-                if *op == OpCode::Identify.code() || *op == OpCode::Resume.code() {
+                if Command::LIFECYCLE_OPCODES.contains(op) {
                     return Err(ProtocolError::InvalidCommand {
-                        reason: "identify and resume are sent by the lifecycle only",
+                        reason: "heartbeat, identify and resume are sent by the lifecycle only",
+                    });
+                }
+                if !Command::RAW_OPCODES.contains(op) {
+                    return Err(ProtocolError::InvalidCommand {
+                        reason: "opcode is not one a client may send (3, 4, 8, 31 or 43)",
                     });
                 }
                 #[derive(Serialize)]
@@ -467,20 +486,44 @@ mod tests {
     }
 
     #[test]
-    fn raw_escape_hatch_refuses_handshakes() {
+    fn raw_escape_hatch_refuses_handshakes_and_opcodes_clients_may_not_send() {
         let d = RawJson::parse(r#"{"x":1}"#).unwrap();
         assert!(RawJson::parse("{nope").is_err());
-        let ok = Command::Raw {
-            op: 40,
-            d: d.clone(),
-        };
-        assert_eq!(payload(&ok), json!({"op": 40, "d": {"x": 1}}));
-        for op in [2, 6] {
+        for op in Command::RAW_OPCODES {
+            let ok = Command::Raw { op, d: d.clone() };
+            assert_eq!(payload(&ok), json!({"op": op, "d": {"x": 1}}));
+        }
+        for op in [1, 2, 6] {
             let c = Command::Raw { op, d: d.clone() };
-            assert!(matches!(
+            assert_eq!(
                 c.to_payload(),
-                Err(ProtocolError::InvalidCommand { .. })
-            ));
+                Err(ProtocolError::InvalidCommand {
+                    reason: "heartbeat, identify and resume are sent by the lifecycle only"
+                })
+            );
+        }
+        // Receive-only opcodes, gaps in the table and anything beyond it.
+        for op in [0, 5, 7, 9, 10, 11, 12, 30, 32, 40, 42, 44, 99, 255] {
+            let c = Command::Raw { op, d: d.clone() };
+            assert_eq!(
+                c.to_payload(),
+                Err(ProtocolError::InvalidCommand {
+                    reason: "opcode is not one a client may send (3, 4, 8, 31 or 43)"
+                }),
+                "op {op}"
+            );
+        }
+        // The table agrees with the opcodes the protocol layer models as sendable.
+        for op in [
+            OpCode::PresenceUpdate,
+            OpCode::VoiceStateUpdate,
+            OpCode::RequestGuildMembers,
+            OpCode::RequestSoundboardSounds,
+        ] {
+            assert!(Command::RAW_OPCODES.contains(&op.code()), "{op:?}");
+        }
+        for op in [OpCode::Heartbeat, OpCode::Identify, OpCode::Resume] {
+            assert!(Command::LIFECYCLE_OPCODES.contains(&op.code()), "{op:?}");
         }
     }
 

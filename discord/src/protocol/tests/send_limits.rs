@@ -24,10 +24,10 @@ fn identified_codec(now: Instant) -> DiscordCodec {
 
 /// A raw command whose encoded payload is exactly `size` bytes.
 fn raw_of_size(size: usize) -> Command {
-    // {"op":40,"d":"xxx..."} = 15 bytes of frame + the string content.
-    let frame = r#"{"op":40,"d":""}"#.len();
+    // {"op":43,"d":"xxx..."} = 15 bytes of frame + the string content.
+    let frame = r#"{"op":43,"d":""}"#.len();
     let d = RawJson::parse(format!("\"{}\"", "x".repeat(size - frame))).unwrap();
-    Command::Raw { op: 40, d }
+    Command::Raw { op: 43, d }
 }
 
 #[test]
