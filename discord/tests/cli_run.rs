@@ -416,3 +416,32 @@ async fn an_edited_resume_url_never_receives_the_token() {
     let _ = std::fs::remove_dir_all(&dir);
     mock.shutdown().await;
 }
+
+/// The saved file is 0600 whatever the umask says (one that also removes the owner's write
+/// bit would otherwise leave 0400), and a stale `PATH.tmp` left by someone is not used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_file_is_0600_under_any_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = MockServer::start(mock_config()).await.unwrap();
+    let url = mock.url();
+    let dir = temp_dir("umask");
+    let file = dir.join("sessions.json");
+    let old_tmp = dir.join("sessions.json.tmp");
+    std::fs::write(&old_tmp, b"").unwrap();
+    std::fs::set_permissions(&old_tmp, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let file_arg = file.to_str().unwrap().to_owned();
+    let mut run = cli_common::spawn_with_umask(
+        "277",
+        &["run", "--gateway-url", &url, "--session-file", &file_arg],
+        &[("HANDOVER_TOKEN", TOKEN)],
+    );
+    run.expect_type("ready").await;
+    run.signal("TERM");
+    assert_eq!(run.wait().await.code(), Some(0), "{}", run.stderr());
+    let meta = std::fs::symlink_metadata(&file).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(std::fs::read(&old_tmp).unwrap(), b"", "not written through");
+    let _ = std::fs::remove_dir_all(&dir);
+    mock.shutdown().await;
+}

@@ -53,8 +53,28 @@ pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Handover {
 /// [`spawn`] with environment values that need not be UTF-8.
 pub fn spawn_os(args: &[&str], env: &[(&str, &OsStr)]) -> Handover {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_handover"));
-    cmd.args(args)
-        .env_remove("HANDOVER_TOKEN")
+    cmd.args(args);
+    start(cmd, env)
+}
+
+/// [`spawn`] under the file creation mask `umask` (octal, for example `277`): `sh` sets it and
+/// execs the binary, which keeps the process id.
+pub fn spawn_with_umask(umask: &str, args: &[&str], env: &[(&str, &str)]) -> Handover {
+    assert!(
+        umask.bytes().all(|b| (b'0'..=b'7').contains(&b)),
+        "octal umask"
+    );
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_handover"))
+        .args(args);
+    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+    start(cmd, &env)
+}
+
+fn start(mut cmd: Command, env: &[(&str, &OsStr)]) -> Handover {
+    cmd.env_remove("HANDOVER_TOKEN")
         .env_remove("HANDOVER_MOCK_TOKENS")
         .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
