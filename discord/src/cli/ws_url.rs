@@ -35,7 +35,7 @@ pub struct WsEndpoint {
 impl WsEndpoint {
     /// Parses `url`: a `ws://` or `wss://` URL with a host.
     pub fn parse(url: &str) -> Result<WsEndpoint, WsUrlError> {
-        let uri: Uri = url.trim().parse().map_err(|_| WsUrlError::Unparsable)?;
+        let uri: Uri = url.parse().map_err(|_| WsUrlError::Unparsable)?;
         let tls = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
             Some("ws") => false,
             Some("wss") => true,
@@ -121,6 +121,7 @@ mod tests {
             ("ws://:80", WsUrlError::Unparsable),
             ("", WsUrlError::Unparsable),
             ("ws:// space", WsUrlError::Unparsable),
+            (" ws://127.0.0.1:9", WsUrlError::Unparsable),
             ("http://x", WsUrlError::Scheme),
             ("gateway.discord.gg", WsUrlError::Scheme),
             ("/path", WsUrlError::Scheme),
