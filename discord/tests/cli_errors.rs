@@ -5,7 +5,7 @@
 
 mod cli_common;
 
-use cli_common::{mock_config, run_to_end};
+use cli_common::{mock_config, run_to_end, run_to_end_os};
 use handover_discord::mock::MockServer;
 
 /// Well formed, refused by the mock, and easy to search for.
@@ -90,6 +90,10 @@ async fn bad_flags_exit_2() {
         &["run", "--shards", "nope"],
         &["run", "--shards", "3..2/4"],
         &["run", "--intents", "GUILDZ"],
+        &["run", "--intents", ""],
+        &["run", "--intents", " "],
+        &["run", "--intents", "GUILDS,,GUILD_MESSAGES"],
+        &["run", "--intents", "GUILDS,"],
         &["run", "--compression", "gzip"],
         &["run", "--http", "not-an-address"],
         &["demo", "--seed", "x"],
@@ -116,8 +120,134 @@ async fn bad_flags_exit_2() {
     .await;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--http-allow-remote"), "{stderr}");
-    let (code, _, stderr) = run_to_end(&["run", "--gateway-url", "http://x"], &env).await;
+    for url in [
+        "http://x",
+        "ws://",
+        "wss://",
+        "ws://:80",
+        "ws://exa mple",
+        "wss:///path",
+    ] {
+        let (code, stdout, stderr) = run_to_end(&["run", "--gateway-url", url], &env).await;
+        assert_eq!(code, Some(2), "{url}: {stderr}");
+        assert!(
+            stderr.contains("error: --gateway-url is not a usable gateway url"),
+            "{url}: {stderr}"
+        );
+        assert!(stdout.is_empty(), "{url}: {stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_intents_are_refused_with_a_clear_message() {
+    let env = [("HANDOVER_TOKEN", "mock-token")];
+    let (code, _, stderr) = run_to_end(&["run", "--intents", ""], &env).await;
     assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no intents given"), "{stderr}");
+    let (code, _, stderr) = run_to_end(&["run", "--intents", "GUILDS,,GUILD_MESSAGES"], &env).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("an intent name is missing between separators"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_is_not_utf8_is_reported_as_such() {
+    use std::os::unix::ffi::OsStrExt;
+    let token = std::ffi::OsStr::from_bytes(b"SECRET-\xff\xfe-token");
+    let (code, stdout, stderr) = run_to_end_os(
+        &["run", "--gateway-url", "ws://127.0.0.1:9"],
+        &[("HANDOVER_TOKEN", token)],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("HANDOVER_TOKEN does not hold a valid token: it is not valid utf-8"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not set"), "{stderr}");
+    assert!(!stderr.contains("SECRET") && stdout.is_empty(), "{stderr}");
+}
+
+/// A token too long for an IDENTIFY used to leave the shard in `identifying` for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_too_long_for_an_identify_exits_2_at_start() {
+    let mock = MockServer::start(mock_config()).await.unwrap();
+    let url = mock.url();
+    let token = format!("SECRET{}", "x".repeat(10 * 1024));
+    let (code, stdout, stderr) = run_to_end(
+        &["run", "--gateway-url", &url],
+        &[("HANDOVER_TOKEN", token.as_str())],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr
+            .contains("HANDOVER_TOKEN does not hold a valid token: token is longer than 512 bytes"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("SECRET") && stdout.is_empty(), "{stderr}");
+    assert_eq!(mock.handle().counters().connections_accepted, 0);
+    mock.shutdown().await;
+}
+
+/// An unusable session file path used to be found at shutdown only, losing the sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_session_file_exits_2_before_any_shard_starts() {
+    let mock = MockServer::start(mock_config()).await.unwrap();
+    let url = mock.url();
+    let dir = cli_common::temp_dir("unusable-session-file");
+    let link = dir.join("link.json");
+    std::os::unix::fs::symlink(dir.join("elsewhere.json"), &link).unwrap();
+    let cases = [
+        (dir.clone(), "is not a regular file"),
+        (
+            dir.join("missing").join("sessions.json"),
+            "its directory does not exist",
+        ),
+        (link, "is a symbolic link"),
+        // No file can be created there, even by root.
+        ("/proc/handover-sessions.json".into(), "cannot write /proc"),
+    ];
+    for (path, why) in cases {
+        let (code, stdout, stderr) = run_to_end(
+            &[
+                "run",
+                "--gateway-url",
+                &url,
+                "--session-file",
+                path.to_str().unwrap(),
+            ],
+            &[("HANDOVER_TOKEN", cli_common::TOKEN)],
+        )
+        .await;
+        assert_eq!(code, Some(2), "{path:?}: {stderr}");
+        assert!(
+            stderr.contains("error: --session-file cannot be used:") && stderr.contains(why),
+            "{path:?}: {stderr}"
+        );
+        assert!(stdout.is_empty(), "{path:?}: {stdout}");
+    }
+    assert_eq!(
+        mock.handle().counters().connections_accepted,
+        0,
+        "no shard started, no identify spent"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_help_says_where_the_token_comes_from() {
+    let (code, stdout, stderr) = run_to_end(&["run", "--help"], &[]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("HANDOVER_TOKEN environment variable"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Exit codes:"), "{stdout}");
+    assert!(stdout.contains("--session-file"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

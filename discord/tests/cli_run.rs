@@ -9,6 +9,7 @@ mod cli_common;
 use std::time::Duration;
 
 use cli_common::{TOKEN, WAIT, http, mock_config, spawn, temp_dir};
+use futures_util::FutureExt;
 use handover_discord::mock::{Fault, MockConfig, MockServer};
 use serde_json::{Value, json};
 
@@ -357,4 +358,90 @@ async fn health_is_503_while_the_gateway_is_unreachable() {
     assert!(metrics.contains("handover_shard_phase{shard=\"0\",phase=\"receiving\"} 0\n"));
     run.signal("TERM");
     assert_eq!(run.wait().await.code(), Some(0), "{}", run.stderr());
+}
+
+/// A session file edited to resume elsewhere must not send the RESUME (and the token in it)
+/// there: the session is resumed through the configured gateway, and the other listener sees
+/// no connection at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_resume_url_never_receives_the_token() {
+    let mock = MockServer::start(mock_config()).await.unwrap();
+    let gw = mock.handle();
+    let url = mock.url();
+    let dir = temp_dir("edited-resume-url");
+    let file = dir.join("sessions.json");
+    let file_arg = file.to_str().unwrap().to_owned();
+    let args = ["run", "--gateway-url", &url, "--session-file", &file_arg];
+
+    let mut first = spawn(&args, &[("HANDOVER_TOKEN", TOKEN)]);
+    let ready = first.expect_type("ready").await;
+    let session = ready["session_id"].as_str().unwrap().to_owned();
+    first.signal("TERM");
+    assert_eq!(first.wait().await.code(), Some(0), "{}", first.stderr());
+    gw.wait_for(WAIT, |c| c.live_sockets == 0).await.unwrap();
+
+    // Someone points the saved session at their own listener.
+    let thief = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let thief_url = format!("ws://{}", thief.local_addr().unwrap());
+    let mut saved: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    saved["sessions"][0]["resume_gateway_url"] = Value::String(thief_url.clone());
+    std::fs::write(&file, saved.to_string()).unwrap();
+
+    let mut second = spawn(&args, &[("HANDOVER_TOKEN", TOKEN)]);
+    let handshake = tokio::select! {
+        h = second.expect_line("a handshake", |v| v["type"] == "ready" || v["type"] == "resumed") => h,
+        conn = thief.accept() => panic!(
+            "the edited resume url got a connection from {:?}\n{}",
+            conn.map(|(_, peer)| peer),
+            second.stderr()
+        ),
+    };
+    assert_eq!(handshake["type"], "resumed", "{}", second.stdout());
+    assert_eq!(handshake["session_id"], session.as_str());
+    // A connection attempt would have completed in the listener's backlog by now.
+    assert!(
+        thief.accept().now_or_never().is_none(),
+        "the edited resume url got a connection"
+    );
+    let c = gw.counters().shard(0);
+    assert_eq!((c.identifies, c.resumes_ok), (1, 1));
+    second.signal("TERM");
+    assert_eq!(second.wait().await.code(), Some(0), "{}", second.stderr());
+    let stderr = second.stderr();
+    assert!(
+        stderr.contains("resuming through the configured gateway instead"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(TOKEN), "the token leaked");
+    let _ = std::fs::remove_dir_all(&dir);
+    mock.shutdown().await;
+}
+
+/// The saved file is 0600 whatever the umask says (one that also removes the owner's write
+/// bit would otherwise leave 0400), and a stale `PATH.tmp` left by someone is not used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_file_is_0600_under_any_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = MockServer::start(mock_config()).await.unwrap();
+    let url = mock.url();
+    let dir = temp_dir("umask");
+    let file = dir.join("sessions.json");
+    let old_tmp = dir.join("sessions.json.tmp");
+    std::fs::write(&old_tmp, b"").unwrap();
+    std::fs::set_permissions(&old_tmp, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let file_arg = file.to_str().unwrap().to_owned();
+    let mut run = cli_common::spawn_with_umask(
+        "277",
+        &["run", "--gateway-url", &url, "--session-file", &file_arg],
+        &[("HANDOVER_TOKEN", TOKEN)],
+    );
+    run.expect_type("ready").await;
+    run.signal("TERM");
+    assert_eq!(run.wait().await.code(), Some(0), "{}", run.stderr());
+    let meta = std::fs::symlink_metadata(&file).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(std::fs::read(&old_tmp).unwrap(), b"", "not written through");
+    let _ = std::fs::remove_dir_all(&dir);
+    mock.shutdown().await;
 }

@@ -24,6 +24,7 @@ pub mod ndjson;
 pub mod run;
 pub mod session_file;
 mod writer;
+pub mod ws_url;
 
 pub use control::{health_body, metrics_text};
 pub use demo::{DemoOptions, DemoReport};
@@ -49,6 +50,7 @@ pub struct Cli {
 #[non_exhaustive]
 pub enum CliCommand {
     /// Connect a bot: events out as NDJSON on stdout, commands in on stdin, HTTP control.
+    #[command(after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
     /// Replay a bad day of gateway faults against the embedded mock and print what happened.
     Demo(DemoOptions),
@@ -56,11 +58,26 @@ pub enum CliCommand {
     MockGateway(MockArgs),
 }
 
+/// Printed after the flags by `handover run --help`.
+const RUN_AFTER_HELP: &str = "\
+The bot token is read from the HANDOVER_TOKEN environment variable (the bare token, without
+the `Bot ` prefix). There is no flag for it, and it is never printed.
+
+Exit codes:
+  0  drained after SIGTERM/SIGINT
+  1  failed at run time: token refused by Discord, every shard gave up, gateway lookup failed,
+     control address busy, stdout closed, drain timed out, session file not written
+  2  usage or configuration error: a bad flag, HANDOVER_TOKEN missing or malformed, an
+     unusable --session-file or --gateway-url; nothing was started
+
+See docs/operations.md for the NDJSON formats, the HTTP API and the session file.";
+
 /// Why a command ended unsuccessfully. Every message is lowercase and never contains the token.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CliError {
-    /// The token variable is not set (or not UTF-8).
+    /// The token variable is not set (a value that is not UTF-8 is an
+    /// [`InvalidToken`](CliError::InvalidToken)).
     #[error(
         "environment variable {var} is not set: put the bot token there (it is never read from a flag)"
     )]
@@ -79,6 +96,9 @@ pub enum CliError {
     /// A flag combination that cannot work.
     #[error("{0}")]
     Usage(String),
+    /// The `--session-file` path could not be written at shutdown, found at start.
+    #[error("--session-file cannot be used: {0}")]
+    SessionFile(#[source] session_file::SessionFileError),
     /// Discord refused the token (HTTP 401 or close code 4004).
     #[error("authentication failed: {detail} (check {var})")]
     AuthenticationFailed {
@@ -126,12 +146,16 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// The process exit code: 2 for usage and configuration errors (bad flags, missing or
-    /// malformed token), 3 when a shutdown left output unwritten (stdout's reader stalled past
-    /// the write deadline), 1 for everything else that failed at run time.
+    /// The process exit code: 2 for usage and configuration errors found at start (bad flags,
+    /// missing or malformed token, unusable session file path), 3 when a shutdown left output
+    /// unwritten (stdout's reader stalled past the write deadline), 1 for everything else that
+    /// failed at run time.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::MissingToken { .. } | CliError::InvalidToken { .. } | CliError::Usage(_) => 2,
+            CliError::MissingToken { .. }
+            | CliError::InvalidToken { .. }
+            | CliError::Usage(_)
+            | CliError::SessionFile(_) => 2,
             CliError::OutputCutShort(_) => 3,
             _ => 1,
         }
@@ -231,6 +255,15 @@ mod tests {
     }
 
     #[test]
+    fn run_help_names_the_token_variable_and_the_exit_codes() {
+        let mut cmd = Cli::command();
+        let run = cmd.find_subcommand_mut("run").unwrap();
+        let help = run.render_long_help().to_string();
+        assert!(help.contains("HANDOVER_TOKEN"), "{help}");
+        assert!(help.contains("Exit codes"), "{help}");
+    }
+
+    #[test]
     fn no_token_flag_exists() {
         let err = Cli::try_parse_from(["handover", "run", "--token", "abc"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
@@ -241,6 +274,14 @@ mod tests {
     fn exit_codes() {
         assert_eq!(CliError::MissingToken { var: TOKEN_ENV }.exit_code(), 2);
         assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
+        let unusable = CliError::SessionFile(session_file::SessionFileError::NotAFile {
+            path: "/tmp".into(),
+        });
+        assert_eq!(unusable.exit_code(), 2);
+        assert_eq!(
+            unusable.to_string(),
+            "--session-file cannot be used: /tmp is not a regular file"
+        );
         assert_eq!(CliError::StdoutClosed.exit_code(), 1);
         let e = CliError::AllShardsGaveUp(vec![(0, "authentication failed".into())]);
         assert_eq!(e.exit_code(), 1);

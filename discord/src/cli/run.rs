@@ -38,7 +38,8 @@ const BATCH: usize = 1024;
 #[derive(Debug, Clone, clap::Args)]
 #[non_exhaustive]
 pub struct RunArgs {
-    /// Gateway intents: names joined by `,` or `|` (GUILDS,GUILD_MESSAGES) or a decimal bit set.
+    /// Gateway intents: names joined by `,` or `|` (GUILDS,GUILD_MESSAGES) or a decimal bit set
+    /// (`0` for none; an empty list is refused).
     #[arg(long, default_value = "GUILDS,GUILD_MESSAGES", value_parser = parse_intents)]
     pub intents: Intents,
 
@@ -52,7 +53,7 @@ pub struct RunArgs {
     #[arg(long, default_value = DEFAULT_API_BASE, value_name = "URL")]
     pub api_base: String,
 
-    /// Gateway URL (ws:// or wss://); skips the `GET /gateway/bot` lookup.
+    /// Gateway URL (ws:// or wss:// with a host); skips the `GET /gateway/bot` lookup.
     #[arg(long, value_name = "URL")]
     pub gateway_url: Option<String>,
 
@@ -70,8 +71,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub http_allow_remote: bool,
 
-    /// On SIGTERM/SIGINT, save every shard's session here; at start, resume from it if it is
-    /// fresh (the file is removed once read).
+    /// On SIGTERM/SIGINT, save every shard's session here (mode 0600); at start, resume from
+    /// it if it is fresh (the file is removed once read). Its directory must exist and be
+    /// writable, and the path must not be a symbolic link: checked at start (exit 2).
     #[arg(long, value_name = "PATH")]
     pub session_file: Option<PathBuf>,
 
@@ -132,6 +134,17 @@ pub enum ShardsArg {
 }
 
 fn parse_intents(text: &str) -> Result<Intents, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(
+            "no intents given: name at least one (for example GUILDS), or write 0 for none".into(),
+        );
+    }
+    if text.split([',', '|']).any(|name| name.trim().is_empty()) {
+        return Err(
+            "an intent name is missing between separators (write GUILDS,GUILD_MESSAGES)".into(),
+        );
+    }
     let normalized = text.replace(',', "|");
     Intents::parse(&normalized).ok_or_else(|| {
         "expected intent names joined by `,` or `|` (for example GUILDS,GUILD_MESSAGES) or a decimal number".to_owned()
@@ -173,7 +186,18 @@ fn parse_http_bind(text: &str) -> Result<SocketAddr, String> {
 
 /// Reads and checks the token from [`TOKEN_ENV`].
 fn read_token() -> Result<Token, CliError> {
-    let raw = std::env::var(TOKEN_ENV).map_err(|_| CliError::MissingToken { var: TOKEN_ENV })?;
+    let raw = match std::env::var(TOKEN_ENV) {
+        Ok(raw) => raw,
+        Err(std::env::VarError::NotPresent) => {
+            return Err(CliError::MissingToken { var: TOKEN_ENV });
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(CliError::InvalidToken {
+                var: TOKEN_ENV,
+                reason: "it is not valid utf-8",
+            });
+        }
+    };
     Token::new(raw).map_err(|e| match e {
         crate::protocol::ProtocolError::InvalidToken { reason } => CliError::InvalidToken {
             var: TOKEN_ENV,
@@ -200,11 +224,15 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         )));
     }
     if let Some(url) = &args.gateway_url
-        && !(url.starts_with("ws://") || url.starts_with("wss://"))
+        && let Err(e) = super::ws_url::WsEndpoint::parse(url)
     {
-        return Err(CliError::Usage(
-            "--gateway-url must start with ws:// or wss://".into(),
-        ));
+        return Err(CliError::Usage(format!(
+            "--gateway-url is not a usable gateway url: {e} (for example wss://gateway.discord.gg)"
+        )));
+    }
+    // Found now rather than at shutdown, when the sessions would be lost.
+    if let Some(path) = &args.session_file {
+        session_file::check_usable(path).map_err(CliError::SessionFile)?;
     }
     let mut signals = Signals::install()?;
     // Bound before any shard starts, so a busy port fails the start without spending an
@@ -233,7 +261,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     };
     let (ids, total) = resolve_shards(&args.shards, lookup.recommended)?;
     let sessions = match &args.session_file {
-        Some(path) => load_sessions(path, total, args.session_max_age_secs),
+        Some(path) => load_sessions(path, total, args.session_max_age_secs, &lookup.url),
         None => BTreeMap::new(),
     };
 
@@ -355,14 +383,30 @@ fn resolve_shards(
     Ok((ids, total))
 }
 
-fn load_sessions(path: &std::path::Path, total: u32, max_age_secs: u64) -> BTreeMap<u32, Session> {
+/// The sessions of the session file, if it is usable; a `resume_gateway_url` that is neither
+/// a Discord gateway host nor the gateway in use (`gateway_url`) is replaced by `gateway_url`,
+/// so the RESUME, which carries the token, only goes where the configuration says.
+fn load_sessions(
+    path: &std::path::Path,
+    total: u32,
+    max_age_secs: u64,
+    gateway_url: &str,
+) -> BTreeMap<u32, Session> {
     match session_file::take(
         path,
         total,
         Duration::from_secs(max_age_secs),
         session_file::now_ms(),
     ) {
-        Ok(Some(sessions)) => {
+        Ok(Some(mut sessions)) => {
+            for shard in session_file::trust_resume_urls(&mut sessions, gateway_url) {
+                warn!(
+                    path = %path.display(),
+                    shard,
+                    "the session file's resume_gateway_url is neither a discord gateway host nor \
+                     the configured gateway; resuming through the configured gateway instead"
+                );
+            }
             info!(path = %path.display(), sessions = sessions.len(), "session file read");
             sessions
         }
@@ -968,7 +1012,23 @@ mod tests {
             1 | 32768
         );
         assert_eq!(parse_intents("513").unwrap().bits(), 513);
+        assert_eq!(parse_intents(" 0 ").unwrap().bits(), 0, "none, spelled out");
         assert!(parse_intents("GUILDZ").is_err());
+        for empty in [
+            "",
+            " ",
+            "GUILDS,",
+            ",GUILDS",
+            "GUILDS,,GUILD_MESSAGES",
+            "GUILDS| |GUILD_MESSAGES",
+            "|",
+        ] {
+            let err = parse_intents(empty).unwrap_err();
+            assert!(
+                err.contains("no intents") || err.contains("missing"),
+                "{empty:?}: {err}"
+            );
+        }
     }
 
     #[test]

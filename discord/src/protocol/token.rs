@@ -4,6 +4,16 @@ use std::fmt;
 
 use super::ProtocolError;
 
+/// Longest token accepted, in bytes.
+///
+/// A Discord bot token is about 70 bytes (the base64 user id, a timestamp and an HMAC, joined
+/// by dots). IDENTIFY carries the token and must fit in the gateway's 4096-byte payload limit
+/// together with the properties, the intents, the shard and the initial presence. At 512 bytes
+/// a token takes at most 1 KiB of it even when JSON escaping doubles every byte (`"` and `\`),
+/// which leaves 3 KiB for the rest; a longer value is not a token, and refusing it here turns
+/// an IDENTIFY that could never be encoded into an error at start.
+pub const MAX_TOKEN_BYTES: usize = 512;
+
 /// A Discord bot token.
 ///
 /// `Debug` and `Display` print `Token(<redacted>)`. Only the IDENTIFY and RESUME encoders and
@@ -13,13 +23,18 @@ use super::ProtocolError;
 pub struct Token(Box<str>);
 
 impl Token {
-    /// Wraps a token after a basic format check: non-empty, no whitespace, no control
-    /// characters. Pass the bare token, without the `Bot ` prefix.
+    /// Wraps a token after a basic format check: non-empty, at most [`MAX_TOKEN_BYTES`] bytes,
+    /// no whitespace, no control characters. Pass the bare token, without the `Bot ` prefix.
     pub fn new(token: impl Into<String>) -> Result<Token, ProtocolError> {
         let token: String = token.into();
         if token.is_empty() {
             return Err(ProtocolError::InvalidToken {
                 reason: "token is empty",
+            });
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(ProtocolError::InvalidToken {
+                reason: "token is longer than 512 bytes (a discord bot token is about 70)",
             });
         }
         if token.chars().any(char::is_whitespace) {
@@ -84,6 +99,57 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
+    }
+
+    #[test]
+    fn length_is_bounded() {
+        assert!(Token::new("a".repeat(MAX_TOKEN_BYTES)).is_ok());
+        let err = Token::new("b".repeat(MAX_TOKEN_BYTES + 1)).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::InvalidToken { reason } if reason.contains("512")),
+            "{err}"
+        );
+        assert!(Token::new("c".repeat(10 * 1024)).is_err());
+        // The reason names the bound it checks.
+        assert!(format!("{err}").contains(&MAX_TOKEN_BYTES.to_string()));
+    }
+
+    /// The bound is chosen so that IDENTIFY always fits in the gateway's payload limit: the
+    /// longest token, made of characters JSON escapes, with a presence and a large shard id.
+    #[test]
+    fn the_longest_token_still_fits_in_an_identify() {
+        use crate::protocol::{
+            Activity, DiscordCodec, GatewayConfig, Intents, MAX_PAYLOAD_BYTES, ShardId, Status,
+            UpdatePresence,
+        };
+        use handover_core::{Codec, Message, OpenMode, Payload};
+
+        let token = Token::new("\"".repeat(MAX_TOKEN_BYTES)).unwrap();
+        let mut cfg = GatewayConfig::new(token, Intents::all());
+        cfg.shard = ShardId {
+            id: u32::MAX - 1,
+            count: u32::MAX,
+        };
+        cfg.large_threshold = Some(250);
+        let mut presence = UpdatePresence::status(Status::Online);
+        presence.activities = vec![Activity {
+            name: "x".repeat(128),
+            kind: 0,
+            url: None,
+            state: Some("y".repeat(128)),
+        }];
+        cfg.presence = Some(presence);
+        let mut codec = DiscordCodec::new(cfg).unwrap();
+        let msg = codec
+            .encode(
+                std::time::Instant::now(),
+                Payload::Handshake(OpenMode::Identify),
+            )
+            .unwrap();
+        let Message::Text(bytes) = msg else {
+            panic!("identify is text")
+        };
+        assert!(bytes.len() <= MAX_PAYLOAD_BYTES - 2048, "{}", bytes.len());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::ffi::OsStr;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,9 +46,35 @@ pub struct Handover {
 
 /// Starts `handover ARGS` with `env` (and without any inherited token or log filter).
 pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Handover {
+    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+    spawn_os(args, &env)
+}
+
+/// [`spawn`] with environment values that need not be UTF-8.
+pub fn spawn_os(args: &[&str], env: &[(&str, &OsStr)]) -> Handover {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_handover"));
-    cmd.args(args)
-        .env_remove("HANDOVER_TOKEN")
+    cmd.args(args);
+    start(cmd, env)
+}
+
+/// [`spawn`] under the file creation mask `umask` (octal, for example `277`): `sh` sets it and
+/// execs the binary, which keeps the process id.
+pub fn spawn_with_umask(umask: &str, args: &[&str], env: &[(&str, &str)]) -> Handover {
+    assert!(
+        umask.bytes().all(|b| (b'0'..=b'7').contains(&b)),
+        "octal umask"
+    );
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_handover"))
+        .args(args);
+    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+    start(cmd, &env)
+}
+
+fn start(mut cmd: Command, env: &[(&str, &OsStr)]) -> Handover {
+    cmd.env_remove("HANDOVER_TOKEN")
         .env_remove("HANDOVER_MOCK_TOKENS")
         .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
@@ -218,6 +245,14 @@ impl Handover {
 /// stderr).
 pub async fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let mut h = spawn(args, env);
+    drop(h.stdin.take());
+    let status = h.wait().await;
+    (status.code(), h.stdout(), h.stderr())
+}
+
+/// [`run_to_end`] with environment values that need not be UTF-8.
+pub async fn run_to_end_os(args: &[&str], env: &[(&str, &OsStr)]) -> (Option<i32>, String, String) {
+    let mut h = spawn_os(args, env);
     drop(h.stdin.take());
     let status = h.wait().await;
     (status.code(), h.stdout(), h.stderr())
