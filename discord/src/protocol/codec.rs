@@ -196,8 +196,21 @@ pub struct DiscordCodec {
 
 impl DiscordCodec {
     /// A codec for one shard. Refuses a configuration that cannot work.
+    ///
+    /// An IDENTIFY that could never be sent (over 4096 bytes, for example with a very large
+    /// initial presence) is refused here, as a configuration error, rather than failing at
+    /// every connection.
     pub fn new(cfg: GatewayConfig) -> Result<Self, ProtocolError> {
         cfg.validate()?;
+        let identify = identify_bytes(&cfg)?.len();
+        if identify > MAX_PAYLOAD_BYTES {
+            return Err(ProtocolError::InvalidConfig {
+                reason: format!(
+                    "the IDENTIFY payload would be {identify} bytes, over the gateway's \
+                     {MAX_PAYLOAD_BYTES} (a smaller initial presence is needed)"
+                ),
+            });
+        }
         let decompressor = Decompressor::new(cfg.compression, cfg.max_decompressed_bytes)?;
         let limiter = SendLimiter::new(cfg.rate_limit);
         Ok(DiscordCodec {
@@ -513,17 +526,7 @@ impl Codec for DiscordCodec {
     fn encode(&mut self, now: Instant, payload: Payload) -> Result<Message, ProtocolError> {
         let bytes = match payload {
             Payload::Heartbeat => encode_payload(OpCode::Heartbeat, &self.tracker.last_seq())?,
-            Payload::Handshake(OpenMode::Identify) => encode_payload(
-                OpCode::Identify,
-                &IdentifyData {
-                    token: self.cfg.token.secret(),
-                    properties: &self.cfg.properties,
-                    intents: self.cfg.intents,
-                    shard: self.cfg.shard,
-                    presence: self.cfg.presence.as_ref(),
-                    large_threshold: self.cfg.large_threshold,
-                },
-            )?,
+            Payload::Handshake(OpenMode::Identify) => identify_bytes(&self.cfg)?,
             Payload::Handshake(OpenMode::Resume) => {
                 let (session_id, _) = self.tracker.session_ids().ok_or(ProtocolError::NoSession)?;
                 encode_payload(
@@ -546,6 +549,21 @@ impl Codec for DiscordCodec {
         self.limiter.try_acquire(now)?;
         Ok(msg)
     }
+}
+
+/// The IDENTIFY payload for `cfg`.
+fn identify_bytes(cfg: &GatewayConfig) -> Result<Vec<u8>, ProtocolError> {
+    encode_payload(
+        OpCode::Identify,
+        &IdentifyData {
+            token: cfg.token.secret(),
+            properties: &cfg.properties,
+            intents: cfg.intents,
+            shard: cfg.shard,
+            presence: cfg.presence.as_ref(),
+            large_threshold: cfg.large_threshold,
+        },
+    )
 }
 
 fn is_ws_url(url: &str) -> bool {
