@@ -89,7 +89,9 @@ impl Connection {
             | Input::OpenFailed(c)
             | Input::PermitGranted(c)
             | Input::PermitDenied(c) => Some(c),
-            Input::Closed { conn, .. } | Input::Signal { conn, .. } => Some(conn),
+            Input::Closed { conn, .. }
+            | Input::Signal { conn, .. }
+            | Input::Backpressure { conn, .. } => Some(conn),
             Input::Start | Input::Stop(_) | Input::Restart(_) => None,
         };
         if let Some(c) = tagged

@@ -36,6 +36,19 @@ pub enum Input {
     /// The permit was refused (for example an identify budget guard tripped). The machine
     /// closes the transport and gives up until the next `Start`.
     PermitDenied(ConnectionId),
+    /// The driver stopped (`paused: true`) or resumed (`paused: false`) reading transport
+    /// `conn` because the application is behind on events.
+    ///
+    /// While reading is paused, heartbeat ACKs may sit unread in the socket, so a missing ACK
+    /// is not held against the connection: heartbeats keep being sent on schedule, but only a
+    /// heartbeat sent while reading was not paused, with no pause since, can judge the
+    /// connection dead. Repeating the current value changes nothing.
+    Backpressure {
+        /// Which transport.
+        conn: ConnectionId,
+        /// Whether reading is paused from now on.
+        paused: bool,
+    },
     /// A protocol-level fact derived by the protocol layer from a received frame.
     Signal {
         /// The transport the frame came from.
@@ -107,6 +120,10 @@ pub enum Output {
     },
     /// Drop the transport at once (no close handshake) and report `Closed` (or `OpenFailed` if it
     /// was still opening).
+    ///
+    /// When the machine judges a connection dead it emits [`Close`](Output::Close) followed at
+    /// once by `Abort`: the driver may write the close frame if it can without waiting (best
+    /// effort), and must not wait for any answer.
     Abort {
         /// The transport.
         conn: ConnectionId,

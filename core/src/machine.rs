@@ -13,7 +13,8 @@ use statig::prelude::*;
 use crate::config::Config;
 use crate::io::{Event, Input, Output, Payload, Signal};
 use crate::types::{
-    CloseClass, ConnectingPhase, ConnectionId, GiveUpReason, OpenMode, State as View, StopIntent,
+    CloseClass, ConnectingPhase, ConnectionId, GiveUpReason, OpenMode, RestartReason,
+    State as View, StopIntent,
 };
 
 /// What the machine handles: an input, or "time has passed" (checked against deadlines).
@@ -32,6 +33,8 @@ pub struct Ctx<'a> {
 /// Counters and observations that never influence behaviour (kept out of equality and hashing).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Send time of the latest heartbeat not yet followed by an ACK, for the latency.
+    pub beat_sent_at: Option<Instant>,
     pub last_ack_at: Option<Instant>,
     pub latency: Option<Duration>,
     pub last_close_code: Option<u16>,
@@ -66,31 +69,69 @@ impl std::hash::Hash for Rng {
     }
 }
 
-/// Heartbeat bookkeeping of one transport.
+/// Heartbeat bookkeeping of one transport, including whether the driver reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Heartbeat {
     interval: Duration,
+    /// How long the oldest counted heartbeat may wait for its ACK before an identified
+    /// connection probes: `probe_grace`, clamped to half the interval.
+    probe_after: Duration,
     next_beat: Instant,
-    awaiting_ack: bool,
-    sent_at: Option<Instant>,
+    /// Send time of the oldest heartbeat that can judge the connection: not followed by any
+    /// ACK, sent while reading was not paused, and no pause since. `None` when there is none.
+    unacked_since: Option<Instant>,
+    /// The driver reported that it stopped reading this transport.
+    paused: bool,
 }
 
 impl Heartbeat {
+    fn new(interval: Duration, probe_grace: Duration, first: Instant, paused: bool) -> Self {
+        Heartbeat {
+            interval,
+            probe_after: probe_grace.min(interval / 2),
+            next_beat: first,
+            unacked_since: None,
+            paused,
+        }
+    }
+
     fn beat(&mut self, conn: ConnectionId, ctx: &mut Ctx<'_>) {
         ctx.out.push_back(Output::Send {
             conn,
             payload: Payload::Heartbeat,
         });
-        self.awaiting_ack = true;
-        self.sent_at = Some(ctx.now);
+        if !self.paused && self.unacked_since.is_none() {
+            self.unacked_since = Some(ctx.now);
+        }
+        ctx.stats.beat_sent_at = Some(ctx.now);
     }
 
     fn ack(&mut self, ctx: &mut Ctx<'_>) {
-        self.awaiting_ack = false;
+        self.unacked_since = None;
         ctx.stats.last_ack_at = Some(ctx.now);
-        if let Some(sent) = self.sent_at.take() {
+        if let Some(sent) = ctx.stats.beat_sent_at.take() {
             ctx.stats.latency = Some(ctx.now.saturating_duration_since(sent));
         }
+    }
+
+    /// Reading stopped or resumed. An ACK may be sitting unread behind a pause, so every
+    /// heartbeat sent before it stops counting; heartbeats sent after reading resumes count
+    /// again.
+    fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+        if paused {
+            self.unacked_since = None;
+        }
+    }
+
+    /// When the connection is judged dead if no ACK arrives first.
+    fn dead_at(&self) -> Option<Instant> {
+        self.unacked_since.map(|t| t + self.interval)
+    }
+
+    /// When an identified connection sends its probe and shows `stale`.
+    fn probe_at(&self) -> Option<Instant> {
+        self.unacked_since.map(|t| t + self.probe_after)
     }
 
     fn schedule_next(&mut self, now: Instant) {
@@ -100,8 +141,10 @@ impl Heartbeat {
         }
     }
 
-    pub fn next_beat(&self) -> Instant {
-        self.next_beat
+    /// The next beat or the liveness judgment, whichever comes first.
+    pub fn judgment(&self) -> Instant {
+        self.dead_at()
+            .map_or(self.next_beat, |d| d.min(self.next_beat))
     }
 }
 
@@ -136,6 +179,8 @@ pub struct Machine {
     pub attempts: u32,
     /// When the current transport's handshake was accepted.
     pub identified_at: Option<Instant>,
+    /// After a non-resumable invalidation: no transport opens before this instant.
+    pub new_session_at: Option<Instant>,
 }
 
 impl Machine {
@@ -147,6 +192,7 @@ impl Machine {
             session: false,
             attempts: 0,
             identified_at: None,
+            new_session_at: None,
         }
     }
 }
@@ -186,6 +232,7 @@ impl Machine {
         conn: &mut ConnectionId,
         mode: &mut OpenMode,
         deadline: &mut Instant,
+        paused: &mut bool,
         event: &Ev,
     ) -> Outcome<State> {
         match event {
@@ -193,7 +240,12 @@ impl Machine {
                 *conn,
                 *mode,
                 context.now + self.cfg.hello_timeout,
+                *paused,
             )),
+            Ev::Input(Input::Backpressure { paused: p, .. }) => {
+                *paused = *p;
+                Handled
+            }
             Ev::Input(Input::OpenFailed(_)) => self.connection_ended(context, After::Reconnect),
             // Out of contract (no `Opened` yet), but the transport is gone all the same and its
             // close code is classified like any other.
@@ -210,7 +262,7 @@ impl Machine {
                 signal: Signal::SessionInvalidated { resumable: false },
                 ..
             }) => {
-                self.session = false;
+                self.session_invalidated(context.now);
                 Handled
             }
             // Start and Restart are absorbed: a fresh connection is being made right now.
@@ -251,7 +303,7 @@ impl Machine {
                 let code = if *resumable {
                     keep
                 } else {
-                    self.session = false;
+                    self.session_invalidated(context.now);
                     self.cfg.close_rules.end_session_code
                 };
                 self.drain(context, conn, code, After::Reconnect)
@@ -260,9 +312,10 @@ impl Machine {
         }
     }
 
-    /// States with a heartbeat running (after hello): ACKs, the peer's requests for a beat, and
-    /// the beat schedule are handled here. Missing an ACK before the session is established
-    /// gives the transport up; `identified` overrides that with a probe.
+    /// States with a heartbeat running (after hello): ACKs, the peer's requests for a beat,
+    /// backpressure, the beat schedule and the liveness judgment are handled here. A counted
+    /// heartbeat without any ACK one interval later judges the transport dead: it is aborted
+    /// and a reconnect follows. `identified` adds a probe halfway.
     #[superstate(superstate = "live")]
     fn beating(
         &mut self,
@@ -287,17 +340,20 @@ impl Machine {
                 hb.beat(*conn, context);
                 Handled
             }
-            Ev::Timeout if context.now >= hb.next_beat => {
-                if hb.awaiting_ack {
-                    let keep = self.cfg.close_rules.keep_resumable_code;
-                    self.drain(context, *conn, keep, After::Reconnect)
-                } else {
+            Ev::Input(Input::Backpressure { paused, .. }) => {
+                hb.set_paused(*paused);
+                Handled
+            }
+            Ev::Timeout => {
+                if hb.dead_at().is_some_and(|d| context.now >= d) {
+                    return self.kill(context, *conn);
+                }
+                if context.now >= hb.next_beat {
                     hb.beat(*conn, context);
                     hb.schedule_next(context.now);
-                    Handled
                 }
+                Handled
             }
-            Ev::Timeout => Handled,
             _ => Super,
         }
     }
@@ -309,22 +365,26 @@ impl Machine {
         conn: &mut ConnectionId,
         mode: &mut OpenMode,
         deadline: &mut Instant,
+        paused: &mut bool,
         event: &Ev,
     ) -> Outcome<State> {
         match event {
-            Ev::Input(Input::Start | Input::Restart(_)) => Handled,
+            Ev::Input(Input::Start) => Handled,
+            Ev::Input(Input::Restart(reason)) if *reason != RestartReason::TransportFault => {
+                Handled
+            }
+            Ev::Input(Input::Backpressure { paused: p, .. }) => {
+                *paused = *p;
+                Handled
+            }
             Ev::Input(Input::Signal {
                 signal: Signal::Hello { interval },
                 ..
             }) => {
                 let interval = (*interval).max(Duration::from_millis(1));
                 let first = self.rng.between(Duration::ZERO, interval);
-                let hb = Heartbeat {
-                    interval,
-                    next_beat: context.now + first,
-                    awaiting_ack: false,
-                    sent_at: None,
-                };
+                let hb =
+                    Heartbeat::new(interval, self.cfg.probe_grace, context.now + first, *paused);
                 if *mode == OpenMode::Identify && self.cfg.gate_new_sessions {
                     context.out.push_back(Output::AcquirePermit { conn: *conn });
                     Transition(State::awaiting_permit(*conn, hb))
@@ -350,7 +410,10 @@ impl Machine {
         event: &Ev,
     ) -> Outcome<State> {
         match event {
-            Ev::Input(Input::Start | Input::Restart(_)) => Handled,
+            Ev::Input(Input::Start) => Handled,
+            Ev::Input(Input::Restart(reason)) if *reason != RestartReason::TransportFault => {
+                Handled
+            }
             Ev::Input(Input::PermitGranted(_)) => {
                 self.handshake(context, *conn, OpenMode::Identify, *hb)
             }
@@ -381,7 +444,10 @@ impl Machine {
         let _ = mode;
         let keep = self.cfg.close_rules.keep_resumable_code;
         match event {
-            Ev::Input(Input::Start | Input::Restart(_)) => Handled,
+            Ev::Input(Input::Start) => Handled,
+            Ev::Input(Input::Restart(reason)) if *reason != RestartReason::TransportFault => {
+                Handled
+            }
             Ev::Input(Input::Signal {
                 signal: Signal::HandshakeAccepted { resumed },
                 ..
@@ -398,7 +464,10 @@ impl Machine {
                 context.out.push_back(Output::Event(ev));
                 Transition(State::identified(*conn, *hb))
             }
-            Ev::Timeout if context.now >= *deadline => {
+            // A connection judged dead at the same instant is aborted by the superstate instead.
+            Ev::Timeout
+                if context.now >= *deadline && hb.dead_at().is_none_or(|d| context.now < d) =>
+            {
                 self.drain(context, *conn, keep, After::Reconnect)
             }
             _ => Super,
@@ -414,23 +483,38 @@ impl Machine {
         event: &Ev,
     ) -> Outcome<State> {
         match event {
-            Ev::Timeout if context.now >= hb.next_beat && hb.awaiting_ack => {
-                // Liveness missed: send one probe and give it the grace period.
-                hb.beat(*conn, context);
-                let deadline = context.now + self.cfg.probe_grace;
-                Transition(State::stale(*conn, *hb, deadline))
+            Ev::Timeout => {
+                if hb.dead_at().is_some_and(|d| context.now >= d) {
+                    return self.kill(context, *conn);
+                }
+                let mut sent = false;
+                if context.now >= hb.next_beat {
+                    hb.beat(*conn, context);
+                    hb.schedule_next(context.now);
+                    sent = true;
+                }
+                if hb.probe_at().is_some_and(|p| context.now >= p) {
+                    // The ACK is overdue: one probe (a beat sent now serves as it), and the
+                    // connection shows stale until any ACK or the judgment.
+                    if !sent {
+                        hb.beat(*conn, context);
+                    }
+                    return Transition(State::stale(*conn, *hb));
+                }
+                Handled
             }
             _ => Super,
         }
     }
 
+    /// Liveness judgment and beats are the superstate's; an ACK (or a pause, which forgives the
+    /// overdue heartbeat) returns to `identified`.
     #[state(superstate = "beating")]
     fn stale(
         &mut self,
         context: &mut Ctx<'_>,
         conn: &mut ConnectionId,
         hb: &mut Heartbeat,
-        deadline: &mut Instant,
         event: &Ev,
     ) -> Outcome<State> {
         match event {
@@ -439,15 +523,16 @@ impl Machine {
                 ..
             }) => {
                 hb.ack(context);
-                hb.next_beat = context.now + hb.interval;
                 Transition(State::identified(*conn, *hb))
             }
-            Ev::Timeout if context.now >= *deadline => {
-                // A zombie: the socket may look open but nothing answers. Close resumable.
-                let keep = self.cfg.close_rules.keep_resumable_code;
-                self.drain(context, *conn, keep, After::Reconnect)
+            Ev::Input(Input::Backpressure { paused, .. }) => {
+                hb.set_paused(*paused);
+                if hb.unacked_since.is_none() {
+                    Transition(State::identified(*conn, *hb))
+                } else {
+                    Handled
+                }
             }
-            Ev::Timeout => Handled,
             _ => Super,
         }
     }
@@ -471,8 +556,9 @@ impl Machine {
                 signal: Signal::SessionInvalidated { resumable: false },
                 ..
             }) => {
-                // The close is already under way; only forget the session.
-                self.session = false;
+                // The close is already under way; only forget the session (and wait before
+                // starting a new one).
+                self.session_invalidated(context.now);
                 Handled
             }
             Ev::Input(Input::Stop(intent)) => {
@@ -516,9 +602,24 @@ impl Machine {
         }
     }
 
+    /// The peer invalidated the session for good: forget it, and open the next transport (which
+    /// starts a new session) only after the documented wait, drawn once per invalidation.
+    fn session_invalidated(&mut self, now: Instant) {
+        self.session = false;
+        if self.new_session_at.is_none() {
+            let (lo, hi) = (
+                self.cfg.invalid_session_wait_min,
+                self.cfg.invalid_session_wait_max,
+            );
+            self.new_session_at = Some(now + self.rng.between(lo.min(hi), hi));
+        }
+    }
+
     fn open(&mut self, ctx: &mut Ctx<'_>) -> Outcome<State> {
         let conn = ConnectionId(self.next_id);
         self.next_id += 1;
+        self.new_session_at = None;
+        ctx.stats.beat_sent_at = None;
         let mode = if self.session {
             OpenMode::Resume
         } else {
@@ -526,7 +627,12 @@ impl Machine {
         };
         ctx.stats.opens += 1;
         ctx.out.push_back(Output::Open { conn, mode });
-        Transition(State::opening(conn, mode, ctx.now + self.cfg.open_timeout))
+        Transition(State::opening(
+            conn,
+            mode,
+            ctx.now + self.cfg.open_timeout,
+            false,
+        ))
     }
 
     fn handshake(
@@ -558,6 +664,15 @@ impl Machine {
         ctx.out.push_back(Output::Close { conn, code });
         let deadline = Some(ctx.now + self.cfg.drain_deadline);
         Transition(State::draining(conn, deadline, after))
+    }
+
+    /// The connection is judged dead (no ACK within one interval of a counted heartbeat):
+    /// nothing will answer a close, so the close frame is only offered to the driver (best
+    /// effort, keeping the session resumable) and the transport is aborted at once.
+    fn kill(&mut self, ctx: &mut Ctx<'_>, conn: ConnectionId) -> Outcome<State> {
+        let code = self.cfg.close_rules.keep_resumable_code;
+        ctx.out.push_back(Output::Close { conn, code });
+        self.abort(ctx, conn, After::Reconnect)
     }
 
     fn abort(&mut self, ctx: &mut Ctx<'_>, conn: ConnectionId, after: After) -> Outcome<State> {
@@ -600,7 +715,9 @@ impl Machine {
         Transition(State::closed(Next::Failed(reason)))
     }
 
-    /// The transport is confirmed gone. Decide what comes next.
+    /// The transport is confirmed gone. Decide what comes next: a connection that ended the
+    /// failure streak (accepted, and identified for `stable_after`) reconnects within the
+    /// spread; every further consecutive failure backs off.
     fn connection_ended(&mut self, ctx: &mut Ctx<'_>, after: After) -> Outcome<State> {
         let stable = self
             .identified_at
@@ -621,9 +738,18 @@ impl Machine {
                     let attempts = self.attempts;
                     return self.give_up(ctx, GiveUpReason::MaxAttempts { attempts });
                 }
-                let backoff = self.cfg.backoff;
-                let ceiling = backoff.ceiling(self.attempts.max(1));
-                let delay = self.rng.between(backoff.floor.min(ceiling), ceiling);
+                let delay = if self.attempts == 0 {
+                    self.rng.between(Duration::ZERO, self.cfg.reconnect_spread)
+                } else {
+                    let backoff = self.cfg.backoff;
+                    let ceiling = backoff.ceiling(self.attempts);
+                    self.rng.between(backoff.floor.min(ceiling), ceiling)
+                };
+                let at = match self.new_session_at {
+                    Some(not_before) => (ctx.now + delay).max(not_before),
+                    None => ctx.now + delay,
+                };
+                let delay = at.saturating_duration_since(ctx.now);
                 let mode = if self.session {
                     OpenMode::Resume
                 } else {
@@ -632,9 +758,7 @@ impl Machine {
                 ctx.stats.reconnects += 1;
                 ctx.out
                     .push_back(Output::Event(Event::ReconnectScheduled { mode, delay }));
-                Transition(State::closed(Next::Reconnect {
-                    at: ctx.now + delay,
-                }))
+                Transition(State::closed(Next::Reconnect { at }))
             }
         }
     }
@@ -679,9 +803,11 @@ impl State {
             State::Opening { deadline, .. } | State::AwaitingHello { deadline, .. } => {
                 Some(*deadline)
             }
-            State::Handshaking { deadline, hb, .. } => Some((*deadline).min(hb.next_beat())),
-            State::Identified { hb, .. } | State::AwaitingPermit { hb, .. } => Some(hb.next_beat()),
-            State::Stale { deadline, .. } => Some(*deadline),
+            State::Handshaking { deadline, hb, .. } => Some((*deadline).min(hb.judgment())),
+            State::AwaitingPermit { hb, .. } | State::Stale { hb, .. } => Some(hb.judgment()),
+            State::Identified { hb, .. } => {
+                Some(hb.probe_at().map_or(hb.next_beat, |p| p.min(hb.next_beat)))
+            }
             State::Draining { deadline, .. } => *deadline,
         }
     }

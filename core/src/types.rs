@@ -34,8 +34,14 @@ pub enum StopIntent {
     KeepResumable,
 }
 
-/// Why the caller asked for a [`Restart`](crate::Input::Restart). Recorded, never acted on
-/// differently: a restart is always "stop keeping the session resumable, then start".
+/// Why the caller asked for a [`Restart`](crate::Input::Restart). A restart is always "close
+/// keeping the session resumable, then connect again"; the reason decides only whether a
+/// transport that is still connecting is restarted too.
+///
+/// While a fresh connection is being made (`opening`, `awaiting_hello`, `awaiting_permit`,
+/// `handshaking`), a restart is absorbed: a new transport is what it asks for, and one is
+/// being made. [`TransportFault`](Self::TransportFault) is the exception once the transport
+/// is open: that transport itself is broken, so it is closed and replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RestartReason {
@@ -43,9 +49,15 @@ pub enum RestartReason {
     Requested,
     /// A health monitor outside the machine judged the connection unhealthy.
     HealthMonitor,
-    /// The driver or protocol layer saw the connection go bad (for example a corrupted
-    /// compression stream that makes every later frame undecodable).
+    /// The protocol layer saw the peer break the protocol while the stream itself still
+    /// decodes (for example an unexpected payload). Treated like
+    /// [`HealthMonitor`](Self::HealthMonitor).
     ProtocolError,
+    /// The transport's byte stream is corrupted: every later frame on it would fail to decode
+    /// (for example a broken zlib-stream or zstd-stream context). An open transport is closed
+    /// (resumable) and replaced even while it is still connecting (awaiting the hello or the
+    /// permit, or handshaking).
+    TransportFault,
 }
 
 /// How the protocol layer classifies a close of the transport that the machine did not ask for.
@@ -140,7 +152,9 @@ pub enum State {
     Connecting(ConnectingPhase),
     /// Handshake accepted; heartbeats flow; events are delivered.
     Identified,
-    /// A heartbeat went unacknowledged; a probe is out and may still save the connection.
+    /// A heartbeat has waited longer than the probe grace for its ACK; a probe is out. Any
+    /// ACK returns to [`Identified`](Self::Identified); none by one heartbeat interval after
+    /// the unacknowledged heartbeat judges the connection dead.
     Stale,
     /// A close (or abort) was ordered; waiting for the driver to confirm the transport is gone.
     Draining,
@@ -200,7 +214,7 @@ pub enum Phase {
     Resuming,
     /// Handshake accepted, events flow.
     Receiving,
-    /// A heartbeat went unacknowledged; probing.
+    /// A heartbeat's ACK is overdue; probing.
     Stale,
     /// Waiting for the transport to be confirmed gone.
     Draining,
@@ -243,7 +257,7 @@ pub struct Status {
     pub connection: Option<ConnectionId>,
     /// Whether a session is held that the next connection would resume.
     pub resumable: bool,
-    /// Consecutive attempts since the last stable session.
+    /// Consecutive failed connections since the last successful session.
     pub attempts: u32,
     /// When the current connection's handshake was accepted.
     pub identified_since: Option<Instant>,

@@ -11,6 +11,8 @@
 //! - an `Open` is never emitted while a transport is live, and carries a fresh, greater id;
 //! - `Draining` leaves only to `Closed`;
 //! - inputs naming an id other than `live_connection()` change nothing and emit nothing;
+//! - a connection is judged dead (aborted on a timeout while a heartbeat runs) only while
+//!   reading is not paused;
 //! - after `Stop` (or after giving up), no `Open` until `Start` or `Restart`;
 //! - every `Send`, `Close`, `AcquirePermit` and `Abort` names the live transport;
 //! - after `handle_timeout(now)`, `poll_timeout()` is never at or before `now`;
@@ -26,8 +28,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use handover_core::{
-    Backoff, Config, Connection, ConnectionId, Event, Input, Output, Phase, RestartReason, Signal,
-    State, StopIntent,
+    Backoff, Config, ConnectingPhase, Connection, ConnectionId, Event, Input, Output, Phase,
+    RestartReason, Signal, State, StopIntent,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, RngSeed};
@@ -108,6 +110,7 @@ enum Step {
     Closed(IdPick, CodePick),
     PermitGranted(IdPick),
     PermitDenied(IdPick),
+    Backpressure(IdPick, bool),
     Signal(IdPick, Signal),
     Time(TimePick),
     /// What a well-behaved driver and peer would do next in the current phase (open, greet,
@@ -173,6 +176,7 @@ fn step() -> impl Strategy<Value = Step> {
             Just(RestartReason::Requested),
             Just(RestartReason::HealthMonitor),
             Just(RestartReason::ProtocolError),
+            Just(RestartReason::TransportFault),
         ]
         .prop_map(Step::Restart),
         4 => id_pick().prop_map(Step::Opened),
@@ -180,6 +184,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (id_pick(), code_pick()).prop_map(|(i, c)| Step::Closed(i, c)),
         2 => id_pick().prop_map(Step::PermitGranted),
         1 => id_pick().prop_map(Step::PermitDenied),
+        2 => (id_pick(), any::<bool>()).prop_map(|(i, p)| Step::Backpressure(i, p)),
         8 => (id_pick(), signal()).prop_map(|(i, s)| Step::Signal(i, s)),
         8 => time_pick().prop_map(Step::Time),
         12 => Just(Step::Cooperate),
@@ -208,6 +213,8 @@ struct Driver {
     last_id: u64,
     /// A `Stop` (or a give-up) came after the last `Start`/`Restart`.
     held: bool,
+    /// The driver reported reading of the live transport paused (and not resumed since).
+    paused: bool,
     outputs: Vec<Output>,
 }
 
@@ -219,6 +226,7 @@ impl Driver {
             live: BTreeSet::new(),
             last_id: 0,
             held: false,
+            paused: false,
             outputs: Vec::new(),
         }
     }
@@ -277,6 +285,10 @@ impl Driver {
             },
             Step::PermitGranted(i) => Input::PermitGranted(self.id(i)),
             Step::PermitDenied(i) => Input::PermitDenied(self.id(i)),
+            Step::Backpressure(i, paused) => Input::Backpressure {
+                conn: self.id(i),
+                paused,
+            },
             Step::Signal(i, signal) => Input::Signal {
                 conn: self.id(i),
                 signal,
@@ -309,7 +321,8 @@ fn tagged(input: Input) -> Option<ConnectionId> {
         | Input::PermitGranted(c)
         | Input::PermitDenied(c)
         | Input::Closed { conn: c, .. }
-        | Input::Signal { conn: c, .. } => Some(c),
+        | Input::Signal { conn: c, .. }
+        | Input::Backpressure { conn: c, .. } => Some(c),
     }
 }
 
@@ -331,6 +344,9 @@ fn apply(d: &mut Driver, conn: &mut Connection, step: Step) -> Result<(), String
             match input {
                 Input::Start | Input::Restart(_) => d.held = false,
                 Input::Stop(_) => d.held = true,
+                Input::Backpressure { conn: c, paused } if Some(c) == before.live_connection() => {
+                    d.paused = paused;
+                }
                 _ => {}
             }
             conn.handle_input(d.base + d.now, input);
@@ -366,9 +382,23 @@ fn apply(d: &mut Driver, conn: &mut Connection, step: Step) -> Result<(), String
             d.now
         ));
     }
+    let heartbeating = matches!(
+        before_state,
+        State::Identified
+            | State::Stale
+            | State::Connecting(ConnectingPhase::AwaitingPermit | ConnectingPhase::Handshaking)
+    );
+    if timeout_at.is_some()
+        && heartbeating
+        && d.paused
+        && d.outputs.iter().any(|o| matches!(o, Output::Abort { .. }))
+    {
+        return Err("judged dead while reading is paused".into());
+    }
     for out in &d.outputs {
         match *out {
             Output::Open { conn: id, .. } => {
+                d.paused = false;
                 if !d.live.is_empty() {
                     return Err(format!("{id} opened while {:?} is live", d.live));
                 }
@@ -551,7 +581,10 @@ fn config_fixed() -> Config {
             base: ms(2),
             cap: ms(8),
         },
+        reconnect_spread: ms(1),
         stable_after: ms(10),
+        invalid_session_wait_min: ms(1),
+        invalid_session_wait_max: ms(5),
         max_attempts: None,
         close_rules: RULES,
         gate_new_sessions: false,

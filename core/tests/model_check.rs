@@ -33,7 +33,9 @@ const fn ms(n: u64) -> Duration {
 /// Heartbeat interval announced by every hello in the model.
 const INTERVAL: Duration = ms(4);
 
-/// Small timers so that interesting interleavings fit in the horizon.
+/// Small timers so that interesting interleavings fit in the horizon. With the permit gate off,
+/// an accepted handshake ends the failure streak (the default); with it on, only a connection
+/// identified for 5 ms does, so both rules are explored.
 fn model_config(gate_new_sessions: bool) -> Config {
     Config {
         open_timeout: ms(3),
@@ -46,7 +48,10 @@ fn model_config(gate_new_sessions: bool) -> Config {
             base: ms(2),
             cap: ms(4),
         },
-        stable_after: ms(5),
+        reconnect_spread: ms(1),
+        stable_after: if gate_new_sessions { ms(5) } else { ms(0) },
+        invalid_session_wait_min: ms(1),
+        invalid_session_wait_max: ms(2),
         max_attempts: Some(2),
         close_rules: RULES,
         gate_new_sessions,
@@ -64,17 +69,27 @@ struct Bounds {
     skews: u8,
 }
 
-/// Two transports (so an older and a future id are always in play), 12 ms of virtual time
-/// (three heartbeat intervals: enough to go stale, drain, back off and reconnect), and one
-/// early or late timeout call per path (each multiplies the timelines).
+/// Two transports (so an older and a future id are always in play) and 10 ms of virtual time
+/// (two and a half heartbeat intervals: enough to go stale, be judged dead, reconnect and be
+/// identified again), with punctual timeout calls.
 const BOUNDS: Bounds = Bounds {
-    horizon: ms(12),
+    horizon: ms(10),
     max_conn: 2,
+    skews: 0,
+};
+
+/// One transport over 16 ms (four heartbeat intervals), with one early or late timeout call
+/// per path (a driver that falls behind; each multiplies the timelines). Together with
+/// [`BOUNDS`] this keeps the run to seconds: recovery is fast, so two transports with skews
+/// fit far more of their lives into a horizon than they used to.
+const SKEWED_BOUNDS: Bounds = Bounds {
+    horizon: ms(16),
+    max_conn: 1,
     skews: 1,
 };
 
-/// With `MODEL_CHECK_DEEP=1`: three transports in 10 ms (about 700,000 states in all; run it
-/// with `--release`). The state counts are then printed but not pinned.
+/// With `MODEL_CHECK_DEEP=1`: three transports in 10 ms with skews (millions of states; run
+/// it with `--release`). The state counts are then printed but not pinned.
 const DEEP_BOUNDS: Bounds = Bounds {
     horizon: ms(10),
     max_conn: 3,
@@ -148,8 +163,14 @@ struct Observer {
     handshake_sent: bool,
     closing: bool,
     aborted: bool,
-    /// Send time of the oldest heartbeat on the live transport not followed by an ACK.
+    /// Send time of the oldest heartbeat on the live transport not followed by an ACK, sent
+    /// while reading was not paused and with no pause since: the heartbeat liveness is owed for.
     unacked_since: Option<Duration>,
+    /// The driver reported reading of the live transport paused.
+    paused: bool,
+    /// After a non-resumable invalidation: the window in which the next open may come at the
+    /// earliest (from its `min` to its `max` wait after the invalidation).
+    new_session_window: Option<(Duration, Duration)>,
     /// How late the driver called `handle_timeout` (after a due deadline) since then: the
     /// detection bound of invariant 6 holds for a punctual driver and moves by its lateness.
     late: Duration,
@@ -191,9 +212,22 @@ impl Observer {
             failed: self.failed,
             reconnect_at: self.reconnect_at,
             attempts: self.attempts,
+            new_session_window: self.new_session_window,
             ..Observer::default()
         };
     }
+}
+
+/// States in which a heartbeat runs and liveness is judged.
+fn beating(state: State) -> bool {
+    use handover_core::ConnectingPhase::{AwaitingPermit, Handshaking};
+    matches!(
+        state,
+        State::Identified
+            | State::Stale
+            | State::Connecting(Handshaking)
+            | State::Connecting(AwaitingPermit)
+    )
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -296,6 +330,7 @@ fn steps<S: Sut>(node: &Node<S>, base: Instant, bounds: Bounds) -> Vec<Step> {
         Step::Input(Input::Stop(StopIntent::EndSession)),
         Step::Input(Input::Stop(StopIntent::KeepResumable)),
         Step::Input(Input::Restart(RestartReason::HealthMonitor)),
+        Step::Input(Input::Restart(RestartReason::TransportFault)),
     ];
     let last = node.obs.last_id;
     let mut ids = vec![ConnectionId(last), ConnectionId(last + 1)];
@@ -322,6 +357,11 @@ fn steps<S: Sut>(node: &Node<S>, base: Instant, bounds: Bounds) -> Vec<Step> {
                 },
                 Input::PermitGranted(conn),
                 Input::PermitDenied(conn),
+                Input::Backpressure { conn, paused: true },
+                Input::Backpressure {
+                    conn,
+                    paused: false,
+                },
             ]
             .map(Step::Input),
         );
@@ -393,7 +433,8 @@ fn check_step<S: Sut>(
                 | Input::PermitGranted(c)
                 | Input::PermitDenied(c)
                 | Input::Closed { conn: c, .. }
-                | Input::Signal { conn: c, .. } => Some(c),
+                | Input::Signal { conn: c, .. }
+                | Input::Backpressure { conn: c, .. } => Some(c),
             };
             if tagged.is_some() && tagged != obs.live {
                 stale_id = true;
@@ -444,12 +485,29 @@ fn check_step<S: Sut>(
                             obs.permit_denied = true;
                         }
                     }
+                    Input::Backpressure { paused, .. } => {
+                        obs.paused = paused;
+                        // Liveness is owed only for heartbeats sent after reading resumed.
+                        if paused {
+                            obs.unacked_since = None;
+                            obs.late = Duration::ZERO;
+                        }
+                    }
                     Input::Signal { signal, .. } => match signal {
                         Signal::HeartbeatAck => {
                             obs.unacked_since = None;
                             obs.late = Duration::ZERO;
                         }
-                        Signal::SessionInvalidated { resumable: false } => obs.session = false,
+                        Signal::SessionInvalidated { resumable: false } => {
+                            obs.session = false;
+                            if obs.new_session_window.is_none() {
+                                let now = after.now;
+                                obs.new_session_window = Some((
+                                    now + cfg.invalid_session_wait_min,
+                                    now + cfg.invalid_session_wait_max,
+                                ));
+                            }
+                        }
                         _ => {}
                     },
                 }
@@ -512,6 +570,16 @@ fn check_step<S: Sut>(
                 {
                     return Err(format!("invariant 7: reconnect at {now:?} before {at:?}"));
                 }
+                if let Some((earliest, _)) = obs.new_session_window
+                    && now < earliest
+                    && before_state == State::Closed
+                    && before_phase == Phase::BackingOff
+                {
+                    return Err(format!(
+                        "new session opened at {now:?}, before the invalid-session wait ends at \
+                         {earliest:?}"
+                    ));
+                }
                 *obs = Observer {
                     live: Some(conn),
                     last_id: conn.0,
@@ -553,7 +621,7 @@ fn check_step<S: Sut>(
                         obs.handshake_sent = true;
                     }
                     Payload::Heartbeat => {
-                        if obs.unacked_since.is_none() {
+                        if obs.unacked_since.is_none() && !obs.paused {
                             obs.unacked_since = Some(now);
                             obs.late = Duration::ZERO;
                         }
@@ -614,16 +682,29 @@ fn check_step<S: Sut>(
                 if (mode == OpenMode::Resume) != obs.session {
                     return Err(format!("invariant 8: reconnect as {mode:?}"));
                 }
+                // The first reconnect after a successful session within the spread; from the
+                // second consecutive failure on, the backoff; never before the wait after a
+                // non-resumable invalidation.
                 let b = cfg.backoff;
-                let ceiling = b.ceiling(obs.attempts.max(1));
-                if delay < b.floor.min(ceiling) || delay > ceiling || delay > b.cap {
+                let (lo, hi) = if obs.attempts == 0 {
+                    (Duration::ZERO, cfg.reconnect_spread)
+                } else {
+                    let ceiling = b.ceiling(obs.attempts);
+                    (b.floor.min(ceiling), ceiling.min(b.cap))
+                };
+                let (earliest, latest) = match obs.new_session_window {
+                    Some((e, l)) => ((now + lo).max(e), (now + hi).max(l)),
+                    None => (now + lo, now + hi),
+                };
+                let at = now + delay;
+                if at < earliest || at > latest {
                     return Err(format!(
-                        "invariant 7: delay {delay:?} outside [{:?}, {ceiling:?}] at attempt {}",
-                        b.floor.min(ceiling),
+                        "invariant 7: reconnect at {at:?} outside [{earliest:?}, {latest:?}] \
+                         after {} failures",
                         obs.attempts
                     ));
                 }
-                obs.reconnect_at = Some(now + delay);
+                obs.reconnect_at = Some(at);
             }
             Output::Event(Event::GaveUp(reason)) => {
                 if obs.failed || gave_up_now.is_some() {
@@ -650,6 +731,43 @@ fn check_step<S: Sut>(
     if chain != after_state {
         return Err(format!(
             "state is {after_state:?} but events end at {chain:?}"
+        ));
+    }
+
+    // Invariant 6, both ways, on the step that judges: a counted heartbeat unanswered for one
+    // interval is aborted at once (not drained), and nothing else is judged dead.
+    if let Step::Timeout(_) = step
+        && beating(before_state)
+    {
+        let judged = outputs.iter().any(|o| matches!(o, Output::Abort { .. }));
+        let owed = before
+            .obs
+            .unacked_since
+            .is_some_and(|since| now >= since + INTERVAL);
+        if judged && !owed {
+            return Err(format!(
+                "invariant 6: judged dead without a counted heartbeat unanswered for an interval \
+                 (since {:?}, paused {})",
+                before.obs.unacked_since, before.obs.paused
+            ));
+        }
+        if owed && !judged {
+            return Err("invariant 6: a dead connection was not aborted at once".into());
+        }
+        if judged && after_state != State::Draining {
+            return Err(format!("judged dead but {after_state:?}"));
+        }
+    }
+    // A transport fault restarts a transport that is open and still connecting.
+    if let Step::Input(Input::Restart(RestartReason::TransportFault)) = step
+        && matches!(before_state, State::Connecting(p) if p != handover_core::ConnectingPhase::Opening)
+        && (after_state != State::Draining
+            || !outputs.iter().any(|o| {
+                matches!(o, Output::Close { code, .. } if *code == cfg.close_rules.keep_resumable_code)
+            }))
+    {
+        return Err(format!(
+            "a transport fault in {before_state:?} did not close the transport resumably"
         ));
     }
 
@@ -695,7 +813,7 @@ fn check_step<S: Sut>(
 }
 
 /// Properties of a single state.
-fn check_state<S: Sut>(node: &Node<S>, base: Instant, cfg: &Config) -> Result<(), String> {
+fn check_state<S: Sut>(node: &Node<S>, base: Instant, _cfg: &Config) -> Result<(), String> {
     let (sut, obs) = (&node.sut, &node.obs);
     let state = sut.state();
     if sut.live_connection() != obs.live || state.has_transport() != obs.live.is_some() {
@@ -729,17 +847,12 @@ fn check_state<S: Sut>(node: &Node<S>, base: Instant, cfg: &Config) -> Result<()
     {
         return Err("backing off without the scheduled reconnect as deadline".into());
     }
-    // Invariant 6: an unanswered heartbeat is detected within one interval plus the grace.
+    // Invariant 6: a heartbeat sent while reading was not paused (and no pause since) that gets
+    // no ACK is judged one interval after it was sent.
     if let Some(since) = obs.unacked_since
-        && matches!(
-            state,
-            State::Identified
-                | State::Stale
-                | State::Connecting(handover_core::ConnectingPhase::Handshaking)
-                | State::Connecting(handover_core::ConnectingPhase::AwaitingPermit)
-        )
+        && beating(state)
     {
-        let limit = since + INTERVAL + cfg.probe_grace + obs.late;
+        let limit = since + INTERVAL + obs.late;
         if node.now > limit || sut.poll_timeout().is_none_or(|at| at > base + limit) {
             return Err(format!(
                 "invariant 6: heartbeat unanswered since {since:?} not detected by {limit:?}"
@@ -866,44 +979,47 @@ fn explore<S: Sut>(root: S, cfg: &Config, bounds: Bounds) -> Result<Explored, Co
     })
 }
 
-/// Both configurations (permit gate off and on), explored once per test binary.
-fn explored() -> &'static [Explored; 2] {
-    static RESULT: OnceLock<[Explored; 2]> = OnceLock::new();
+/// Both configurations (permit gate off and on), explored once per test binary under each
+/// set of bounds: `[off, on]` for [`BOUNDS`] (or the deep bounds), then `[off, on]` for
+/// [`SKEWED_BOUNDS`].
+fn explored() -> &'static [Explored; 4] {
+    static RESULT: OnceLock<[Explored; 4]> = OnceLock::new();
     RESULT.get_or_init(|| {
-        let run = |gate: bool| {
+        let run = |gate: bool, bounds: Bounds| {
             let cfg = model_config(gate);
             let started = std::time::Instant::now();
-            let bounds = if deep() { DEEP_BOUNDS } else { BOUNDS };
             let result = explore(Connection::new(cfg, 0x5eed), &cfg, bounds);
             match result {
                 Ok(e) => {
                     println!(
-                        "gate_new_sessions={gate}: {} states, {} transitions in {:?}",
+                        "gate_new_sessions={gate}, {bounds:?}: {} states, {} transitions in {:?}",
                         e.states,
                         e.transitions,
                         started.elapsed()
                     );
                     e
                 }
-                Err(cx) => panic!("gate_new_sessions={gate}:\n{cx}"),
+                Err(cx) => panic!("gate_new_sessions={gate}, {bounds:?}:\n{cx}"),
             }
         };
+        let main = if deep() { DEEP_BOUNDS } else { BOUNDS };
         std::thread::scope(|s| {
-            let on = s.spawn(|| run(true));
-            let off = run(false);
-            [off, on.join().expect("gated exploration")]
+            let on = s.spawn(|| (run(true, main), run(true, SKEWED_BOUNDS)));
+            let off = (run(false, main), run(false, SKEWED_BOUNDS));
+            let on = on.join().expect("gated exploration");
+            [off.0, on.0, off.1, on.1]
         })
     })
 }
 
 #[test]
 fn every_reachable_state_keeps_the_invariants() {
-    let [off, on] = explored();
+    let [off, on, skewed_off, skewed_on] = explored();
     // Pinned: a change that explodes or collapses the space must be looked at.
+    let counts = (off.states, on.states, skewed_off.states, skewed_on.states);
     assert!(
-        deep() || (off.states, on.states) == (56_826, 68_190),
-        "reachable state counts changed (permit gate off, on): {:?}",
-        (off.states, on.states)
+        deep() || counts == (146_013, 176_464, 15_192, 20_524),
+        "reachable state counts changed (permit gate off, on; skewed off, on): {counts:?}"
     );
     let all_states = [
         "closed",
@@ -948,6 +1064,10 @@ fn every_reachable_state_keeps_the_invariants() {
     }
     assert!(on.names.contains("awaiting_permit"));
     assert!(!off.names.contains("awaiting_permit"));
+    // The skewed exploration reaches the liveness judgment with late and early drivers.
+    for e in [skewed_off, skewed_on] {
+        assert!(e.names.contains("stale") && e.outputs.contains("abort"));
+    }
 }
 
 /// A machine with a planted bug: when the drain deadline fires it also opens a new transport,
@@ -1053,8 +1173,10 @@ fn render_diagram(edges: &BTreeSet<(&'static str, &'static str)>) -> String {
 
 #[test]
 fn state_diagram_is_up_to_date() {
-    let [off, on] = explored();
-    let edges: BTreeSet<_> = off.edges.union(&on.edges).copied().collect();
+    let edges: BTreeSet<_> = explored()
+        .iter()
+        .flat_map(|e| e.edges.iter().copied())
+        .collect();
     // Structural facts the diagram must show.
     for (from, to) in &edges {
         if *from == "draining" {
