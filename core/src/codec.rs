@@ -95,7 +95,7 @@ pub trait Codec {
     /// compression stream: every later message would fail). The driver MUST ask after every
     /// `decode` that returned `Err` and, on `true`, feed
     /// [`Input::Restart`](crate::Input::Restart) with
-    /// [`RestartReason::ProtocolError`](crate::RestartReason::ProtocolError), so the
+    /// [`RestartReason::TransportFault`](crate::RestartReason::TransportFault), so the
     /// connection is replaced (and the session resumed) at once instead of waiting for zombie
     /// detection. Answers `true` once per broken transport. The default never asks.
     fn poll_restart(&mut self) -> bool {

@@ -81,6 +81,7 @@ impl Driver {
             permit: None,
             deferred: VecDeque::new(),
             pending: VecDeque::new(),
+            paused: None,
             events: ev_tx,
             events_open: true,
             status: status_tx,
@@ -246,14 +247,6 @@ impl<C: Codec> DriverEvents<C> {
     }
 }
 
-/// Ceiling of locally held events, as a multiple of `max_pending_events`. Reading stops at
-/// `max_pending_events`; lifecycle events (state changes, socket reports, errors) are still
-/// queued past it. At this ceiling (only reachable while the application does not read through
-/// many reconnects) the driver defers the next reconnect until the application has read below
-/// it, so no event is ever dropped and the queue stays bounded: at most the ceiling plus the
-/// events of one connection's end.
-const PENDING_CEILING_FACTOR: usize = 8;
-
 struct PendingPermit {
     conn: ConnectionId,
     future: PermitFuture,
@@ -282,6 +275,8 @@ struct Task<C: Codec> {
     deferred: VecDeque<Input>,
     /// Events waiting for room in the event channel.
     pending: VecDeque<DriverEvent<C::Item>>,
+    /// The transport whose reading was last reported paused to the core, if any.
+    paused: Option<ConnectionId>,
     events: mpsc::Sender<DriverEvent<C::Item>>,
     events_open: bool,
     status: watch::Sender<Status>,
@@ -319,6 +314,8 @@ where
                 }
                 armed = deadline;
             }
+            let read = self.pending.len() < self.max_pending;
+            self.report_reading(read);
             let read = self.pending.len() < self.max_pending;
             let wake = {
                 let transport = &mut self.transport;
@@ -492,7 +489,7 @@ where
                 }
                 if self.codec.poll_restart() {
                     debug!(%conn, "codec cannot decode this transport any more; restarting");
-                    self.feed(Input::Restart(RestartReason::ProtocolError));
+                    self.feed(Input::Restart(RestartReason::TransportFault));
                 }
             }
         }
@@ -662,10 +659,43 @@ where
         self.pending.push_back(event);
     }
 
-    /// Whether the application is so far behind that a reconnect must wait for it.
+    /// Tells the core when reading the open transport stops (the application is behind) and
+    /// when it starts again: heartbeat ACKs may wait unread meanwhile, which is no sign of a
+    /// dead peer (`Input::Backpressure`).
+    fn report_reading(&mut self, read: bool) {
+        let open = self
+            .transport
+            .as_ref()
+            .filter(|t| t.is_writable())
+            .map(Transport::conn);
+        let want = if read { None } else { open };
+        if want == self.paused {
+            return;
+        }
+        if let Some(conn) = self.paused.take()
+            && open == Some(conn)
+        {
+            trace!(%conn, "reading resumed");
+            self.feed(Input::Backpressure {
+                conn,
+                paused: false,
+            });
+        }
+        if let Some(conn) = want {
+            trace!(%conn, "reading paused: the application is behind");
+            self.paused = Some(conn);
+            self.feed(Input::Backpressure { conn, paused: true });
+        }
+    }
+
+    /// Whether a reconnect must wait for the application: it is behind (as many events held
+    /// locally as make the driver stop reading). A new socket could not be read anyway (its
+    /// HELLO would wait behind the application and time out), and the gateway keeps what the
+    /// session misses meanwhile for the resume. Lifecycle events are still queued past the
+    /// reading limit, never dropped; holding reconnects bounds them to one connection's end.
     fn reconnect_held(&self) -> bool {
         self.events_open
-            && self.pending.len() >= self.max_pending.saturating_mul(PENDING_CEILING_FACTOR)
+            && self.pending.len() >= self.max_pending
             && self.core.state() == State::Closed
     }
 

@@ -719,7 +719,7 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
                     self.events.push_back(DriverEvent::Item(item));
                 }
                 if self.codec.poll_restart() {
-                    self.feed(Input::Restart(RestartReason::ProtocolError));
+                    self.feed(Input::Restart(RestartReason::TransportFault));
                 }
             }
         }

@@ -56,9 +56,9 @@ async fn an_unread_application_holds_reconnects_instead_of_losing_events() {
     // would fit in this time. The driver holds a few and then waits for the application.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let while_unread = accepted.load(Ordering::SeqCst);
-    assert!(while_unread >= 2, "it did reconnect: {while_unread}");
+    assert!(while_unread >= 1, "it did connect: {while_unread}");
     assert!(
-        while_unread <= 16,
+        while_unread <= 8,
         "reconnects went on with nobody reading: {while_unread}"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;

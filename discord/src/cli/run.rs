@@ -25,7 +25,9 @@ use crate::http::{DEFAULT_API_BASE, HttpError, HttpOptions, gateway_bot};
 use crate::protocol::{
     Compression, GatewayConfig, IdentifyQueueConfig, Intents, Session, SessionStartLimit, Token,
 };
-use crate::runtime::{Fleet, FleetConfig, ShardEvent, ShardEventKind, ShardHandle, ShardSelection};
+use crate::runtime::{
+    Delivery, Fleet, FleetConfig, ShardEvent, ShardEventKind, ShardHandle, ShardSelection,
+};
 
 /// The environment variable holding the bot token. The token is never a flag (flags show up in
 /// `ps`, shell history and process listings) and is never printed.
@@ -438,6 +440,8 @@ fn start_fleet(
         ..IdentifyQueueConfig::default()
     };
     config.session_start_limit = limit;
+    // An event is delivered once its line is written to stdout, not when the adapter takes it.
+    config.delivery = Delivery::Confirmed;
     for (shard, s) in &sessions {
         info!(shard, seq = s.seq, "resuming the saved session");
     }

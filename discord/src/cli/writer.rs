@@ -16,7 +16,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use tokio::sync::watch;
@@ -30,6 +30,10 @@ const SLICE: usize = 4096;
 
 /// How often a writer waiting for a writable stdout checks whether it must stop.
 const STOP_CHECK: Duration = Duration::from_millis(20);
+
+/// How long a stopped writer may go on to finish a line it has begun (only a line longer than
+/// [`SLICE`] is ever begun and not finished in one write).
+const FINISH_LINE: Duration = Duration::from_millis(500);
 
 /// Batches queued for the thread beyond the one it is writing.
 const QUEUED_BATCHES: usize = 1;
@@ -166,6 +170,20 @@ impl Writer {
     }
 }
 
+/// Where the next slice of `bytes` from `at` ends: after the last whole line that fits in
+/// [`SLICE`] bytes, so a stop between two slices falls between two lines; a line longer than a
+/// slice is cut at the slice's size.
+fn slice_end(bytes: &[u8], at: usize) -> usize {
+    let limit = bytes.len().min(at + SLICE);
+    if limit == bytes.len() && bytes.len() - at <= SLICE {
+        return limit;
+    }
+    match bytes[at..limit].iter().rposition(|&b| b == b'\n') {
+        Some(i) => at + i + 1,
+        None => limit,
+    }
+}
+
 struct Thread {
     out: File,
     sliced: bool,
@@ -199,12 +217,16 @@ impl Thread {
         let Batch { bytes, marks } = batch;
         let mut marks = marks.into_iter().peekable();
         let mut written = 0;
+        let mut stop_seen: Option<Instant> = None;
         while written < bytes.len() {
-            if !self.wait_writable()? {
+            // At a line's end the writer may stop; inside a line it finishes the line first,
+            // for at most FINISH_LINE after the stop, so a reader rarely sees half a line.
+            let mid_line = written > 0 && bytes[written - 1] != b'\n';
+            if !self.wait_writable(mid_line, &mut stop_seen)? {
                 return Ok(false);
             }
             let end = if self.sliced {
-                bytes.len().min(written + SLICE)
+                slice_end(&bytes, written)
             } else {
                 bytes.len()
             };
@@ -225,15 +247,19 @@ impl Thread {
     }
 
     /// Waits until stdout takes a write, checking for a stop now and then. `Ok(false)` when
-    /// asked to stop.
-    fn wait_writable(&self) -> io::Result<bool> {
+    /// asked to stop (in the middle of a line: once the line could not be finished within
+    /// [`FINISH_LINE`] of the stop).
+    fn wait_writable(&self, mid_line: bool, stop_seen: &mut Option<Instant>) -> io::Result<bool> {
         let timeout = Timespec {
             tv_sec: 0,
             tv_nsec: i64::from(STOP_CHECK.subsec_nanos()),
         };
         loop {
             if self.stop.load(Ordering::SeqCst) {
-                return Ok(false);
+                let since = *stop_seen.get_or_insert_with(Instant::now);
+                if !mid_line || since.elapsed() >= FINISH_LINE {
+                    return Ok(false);
+                }
             }
             let mut fds = [PollFd::new(&self.out, PollFlags::OUT)];
             match poll(&mut fds, Some(&timeout)) {
@@ -293,17 +319,32 @@ mod tests {
             writer.stop(Duration::from_secs(5)).await,
             "the writer stops between two writes"
         );
-        // What was written is whole slices: the reader gets a multiple of the slice size.
+        // What was written is whole lines.
         drop(writer);
         let mut got = Vec::new();
         r.read_to_end(&mut got).expect("read");
         assert!(!got.is_empty());
-        assert_eq!(got.len() % SLICE, 0, "written {} bytes", got.len());
+        assert_eq!(got.len() % line.len(), 0, "written {} bytes", got.len());
+        assert_eq!(got.last(), Some(&b'\n'));
         assert!(got.len() < 512 * 1024);
         // Exactly the events whose last byte was written count as delivered.
         let whole = (got.len() / line.len()) as u64;
         let taken = ledger.snapshot();
         assert_eq!((taken.seq, taken.delivered), (whole, whole));
+    }
+
+    #[test]
+    fn slices_end_at_line_ends_when_a_line_fits() {
+        let line = |n: usize| "y".repeat(n - 1) + "\n";
+        let bytes = [line(1000), line(3000), line(500), line(10_000)].concat();
+        // 1000 + 3000 fit in a slice, 1000 + 3000 + 500 do not.
+        assert_eq!(slice_end(bytes.as_bytes(), 0), 4000);
+        assert_eq!(slice_end(bytes.as_bytes(), 4000), 4500);
+        // A line longer than a slice is cut at the slice's size.
+        assert_eq!(slice_end(bytes.as_bytes(), 4500), 4500 + SLICE);
+        // The tail that fits is written whole.
+        let end = bytes.len();
+        assert_eq!(slice_end(bytes.as_bytes(), end - 100), end);
     }
 
     #[tokio::test]

@@ -186,27 +186,3 @@ fn a_hello_below_the_floor_is_raised_to_it() {
     );
 }
 
-#[test]
-fn an_identify_that_could_never_be_sent_is_refused_at_construction() {
-    use crate::protocol::{Activity, ProtocolError, Status, UpdatePresence};
-    let mut cfg = config();
-    let mut presence = UpdatePresence::status(Status::Online);
-    presence.activities.push(Activity {
-        name: "x".repeat(5000),
-        kind: 0,
-        url: None,
-        state: None,
-    });
-    cfg.presence = Some(presence);
-    match DiscordCodec::new(cfg) {
-        Err(ProtocolError::InvalidConfig { reason }) => {
-            assert!(reason.contains("IDENTIFY"), "{reason}");
-            assert!(!reason.contains(TOKEN), "the token never appears");
-        }
-        other => panic!("accepted: {other:?}"),
-    }
-    // A presence that fits is fine.
-    let mut cfg = config();
-    cfg.presence = Some(UpdatePresence::status(Status::Idle));
-    assert!(DiscordCodec::new(cfg).is_ok());
-}

@@ -100,7 +100,7 @@ impl Harness {
                     self.seen.push(Seen::App(item));
                 }
                 if self.codec.poll_restart() {
-                    self.input(Input::Restart(RestartReason::ProtocolError));
+                    self.input(Input::Restart(RestartReason::TransportFault));
                 }
                 return Err(e);
             }

@@ -83,12 +83,17 @@ fn an_oversized_identify_is_refused() {
         state: None,
     }];
     cfg.presence = Some(p);
-    let mut c = DiscordCodec::new(cfg).unwrap();
-    c.reset(ConnectionId(1), OpenMode::Identify);
-    assert!(matches!(
-        c.encode(Instant::now(), Payload::Handshake(OpenMode::Identify)),
-        Err(ProtocolError::PayloadTooLarge { .. })
-    ));
+    // Refused once, as a configuration that cannot work, instead of at every connection.
+    match DiscordCodec::new(cfg) {
+        Err(ProtocolError::InvalidConfig { reason }) => {
+            assert!(reason.contains("IDENTIFY"), "{reason}");
+            assert!(!reason.contains(super::fixtures::TOKEN), "the token never appears");
+        }
+        other => panic!("accepted: {other:?}"),
+    }
+    let mut cfg = super::harness::config();
+    cfg.presence = Some(UpdatePresence::status(Status::Idle));
+    assert!(DiscordCodec::new(cfg).is_ok());
 }
 
 #[test]
