@@ -17,7 +17,9 @@ pub enum Input {
     /// Close the live transport keeping the session resumable, then connect again.
     ///
     /// Safe at any moment, any number of times: while a fresh connection is already being made
-    /// or the old one is draining, it is absorbed into the step under way.
+    /// or the old one is draining, it is absorbed into the step under way. The exception is
+    /// [`RestartReason::TransportFault`], which also replaces a transport that is open but
+    /// still connecting.
     Restart(RestartReason),
     /// The driver opened the transport it was asked to open.
     Opened(ConnectionId),

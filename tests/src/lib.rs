@@ -37,8 +37,9 @@ pub fn mock_config() -> MockConfig {
     }
 }
 
-/// Lifecycle timers shrunk for tests: zombies are found in one interval plus 100 ms, drains are
-/// bounded by 150 ms, reconnects are spaced 10-200 ms.
+/// Lifecycle timers shrunk for tests: a zombie is aborted one interval after its unanswered
+/// heartbeat, drains are bounded by 150 ms, reconnects after a failure are spaced 10-200 ms
+/// (the first after a session of at least 1 s within the 25 ms spread).
 pub fn lifecycle() -> Config {
     Config {
         open_timeout: Duration::from_secs(2),

@@ -1292,14 +1292,14 @@ impl<'a, C: Codec<Item = GatewayEvent, Command = Command>> Sim<'a, C> {
             self.apply(Action::Start);
         }
         let c = self.config;
-        // Worst case to recover: a zombie found (beat + probe), a drain, the longest backoff,
-        // an identify refused by the window and tried again, each handshake at its timeout.
-        let round = c.backoff.cap
+        // Worst case to recover: a zombie judged (a beat, then one interval), a drain, the
+        // longest backoff or invalid-session wait, an identify refused by the window and tried
+        // again, each handshake at its timeout.
+        let round = c.backoff.cap.max(c.invalid_session_wait_max)
             + c.open_timeout
             + c.hello_timeout
             + c.handshake_timeout
-            + self.scenario.params.heartbeat
-            + c.probe_grace
+            + self.scenario.params.heartbeat * 2
             + c.drain_deadline
             + self.scenario.params.identify_window;
         let quiet_start = self.driver.now();
@@ -1532,7 +1532,9 @@ impl<'a, C: Codec<Item = GatewayEvent, Command = Command>> Sim<'a, C> {
                 {
                     let c = &self.config;
                     let p = &self.scenario.params;
-                    let find = (p.heartbeat * 2 + c.probe_grace)
+                    // Judged dead one interval after the first unanswered beat, itself at most
+                    // one interval away; before the handshake completes, its timeouts.
+                    let find = (p.heartbeat * 2)
                         .max(c.hello_timeout)
                         .max(c.handshake_timeout);
                     let bound = find + c.drain_deadline + p.latency * 2 + self.conn_delay + ms(1);
@@ -1592,8 +1594,15 @@ impl<'a, C: Codec<Item = GatewayEvent, Command = Command>> Sim<'a, C> {
             }
             Event::ReconnectScheduled { mode, delay } => {
                 self.record(Rec::Reconnect(mode, delay));
-                let b: Backoff = self.config.backoff;
-                if delay > b.cap || delay < b.floor.min(b.base) {
+                // Within the spread (first reconnect after a good session), the backoff, or the
+                // wait after a non-resumable invalid session; never longer than the longest.
+                let c = &self.config;
+                let b: Backoff = c.backoff;
+                if delay
+                    > b.cap
+                        .max(c.invalid_session_wait_max)
+                        .max(c.reconnect_spread)
+                {
                     self.violate(format!(
                         "reconnect delay {delay:?} outside the backoff bounds"
                     ));

@@ -183,6 +183,28 @@ async fn zombie_is_detected_and_resumed() {
     assert_eq!(shard.status().live_sockets, 1);
 }
 
+/// A zombie that never answers a close is aborted, not drained: with a drain deadline far past
+/// the harness's wait, the shard still resumes, and the mock never sees the new socket while the
+/// zombie's is open (the abort is confirmed before the next open).
+#[tokio::test]
+async fn a_silent_zombie_is_aborted_at_once_and_its_socket_is_gone_before_the_next() {
+    let mock = MockServer::start(mock_config()).await.expect("mock starts");
+    let mut config = shard_config(&mock.url());
+    config.lifecycle.drain_deadline = WAIT * 3;
+    let mut shard = Shard::start(config).expect("valid config");
+    let mut log = Log::default();
+    read_until(&mut shard, &mut log, |l| l.count(is_ready) == 1).await;
+    assert_eq!(mock.handle().inject(0, Fault::Zombie), 1);
+    read_until(&mut shard, &mut log, |l| l.count(is_resumed) == 1).await;
+    let counters = mock.handle().counters();
+    assert_eq!(
+        counters.max_live_sockets, 1,
+        "the zombie's socket outlived the abort"
+    );
+    assert_eq!(counters.connections_accepted, 2);
+    assert_eq!(counters.shard(0).identifies, 1);
+}
+
 #[tokio::test]
 async fn resume_after_the_window_expired_identifies_afresh() {
     let config = MockConfig {
