@@ -296,19 +296,8 @@ where
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
         let mut commands_open = true;
-        // The transport whose reading was last reported paused to the core, if any.
-        let mut paused_conn: Option<ConnectionId> = None;
         loop {
             self.flush_events();
-            // A slow application is not a dead peer: tell the core while this transport is not
-            // read, so ACKs waiting unread behind events do not judge it.
-            if let Some(conn) = self.transport.as_ref().map(Transport::conn) {
-                let paused = self.pending.len() >= self.max_pending;
-                if paused != (paused_conn == Some(conn)) {
-                    paused_conn = paused.then_some(conn);
-                    self.feed(Input::Backpressure { conn, paused });
-                }
-            }
             self.publish_status();
             if self.is_quiescent() {
                 for waiter in self.stop_waiters.drain(..) {
