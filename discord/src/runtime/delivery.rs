@@ -1,7 +1,7 @@
 //! The sink contract: an event counts as delivered, and may advance the sequence number a saved
 //! or handed-over session resumes from, only once the sink has taken it.
 //!
-//! Every shard keeps a [`Ledger`] of what its sink took: the session of the last READY or
+//! Every shard keeps a ledger of what its sink took: the session of the last READY or
 //! RESUMED taken, the last dispatch sequence number taken in it, and how many dispatches were
 //! taken. [`ShardHandle::session`](super::ShardHandle::session) (and so the session file of
 //! `handover run`) reads the sequence number from the ledger, never from what the socket

@@ -185,4 +185,3 @@ fn a_hello_below_the_floor_is_raised_to_it() {
         })
     );
 }
-

@@ -87,7 +87,10 @@ fn an_oversized_identify_is_refused() {
     match DiscordCodec::new(cfg) {
         Err(ProtocolError::InvalidConfig { reason }) => {
             assert!(reason.contains("IDENTIFY"), "{reason}");
-            assert!(!reason.contains(super::fixtures::TOKEN), "the token never appears");
+            assert!(
+                !reason.contains(super::fixtures::TOKEN),
+                "the token never appears"
+            );
         }
         other => panic!("accepted: {other:?}"),
     }
