@@ -447,7 +447,8 @@ impl RedisCoordinator {
         };
         let (gmax, gper) = cfg.budget.map_or((0, 0), |b| (b.max_identifies, ms(b.per)));
         let bucket = shard % cfg.max_concurrency.max(1);
-        let waiter_ttl = ms(cfg.bucket_window).clamp(1000, 3000);
+        // Three times the longest pause between two asks of a waiting shard (1 s).
+        let waiter_ttl = 3000u64;
         let (code, value, remaining): (i64, i64, i64) = self
             .inner
             .scripts
