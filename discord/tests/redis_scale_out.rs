@@ -296,6 +296,10 @@ async fn a_handoff_during_a_stream_lands_every_event_once_in_the_stream() {
         (1, 2),
         "both successors resumed"
     );
+    // Commands still work with the stream sink; their replies go to stdout.
+    third.send(r#"{"op":"status","id":"s"}"#).await;
+    let status = third.expect_type("status").await;
+    assert_eq!(status["shards"][0]["phase"], "receiving", "{status}");
     third.signal("TERM");
     assert!(third.wait().await.success(), "{}", third.stderr());
 }

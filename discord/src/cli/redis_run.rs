@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{error, info, warn};
 
 use super::CliError;
@@ -199,18 +200,41 @@ pub(super) async fn release(
     }
 }
 
+/// What the `--sink redis` loop needs besides the fleet.
+pub(super) struct StreamRun<'a> {
+    /// Cap of each stream.
+    pub(super) max_len: u64,
+    /// Session ids of the shards started with a stored session.
+    pub(super) resumed: &'a BTreeMap<u32, String>,
+    /// The `started` line.
+    pub(super) started: Vec<u8>,
+    /// Replies to stdin commands, for stdout.
+    pub(super) lines: mpsc::Receiver<Vec<u8>>,
+    /// Tasks that may restart shards (stdin commands, the control API): ended before the drain.
+    pub(super) inputs: Vec<AbortHandle>,
+    /// Drain deadline per shard.
+    pub(super) drain: Duration,
+    /// Bound of each write to stdout.
+    pub(super) write_deadline: Duration,
+}
+
 /// The loop of `--sink redis`: dispatches to the shard streams (confirmed once Redis
-/// acknowledged the XADDs), every other line to stdout. Ends on SIGTERM/SIGINT (drained, `Ok`)
-/// or when every shard's task ended.
+/// acknowledged the XADDs), every other line (and command replies) to stdout. Ends on
+/// SIGTERM/SIGINT (drained, `Ok`) or when every shard gave up or ended.
 pub(super) async fn serve_stream_sink(
     mut fleet: Fleet,
     coordination: &Coordination,
-    max_len: u64,
-    resumed: &BTreeMap<u32, String>,
-    started_line: Vec<u8>,
-    drain: Duration,
-    write_deadline: Duration,
+    run: StreamRun<'_>,
 ) -> Result<(), CliError> {
+    let StreamRun {
+        max_len,
+        resumed,
+        started: started_line,
+        mut lines,
+        inputs,
+        drain,
+        write_deadline,
+    } = run;
     let install = |kind: SignalKind, name: &str| {
         signal(kind).map_err(|e| CliError::io(format!("cannot handle {name}"), e))
     };
@@ -237,17 +261,30 @@ pub(super) async fn serve_stream_sink(
                 Some(ev) => {
                     let batch = collect(&mut fleet, ev);
                     track(&batch, &mut gave_up);
-                    take(&mut fleet, &mut sink, &mut out, batch, None, write_deadline).await?;
+                    if let Err(e) =
+                        take(&mut fleet, &mut sink, &mut out, batch, None, write_deadline).await
+                    {
+                        break Err(e);
+                    }
                     if gave_up.len() == handles.len() {
                         break Err(CliError::AllShardsGaveUp(gave_up.into_iter().collect()));
                     }
                 }
                 None => break Err(CliError::AllShardsGaveUp(gave_up.into_iter().collect())),
             },
+            Some(line) = lines.recv() => {
+                if let Err(e) = write_stdout(&mut out, &line, write_deadline).await {
+                    break Err(e);
+                }
+            }
             _ = term.recv() => { info!("sigterm: draining"); break Ok(()) }
             _ = int.recv() => { info!("sigint: draining"); break Ok(()) }
         }
     };
+    // Nothing may restart a shard while it drains.
+    for input in inputs {
+        input.abort();
+    }
     // Drain: stop every shard keeping its session, publishing what arrives meanwhile.
     let stopper = {
         let handles = handles.clone();

@@ -323,23 +323,6 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         sessions,
         (permits, redis_sink),
     )?;
-    #[cfg(feature = "redis")]
-    if let Some(coordination) = coordination.as_ref().filter(|_| redis_sink) {
-        let ids_vec: Vec<u32> = ids.clone().collect();
-        let mut started = Vec::new();
-        ndjson::write_started(&mut started, &ids_vec, total, None);
-        info!(shards = ?ids_vec, total, sink = "redis", "started");
-        return super::redis_run::serve_stream_sink(
-            fleet,
-            coordination,
-            args.redis.stream_max_len,
-            &resumed,
-            started,
-            drain,
-            Duration::from_millis(args.write_timeout_ms),
-        )
-        .await;
-    }
     let handles = Arc::new(handles(&fleet));
     let counters = Arc::new(AdapterCounters::default());
     let http_addr = listener.as_ref().map(|(_, addr)| addr.clone());
@@ -353,6 +336,36 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         ))
     });
 
+    #[cfg(feature = "redis")]
+    if let Some(coordination) = coordination.as_ref().filter(|_| redis_sink) {
+        let ids_vec: Vec<u32> = ids.clone().collect();
+        let mut started = Vec::new();
+        ndjson::write_started(&mut started, &ids_vec, total, http_addr.as_deref());
+        info!(shards = ?ids_vec, total, sink = "redis", "started");
+        let (lines_tx, lines_rx) = mpsc::channel(256);
+        let commands = tokio::spawn(read_commands(
+            handles.clone(),
+            total,
+            counters.clone(),
+            lines_tx,
+        ));
+        let mut inputs = vec![commands.abort_handle()];
+        inputs.extend(http_task.as_ref().map(|t| t.abort_handle()));
+        return super::redis_run::serve_stream_sink(
+            fleet,
+            coordination,
+            super::redis_run::StreamRun {
+                max_len: args.redis.stream_max_len,
+                resumed: &resumed,
+                started,
+                lines: lines_rx,
+                inputs,
+                drain,
+                write_deadline: Duration::from_millis(args.write_timeout_ms),
+            },
+        )
+        .await;
+    }
     let mut adapter = Adapter::new(fleet, handles.clone(), counters.clone())?;
     let ids_vec: Vec<u32> = ids.collect();
     ndjson::write_started(
