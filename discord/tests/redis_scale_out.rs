@@ -303,3 +303,36 @@ async fn a_handoff_during_a_stream_lands_every_event_once_in_the_stream() {
     third.signal("TERM");
     assert!(third.wait().await.success(), "{}", third.stderr());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_sink_keeps_events_while_redis_is_away_and_publishes_them_when_it_returns() {
+    let mut redis = Redis::start("sink-outage");
+    let mock = MockServer::start(mock_config()).await.unwrap();
+    let gw = mock.handle();
+    let api = mock.http_base();
+    let url = redis.url();
+    let mut run = spawn(
+        &args(&api, &url, "0..1/1", &["--sink", "redis"]),
+        &[("HANDOVER_TOKEN", TOKEN)],
+    );
+    run.expect_type("ready").await;
+    redis.stop();
+    for i in 0..10 {
+        gw.dispatch(0, "MESSAGE_CREATE", &json!({ "i": i }));
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !run.stderr().contains("events not published") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", run.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.restart();
+    redis
+        .until("the 10 events in the stream", WAIT, |r| {
+            r.keys("handover:*events:0")
+                .pop()
+                .is_some_and(|k| messages(r, &k) == (0..10).collect::<Vec<_>>())
+        })
+        .await;
+    run.signal("TERM");
+    assert!(run.wait().await.success(), "{}", run.stderr());
+}
