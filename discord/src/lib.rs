@@ -10,4 +10,6 @@ pub mod cli;
 pub mod http;
 pub mod mock;
 pub mod protocol;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod runtime;

@@ -749,7 +749,11 @@ async fn a_stalled_reader_pauses_the_socket_but_not_the_timers() {
     // Read nothing for ten heartbeat intervals. Heartbeats still go out, and the ACKs waiting
     // unread never make the core judge the connection dead (the driver reports the pause)...
     assert!(server.wait_until(LIMIT, |s| s.heartbeats >= 10).await);
-    assert_eq!(server.counts().accepted, 1, "no reconnect while not reading");
+    assert_eq!(
+        server.counts().accepted,
+        1,
+        "no reconnect while not reading"
+    );
     // ...while the flood is held back by TCP: far less than all of it left the server.
     let sent = server.counts().flood_sent;
     assert!(sent < N, "the driver read everything into memory: {sent}");

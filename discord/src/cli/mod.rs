@@ -21,6 +21,8 @@ pub mod control;
 pub mod demo;
 pub mod mock_gateway;
 pub mod ndjson;
+#[cfg(feature = "redis")]
+pub mod redis_run;
 pub mod run;
 pub mod session_file;
 mod writer;

@@ -26,7 +26,8 @@ use crate::protocol::{
     Compression, GatewayConfig, IdentifyQueueConfig, Intents, Session, SessionStartLimit, Token,
 };
 use crate::runtime::{
-    Delivery, Fleet, FleetConfig, ShardEvent, ShardEventKind, ShardHandle, ShardSelection,
+    Delivery, Fleet, FleetConfig, IdentifyCoordinator, ShardEvent, ShardEventKind, ShardHandle,
+    ShardSelection,
 };
 
 /// The environment variable holding the bot token. The token is never a flag (flags show up in
@@ -94,6 +95,16 @@ pub struct RunArgs {
     /// session file resumes before it) and the exit code is 3.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     pub write_timeout_ms: u64,
+
+    /// Spacing of identifies in one concurrency bucket. Discord's is 5000; lower it only
+    /// against a mock gateway.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub identify_window_ms: u64,
+
+    /// Coordination with other processes over Redis, and the sink.
+    #[cfg(feature = "redis")]
+    #[command(flatten)]
+    pub redis: super::redis_run::RedisArgs,
 }
 
 /// Transport compression, as a flag value.
@@ -262,16 +273,56 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         None => lookup(&args.api_base, &token).await?,
     };
     let (ids, total) = resolve_shards(&args.shards, lookup.recommended)?;
-    let sessions = match &args.session_file {
+    #[allow(unused_mut)]
+    let mut sessions = match &args.session_file {
         Some(path) => load_sessions(path, total, args.session_max_age_secs, &lookup.url),
         None => BTreeMap::new(),
     };
+    let window = Duration::from_millis(args.identify_window_ms.max(1));
+    let drain = Duration::from_millis(args.drain_timeout_ms.max(1));
+    #[cfg(feature = "redis")]
+    let coordination = {
+        let shard_list: Vec<u32> = ids.clone().collect();
+        super::redis_run::setup(
+            &args.redis,
+            &token,
+            lookup.limit,
+            window,
+            &shard_list,
+            drain,
+            &lookup.url,
+            &mut sessions,
+        )
+        .await?
+    };
+    #[cfg(feature = "redis")]
+    let permits = coordination
+        .as_ref()
+        .map(|c| Arc::new(c.coordinator.clone()) as Arc<dyn IdentifyCoordinator>);
+    #[cfg(not(feature = "redis"))]
+    let permits: Option<Arc<dyn IdentifyCoordinator>> = None;
+    #[cfg(feature = "redis")]
+    let redis_sink = args.redis.sink == super::redis_run::SinkArg::Redis;
+    #[cfg(not(feature = "redis"))]
+    let redis_sink = false;
+    #[cfg(feature = "redis")]
+    let resumed: BTreeMap<u32, String> = sessions
+        .iter()
+        .map(|(id, s)| (*id, s.session_id.clone()))
+        .collect();
 
     let mut gateway = GatewayConfig::new(token, args.intents);
     gateway.gateway_url = lookup.url;
     gateway.compression = args.compression.into();
-    let drain = Duration::from_millis(args.drain_timeout_ms.max(1));
-    let fleet = start_fleet(gateway, ids.clone(), total, lookup.limit, drain, sessions)?;
+    let fleet = start_fleet(
+        gateway,
+        ids.clone(),
+        total,
+        lookup.limit,
+        (drain, window),
+        sessions,
+        permits,
+    )?;
     let handles = Arc::new(handles(&fleet));
     let counters = Arc::new(AdapterCounters::default());
     let http_addr = listener.as_ref().map(|(_, addr)| addr.clone());
@@ -285,6 +336,36 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         ))
     });
 
+    #[cfg(feature = "redis")]
+    if let Some(coordination) = coordination.as_ref().filter(|_| redis_sink) {
+        let ids_vec: Vec<u32> = ids.clone().collect();
+        let mut started = Vec::new();
+        ndjson::write_started(&mut started, &ids_vec, total, http_addr.as_deref());
+        info!(shards = ?ids_vec, total, sink = "redis", "started");
+        let (lines_tx, lines_rx) = mpsc::channel(256);
+        let commands = tokio::spawn(read_commands(
+            handles.clone(),
+            total,
+            counters.clone(),
+            lines_tx,
+        ));
+        let mut inputs = vec![commands.abort_handle()];
+        inputs.extend(http_task.as_ref().map(|t| t.abort_handle()));
+        return super::redis_run::serve_stream_sink(
+            fleet,
+            coordination,
+            super::redis_run::StreamRun {
+                max_len: args.redis.stream_max_len,
+                resumed: &resumed,
+                started,
+                lines: lines_rx,
+                inputs,
+                drain,
+                write_deadline: Duration::from_millis(args.write_timeout_ms),
+            },
+        )
+        .await;
+    }
     let mut adapter = Adapter::new(fleet, handles.clone(), counters.clone())?;
     let ids_vec: Vec<u32> = ids.collect();
     ndjson::write_started(
@@ -304,6 +385,10 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         lines_tx,
     ));
 
+    #[cfg(feature = "redis")]
+    let leases = coordination
+        .as_ref()
+        .map(|c| super::redis_run::spawn_leases(c, handles.clone()));
     let outcome = adapter.serve(&mut signals, lines_rx).await;
     // Nothing may restart a shard while it drains: commands and the control API end first.
     commands.abort();
@@ -314,6 +399,10 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     let drained = adapter
         .drain(args.session_file.as_deref(), total, drain, write_deadline)
         .await;
+    #[cfg(feature = "redis")]
+    if let (Some(c), Some(leases)) = (&coordination, leases) {
+        super::redis_run::release(c, leases, &adapter.fleet.sessions()).await;
+    }
     outcome?;
     if let Some(e) = drained.save_error {
         return Err(e);
@@ -430,23 +519,30 @@ fn start_fleet(
     ids: Range<u32>,
     total: u32,
     limit: Option<SessionStartLimit>,
-    drain: Duration,
+    (drain, window): (Duration, Duration),
     sessions: BTreeMap<u32, Session>,
+    permits: Option<Arc<dyn IdentifyCoordinator>>,
 ) -> Result<Fleet, CliError> {
     let mut config = FleetConfig::new(gateway, ShardSelection::Range { ids, total });
     config.lifecycle.drain_deadline = drain;
     config.identify = IdentifyQueueConfig {
         max_concurrency: limit.map_or(1, |l| l.max_concurrency.max(1)),
+        bucket_window: window,
         ..IdentifyQueueConfig::default()
     };
     config.session_start_limit = limit;
-    // An event is delivered once its line is written to stdout, not when the adapter takes it.
+    // An event is delivered once the sink has it: its line written to stdout, or (the stream
+    // sink) its XADD acknowledged by Redis. Never when the adapter merely takes it.
     config.delivery = Delivery::Confirmed;
     for (shard, s) in &sessions {
         info!(shard, seq = s.seq, "resuming the saved session");
     }
     config.sessions = sessions;
-    Fleet::start(config).map_err(|e| match e {
+    let started = match permits {
+        Some(permits) => Fleet::start_with(config, permits),
+        None => Fleet::start(config),
+    };
+    started.map_err(|e| match e {
         crate::runtime::FleetError::BadSelection { reason } => CliError::Usage(reason),
         other => CliError::Start(other),
     })

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 use handover_core::{Config, RestartReason, StopIntent};
 use handover_transport_ws::{DriverGone, TransportConfig};
@@ -9,6 +10,7 @@ use tokio::sync::mpsc;
 
 use tracing::info;
 
+use super::coordination::IdentifyCoordinator;
 use super::delivery::{Delivery, Receipt};
 use super::queue::IdentifyGate;
 use super::shard::{self, ShardConfig, ShardEvent, ShardHandle};
@@ -164,12 +166,20 @@ pub enum FleetError {
 /// }
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct Fleet {
     shards: BTreeMap<u32, ShardHandle>,
     events: mpsc::Receiver<ShardEvent>,
     delivery: Delivery,
-    _gate: IdentifyGate,
+    _permits: Arc<dyn IdentifyCoordinator>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("shards", &self.shards)
+            .field("delivery", &self.delivery)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Fleet {
@@ -200,9 +210,21 @@ impl Fleet {
 
     /// Spawns every selected shard and starts connecting. Identifies are paced by the shared
     /// queue; must be called within a tokio runtime.
-    pub fn start(mut config: FleetConfig) -> Result<Fleet, FleetError> {
-        let (ids, total) = config.shards.resolve()?;
+    pub fn start(config: FleetConfig) -> Result<Fleet, FleetError> {
+        config.shards.resolve()?;
         let gate = IdentifyGate::spawn(config.identify, config.session_start_limit);
+        Fleet::start_with(config, Arc::new(gate))
+    }
+
+    /// [`start`](Self::start) with identify permits from `permits` instead of an in-process
+    /// queue (for example one shared by every process of the bot). `config.identify` and
+    /// `config.session_start_limit` are not used then: pacing and budget are the
+    /// coordinator's.
+    pub fn start_with(
+        mut config: FleetConfig,
+        permits: Arc<dyn IdentifyCoordinator>,
+    ) -> Result<Fleet, FleetError> {
+        let (ids, total) = config.shards.resolve()?;
         let (tx, rx) = mpsc::channel(config.event_capacity.max(1));
         let mut shards = BTreeMap::new();
         for id in ids {
@@ -217,7 +239,7 @@ impl Fleet {
                 .map(|seed| seed ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             shard_config.delivery = config.delivery;
             shard_config.resume = config.sessions.remove(&id);
-            let handle = shard::spawn(shard_config, gate.permits_for(id), tx.clone())
+            let handle = shard::spawn(shard_config, permits.permits_for(id, total), tx.clone())
                 .map_err(|source| FleetError::Shard { shard: id, source })?;
             shards.insert(id, handle);
         }
@@ -225,7 +247,7 @@ impl Fleet {
             shards,
             events: rx,
             delivery: config.delivery,
-            _gate: gate,
+            _permits: permits,
         })
     }
 

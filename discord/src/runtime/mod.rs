@@ -7,12 +7,14 @@
 //! moment, any number of times: the shard never has two sockets, resumes instead of identifying
 //! when the session allows it, and delivers each dispatch once.
 
+mod coordination;
 pub mod delivery;
 mod fleet;
 mod queue;
 mod shard;
 mod status;
 
+pub use coordination::{IdentifyCoordinator, PermitDenied, PermitFuture, PermitSource};
 pub use delivery::{Delivery, Receipt};
 pub use fleet::{Fleet, FleetConfig, FleetError, ShardSelection};
 pub use queue::IdentifyGate;

@@ -266,9 +266,19 @@ impl Shard {
     ///
     /// Fails only on a configuration that cannot work (a typed protocol error).
     pub fn start(config: ShardConfig) -> Result<Shard, ProtocolError> {
-        let (tx, rx) = mpsc::channel(config.event_capacity.max(1));
         let gate = IdentifyGate::spawn(config.identify, None);
         let permits = gate.permits_for(config.gateway.shard.id);
+        Shard::start_with(config, permits)
+    }
+
+    /// [`start`](Self::start) with identify permits from `permits` instead of a queue of its
+    /// own (for example a coordinator shared by several processes: see
+    /// [`IdentifyCoordinator`](super::IdentifyCoordinator)). `config.identify` is not used then.
+    pub fn start_with(
+        config: ShardConfig,
+        permits: Arc<dyn PermitSource>,
+    ) -> Result<Shard, ProtocolError> {
+        let (tx, rx) = mpsc::channel(config.event_capacity.max(1));
         let delivery = config.delivery;
         let handle = spawn(config, permits, tx)?;
         Ok(Shard {
