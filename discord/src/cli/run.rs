@@ -85,9 +85,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 180, value_name = "SECS")]
     pub session_max_age_secs: u64,
 
-    /// Longest wait for a close handshake before the socket is aborted, per shard. Bounds
+    /// Longest wait for a close handshake before the socket is aborted, per shard (a live
+    /// gateway answers in one round trip; the session stays resumable either way). Bounds
     /// shutdown too.
-    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub drain_timeout_ms: u64,
 
     /// On SIGTERM/SIGINT, once the shards are drained, how long stdout's reader has to take

@@ -1,7 +1,7 @@
 //! One shard: the lifecycle core, the Discord codec and the WebSocket driver, as one task.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use handover_core::{
     Codec, Config, Connection, ConnectionId, Decoded, Event, Message, OpenMode, Payload,
@@ -29,7 +29,9 @@ use crate::protocol::{
 pub struct ShardConfig {
     /// Token, intents, shard id, gateway URL, compression, send limits.
     pub gateway: GatewayConfig,
-    /// Lifecycle timers and backoff. Its close rules are always Discord's.
+    /// Lifecycle timers and backoff. Its close rules are always Discord's. Default: the
+    /// core's, except that the first reconnect after a good session goes out at once
+    /// (`reconnect_spread` zero; a [`Fleet`](super::Fleet) spreads its shards' over 25 ms).
     pub lifecycle: Config,
     /// Socket limits and TLS roots.
     pub transport: TransportConfig,
@@ -58,8 +60,11 @@ impl ShardConfig {
     pub fn new(gateway: GatewayConfig) -> Self {
         ShardConfig {
             gateway,
+            // A lone shard reconnects at once after a good session: there is no fleet to
+            // spread (a Fleet keeps the core's default spread of its first reconnects).
             lifecycle: Config {
                 close_rules: CLOSE_RULES,
+                reconnect_spread: Duration::ZERO,
                 ..Config::default()
             },
             transport: TransportConfig::default(),
