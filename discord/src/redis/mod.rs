@@ -115,17 +115,17 @@ impl RedisConfig {
     }
 }
 
-/// `handover:{h}:` with `h` the 64-bit FNV-1a hash of the token, in hex: the same for every
-/// process of the bot, and not the token (a hash of 64 bits says nothing usable about a
-/// secret of some 160 random bits). The braces make every key of a bot one Redis Cluster hash
-/// slot, which the scripts need.
+/// `handover:{h}:` with `h` the first 8 bytes of the token's SHA-256, in hex: the same for
+/// every process of the bot, and not the token (a one-way digest, of which only 64 bits are
+/// kept, says nothing usable about a secret of some 160 random bits). The braces make every key
+/// of a bot one Redis Cluster hash slot, which the scripts need.
 pub fn default_prefix(token: &Token) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in token.secret().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.secret().as_bytes());
+    let mut h = String::with_capacity(16);
+    for b in &digest.as_ref()[..8] {
+        h.push_str(&format!("{b:02x}"));
     }
-    format!("handover:{{{h:016x}}}:")
+    format!("handover:{{{h}}}:")
 }
 
 /// Decides one identify: the guard, the bucket order, the bucket's window, the budget. See
