@@ -7,7 +7,7 @@ mod redis_common;
 
 use std::time::Duration;
 
-use cli_common::{Handover, TOKEN, WAIT, mock_config, spawn};
+use cli_common::{Handover, TOKEN, WAIT, http, mock_config, spawn};
 use handover_discord::mock::{Counters, Fault, MockConfig, MockServer};
 use redis_common::Redis;
 use serde_json::json;
@@ -155,11 +155,15 @@ async fn without_redis_no_shard_identifies_but_resumes_go_on_and_identifies_come
     let api = mock.http_base();
     let url = redis.url();
     let mut run = spawn(
-        &args(&api, &url, "0..2/2", &[]),
+        &args(&api, &url, "0..2/2", &["--http", "127.0.0.1:0"]),
         &[("HANDOVER_TOKEN", TOKEN), ("RUST_LOG", "info")],
     );
+    let started = run.expect_type("started").await;
+    let control = started["http"].as_str().expect("http address").to_owned();
     readies(&mut run, 2).await;
+    wait_redis_metric(&control, 1).await;
     redis.stop();
+    wait_redis_metric(&control, 0).await;
 
     // A resume needs no permit.
     assert_eq!(gw.inject(0, Fault::Reconnect), 1);
@@ -188,6 +192,7 @@ async fn without_redis_no_shard_identifies_but_resumes_go_on_and_identifies_come
         .unwrap();
 
     redis.restart();
+    wait_redis_metric(&control, 1).await;
     let c = gw
         .wait_for(WAIT, |c| c.shard(1).identifies == 2)
         .await
@@ -202,6 +207,23 @@ async fn without_redis_no_shard_identifies_but_resumes_go_on_and_identifies_come
     );
     run.signal("TERM");
     assert!(run.wait().await.success(), "{}", run.stderr());
+}
+
+/// Waits (bounded) until `/metrics` shows `handover_redis_reachable` at `value`.
+async fn wait_redis_metric(control: &str, value: u8) {
+    let want = format!("handover_redis_reachable {value}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = http(control, "GET", "/metrics").await;
+        if metrics.lines().any(|l| l == want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `{want}` in /metrics:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The `i` of every test event in the stream, in stream order.

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -70,6 +70,16 @@ pub struct AdapterCounters {
     pub commands_failed: AtomicU64,
     /// Restarts asked for (HTTP, stdin, SIGHUP), per shard restarted.
     pub restarts_requested: AtomicU64,
+    /// Whether the Redis coordination answers: 0 not used, 1 reachable, 2 unreachable.
+    pub redis: AtomicU8,
+}
+
+impl AdapterCounters {
+    /// Records whether the Redis coordination answered at its last use.
+    pub fn set_redis_reachable(&self, reachable: bool) {
+        self.redis
+            .store(if reachable { 1 } else { 2 }, Ordering::Relaxed);
+    }
 }
 
 /// What the control server needs: the shards and the adapter's counters.
@@ -357,6 +367,16 @@ pub fn metrics_text(statuses: &[ShardStatus], counters: &AdapterCounters) -> Str
         "handover_restarts_requested_total {}",
         load(&counters.restarts_requested)
     );
+    let redis = counters.redis.load(Ordering::Relaxed);
+    if redis != 0 {
+        header(
+            &mut out,
+            "handover_redis_reachable",
+            "gauge",
+            "1 while the redis coordination answers, 0 while it does not (no identify then)",
+        );
+        let _ = writeln!(out, "handover_redis_reachable {}", u8::from(redis == 1));
+    }
     out
 }
 

@@ -13,6 +13,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{error, info, warn};
 
 use super::CliError;
+use super::control::AdapterCounters;
 use super::ndjson;
 use crate::protocol::{IdentifyBudget, Session, SessionStartLimit, Token};
 use crate::redis::{CoordinationError, RedisConfig, RedisCoordinator, Renewal, sink::StreamSink};
@@ -149,6 +150,7 @@ fn coordination_error(e: CoordinationError) -> CliError {
 pub(super) fn spawn_leases(
     coordination: &Coordination,
     handles: Arc<BTreeMap<u32, ShardHandle>>,
+    counters: Arc<AdapterCounters>,
 ) -> JoinHandle<()> {
     let coordinator = coordination.coordinator.clone();
     let shards = coordination.shards.clone();
@@ -160,11 +162,14 @@ pub(super) fn spawn_leases(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            counters.set_redis_reachable(coordinator.is_reachable());
             let sessions: BTreeMap<u32, Session> = handles
                 .iter()
                 .filter_map(|(id, h)| h.session().map(|s| (*id, s)))
                 .collect();
-            let why = match coordinator.renew(&shards, &sessions).await {
+            let renewal = coordinator.renew(&shards, &sessions).await;
+            counters.set_redis_reachable(coordinator.is_reachable());
+            let why = match renewal {
                 Renewal::HandoffAsked => "another process asked to take these shards over",
                 Renewal::Lost(_) => "shard leases expired and another process took them",
                 _ => continue,
@@ -216,6 +221,8 @@ pub(super) struct StreamRun<'a> {
     pub(super) drain: Duration,
     /// Bound of each write to stdout.
     pub(super) write_deadline: Duration,
+    /// The adapter's counters (Redis reachability is published there for `/metrics`).
+    pub(super) counters: Arc<AdapterCounters>,
 }
 
 /// The loop of `--sink redis`: dispatches to the shard streams (confirmed once Redis
@@ -234,6 +241,7 @@ pub(super) async fn serve_stream_sink(
         inputs,
         drain,
         write_deadline,
+        counters,
     } = run;
     let install = |kind: SignalKind, name: &str| {
         signal(kind).map_err(|e| CliError::io(format!("cannot handle {name}"), e))
@@ -253,6 +261,7 @@ pub(super) async fn serve_stream_sink(
     let leases = spawn_leases(
         coordination,
         Arc::new(handles.iter().map(|h| (h.id(), h.clone())).collect()),
+        counters,
     );
     let mut gave_up = BTreeMap::new();
     let outcome = loop {

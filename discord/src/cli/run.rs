@@ -363,6 +363,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
                 inputs,
                 drain,
                 write_deadline: Duration::from_millis(args.write_timeout_ms),
+                counters: counters.clone(),
             },
         )
         .await;
@@ -389,7 +390,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     #[cfg(feature = "redis")]
     let leases = coordination
         .as_ref()
-        .map(|c| super::redis_run::spawn_leases(c, handles.clone()));
+        .map(|c| super::redis_run::spawn_leases(c, handles.clone(), counters.clone()));
     let outcome = adapter.serve(&mut signals, lines_rx).await;
     // Nothing may restart a shard while it drains: commands and the control API end first.
     commands.abort();
