@@ -7,25 +7,14 @@
 
 mod cli_common;
 
-use cli_common::{TOKEN, mock_config, spawn, temp_dir};
+use cli_common::{TOKEN, mock_config, session_run_args, spawn, temp_dir};
 use handover_discord::mock::{MockServer, StreamRate, StreamSpec};
 use serde_json::{Value, json};
 
 /// Runs a first process that reads `events` dispatches and drains; returns the saved file.
 async fn first_run(mock: &MockServer, file: &str, events: u64) -> Value {
     let url = mock.url();
-    let mut run = spawn(
-        &[
-            "run",
-            "--gateway-url",
-            url.as_str(),
-            "--session-file",
-            file,
-            "--drain-timeout-ms",
-            "500",
-        ],
-        &[("HANDOVER_TOKEN", TOKEN)],
-    );
+    let mut run = spawn(&session_run_args(&url, file), &[("HANDOVER_TOKEN", TOKEN)]);
     run.expect_type("ready").await;
     mock.handle().stream(StreamSpec {
         shard: 0.into(),
@@ -45,18 +34,7 @@ async fn first_run(mock: &MockServer, file: &str, events: u64) -> Value {
 /// Runs the second process until its new session; returns its stdout lines.
 async fn second_run_reports_the_gap(mock: &MockServer, file: &str, seq: u64) -> Vec<String> {
     let url = mock.url();
-    let mut run = spawn(
-        &[
-            "run",
-            "--gateway-url",
-            url.as_str(),
-            "--session-file",
-            file,
-            "--drain-timeout-ms",
-            "500",
-        ],
-        &[("HANDOVER_TOKEN", TOKEN)],
-    );
+    let mut run = spawn(&session_run_args(&url, file), &[("HANDOVER_TOKEN", TOKEN)]);
     let gap = run.expect_type("gap").await;
     assert_eq!(gap["last_seq"], seq, "{gap}");
     run.expect_type("ready").await;

@@ -12,7 +12,7 @@ mod cli_common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cli_common::{Handover, TOKEN, http, mock_config, spawn, temp_dir};
+use cli_common::{Handover, TOKEN, http, mock_config, session_run_args, spawn, temp_dir};
 use handover_discord::mock::{MockServer, StreamRate, StreamSpec};
 use serde_json::{Value, json};
 
@@ -63,19 +63,8 @@ async fn a_stalled_reader_then_sigterm_then_a_restart_writes_every_event_once() 
     let file = dir.join("sessions.json");
     let file = file.to_str().unwrap();
     let url = mock.url();
-    let args = [
-        "run",
-        "--gateway-url",
-        url.as_str(),
-        "--session-file",
-        file,
-        "--drain-timeout-ms",
-        "500",
-        "--write-timeout-ms",
-        "1000",
-        "--http",
-        "127.0.0.1:0",
-    ];
+    let mut args = session_run_args(&url, file);
+    args.extend(["--write-timeout-ms", "1000", "--http", "127.0.0.1:0"]);
 
     let mut first = spawn(&args, &[("HANDOVER_TOKEN", TOKEN)]);
     let started = first.expect_type("started").await;

@@ -337,19 +337,21 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         ))
     });
 
+    // Commands from stdin, whichever sink carries the events; their replies go to stdout.
+    let (lines_tx, lines_rx) = mpsc::channel(256);
+    let commands = tokio::spawn(read_commands(
+        handles.clone(),
+        total,
+        counters.clone(),
+        lines_tx,
+    ));
+
     #[cfg(feature = "redis")]
     if let Some(coordination) = coordination.as_ref().filter(|_| redis_sink) {
         let ids_vec: Vec<u32> = ids.clone().collect();
         let mut started = Vec::new();
         ndjson::write_started(&mut started, &ids_vec, total, http_addr.as_deref());
         info!(shards = ?ids_vec, total, sink = "redis", "started");
-        let (lines_tx, lines_rx) = mpsc::channel(256);
-        let commands = tokio::spawn(read_commands(
-            handles.clone(),
-            total,
-            counters.clone(),
-            lines_tx,
-        ));
         let mut inputs = vec![commands.abort_handle()];
         inputs.extend(http_task.as_ref().map(|t| t.abort_handle()));
         return super::redis_run::serve_stream_sink(
@@ -378,14 +380,6 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     );
     adapter.hand_over();
     info!(shards = ?ids_vec, total, "started");
-
-    let (lines_tx, lines_rx) = mpsc::channel(256);
-    let commands = tokio::spawn(read_commands(
-        handles.clone(),
-        total,
-        counters.clone(),
-        lines_tx,
-    ));
 
     #[cfg(feature = "redis")]
     let leases = coordination

@@ -44,6 +44,20 @@ pub struct Handover {
     pub lines: Vec<String>,
 }
 
+/// `handover run` against the gateway at `url`, handing its sessions over through `file`,
+/// with a short drain; more flags may be appended.
+pub fn session_run_args<'a>(url: &'a str, file: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--gateway-url",
+        url,
+        "--session-file",
+        file,
+        "--drain-timeout-ms",
+        "500",
+    ]
+}
+
 /// Starts `handover ARGS` with `env` (and without any inherited token or log filter).
 pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Handover {
     let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
