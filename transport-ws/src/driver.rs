@@ -245,6 +245,15 @@ impl<C: Codec> DriverEvents<C> {
     pub fn try_next_event(&mut self) -> Option<DriverEvent<C::Item>> {
         self.events.try_recv().ok()
     }
+
+    /// Polls for the next event (for a stream or a hand-written future): `Ready(None)` once the
+    /// driver task has exited and every event was read.
+    pub fn poll_next_event(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<DriverEvent<C::Item>>> {
+        self.events.poll_recv(cx)
+    }
 }
 
 struct PendingPermit {
@@ -297,8 +306,10 @@ where
         let mut armed: Option<Instant> = None;
         let mut commands_open = true;
         loop {
-            self.flush_events();
+            // Status first: an application that reads an event and then asks for the status
+            // sees at least the state that produced the event.
             self.publish_status();
+            self.flush_events();
             if self.is_quiescent() {
                 for waiter in self.stop_waiters.drain(..) {
                     let _ = waiter.send(());

@@ -4,16 +4,17 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
+use futures_util::stream::{SelectAll, StreamExt};
 use handover_core::{Config, RestartReason, StopIntent};
 use handover_transport_ws::{DriverGone, TransportConfig};
-use tokio::sync::mpsc;
 
 use tracing::info;
 
 use super::coordination::IdentifyCoordinator;
 use super::delivery::{Delivery, Receipt};
 use super::queue::IdentifyGate;
-use super::shard::{self, ShardConfig, ShardEvent, ShardHandle};
+use super::shard::{self, ShardConfig, ShardEvent, ShardEvents, ShardHandle};
 use super::status::ShardStatus;
 use crate::http::{HttpError, HttpOptions, gateway_bot};
 use crate::protocol::{
@@ -80,7 +81,8 @@ pub struct FleetConfig {
     pub identify: IdentifyQueueConfig,
     /// The `session_start_limit` from `GET /gateway/bot`, if known.
     pub session_start_limit: Option<SessionStartLimit>,
-    /// Merged events buffered for the application. Default 4096.
+    /// Events buffered for the application per shard (each shard's driver queue; the fleet
+    /// merges the shards' queues as it reads them, with no queue of its own). Default 256.
     pub event_capacity: usize,
     /// Seed for the shards' jitter (each shard derives its own). `None` (the default): every
     /// shard draws its own from the operating system's randomness.
@@ -106,7 +108,7 @@ impl FleetConfig {
             transport: TransportConfig::default(),
             identify: IdentifyQueueConfig::default(),
             session_start_limit: None,
-            event_capacity: 4096,
+            event_capacity: 256,
             seed: None,
             delivery: Delivery::OnReturn,
             sessions: BTreeMap::new(),
@@ -168,7 +170,8 @@ pub enum FleetError {
 /// ```
 pub struct Fleet {
     shards: BTreeMap<u32, ShardHandle>,
-    events: mpsc::Receiver<ShardEvent>,
+    /// Every shard's events, read straight from the shards' drivers, merged as they come.
+    events: SelectAll<ShardEvents>,
     delivery: Delivery,
     _permits: Arc<dyn IdentifyCoordinator>,
 }
@@ -225,8 +228,8 @@ impl Fleet {
         permits: Arc<dyn IdentifyCoordinator>,
     ) -> Result<Fleet, FleetError> {
         let (ids, total) = config.shards.resolve()?;
-        let (tx, rx) = mpsc::channel(config.event_capacity.max(1));
         let mut shards = BTreeMap::new();
+        let mut events = SelectAll::new();
         for id in ids {
             let mut gateway = config.gateway.clone();
             gateway.shard = ShardId::new(id, total)
@@ -239,13 +242,15 @@ impl Fleet {
                 .map(|seed| seed ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             shard_config.delivery = config.delivery;
             shard_config.resume = config.sessions.remove(&id);
-            let handle = shard::spawn(shard_config, permits.permits_for(id, total), tx.clone())
+            shard_config.event_capacity = config.event_capacity;
+            let (handle, shard_events) = shard::spawn(shard_config, permits.permits_for(id, total))
                 .map_err(|source| FleetError::Shard { shard: id, source })?;
             shards.insert(id, handle);
+            events.push(shard_events);
         }
         Ok(Fleet {
             shards,
-            events: rx,
+            events,
             delivery: config.delivery,
             _permits: permits,
         })
@@ -257,7 +262,7 @@ impl Fleet {
     /// returned; with [`Delivery::Confirmed`], once its [`receipt`](Self::receipt) is
     /// confirmed.
     pub async fn next_event(&mut self) -> Option<ShardEvent> {
-        let event = self.events.recv().await?;
+        let event = self.events.next().await?;
         if self.delivery == Delivery::OnReturn
             && let Some(shard) = self.shards.get(&event.shard)
         {
@@ -269,7 +274,7 @@ impl Fleet {
     /// The next event if one is ready now, without waiting (`None` if none is). Delivery as
     /// for [`next_event`](Self::next_event).
     pub fn try_next_event(&mut self) -> Option<ShardEvent> {
-        let event = self.events.try_recv().ok()?;
+        let event = self.events.next().now_or_never().flatten()?;
         if self.delivery == Delivery::OnReturn
             && let Some(shard) = self.shards.get(&event.shard)
         {

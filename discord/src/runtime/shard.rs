@@ -1,6 +1,8 @@
 //! One shard: the lifecycle core, the Discord codec and the WebSocket driver, as one task.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use handover_core::{
@@ -11,12 +13,11 @@ use handover_transport_ws::{
     DriverEvent, DriverEvents, DriverGone, DriverHandle, PermitSource, SendError, TransportConfig,
     TransportEvent,
 };
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::delivery::{Delivery, Entry, Ledger, Receipt, resumable_session};
 use super::queue::IdentifyGate;
-use super::status::{Observed, ShardStatus, describe_give_up};
+use super::status::{Observer, ShardStatus, describe_give_up};
 use crate::protocol::session::Gap;
 use crate::protocol::{
     CLOSE_RULES, Command, DiscordCodec, Dispatch, GatewayConfig, GatewayEvent, IdentifyQueueConfig,
@@ -42,8 +43,9 @@ pub struct ShardConfig {
     /// Who decides that an event was delivered (see [`Delivery`]). Default: `next_event()`
     /// returning it.
     pub delivery: Delivery,
-    /// Events buffered for the application before the shard stops reading its socket.
-    /// Default 1024.
+    /// Events buffered for the application (the driver's queue, read directly by
+    /// `next_event()`) before the shard stops reading its socket, beyond the driver's own
+    /// `max_pending_events`. Replaces `transport.event_capacity`. Default 1024.
     pub event_capacity: usize,
     /// A session saved earlier (for example in a session file before a process restart): the
     /// first connection resumes it instead of identifying. If Discord no longer knows it, the
@@ -143,7 +145,7 @@ pub enum ShardEventKind {
 pub struct ShardHandle {
     shard: u32,
     driver: DriverHandle<ObservedCodec>,
-    observed: Arc<Mutex<Observed>>,
+    observed: Arc<Observer>,
     ledger: Arc<Ledger>,
 }
 
@@ -182,7 +184,7 @@ impl ShardHandle {
     /// A snapshot of the shard.
     pub fn status(&self) -> ShardStatus {
         let core = self.driver.status();
-        let observed = lock(&self.observed).clone();
+        let observed = self.observed.snapshot();
         let taken = self.ledger.snapshot();
         ShardStatus::build(
             self.shard,
@@ -262,7 +264,7 @@ impl std::fmt::Debug for ShardHandle {
 #[derive(Debug)]
 pub struct Shard {
     handle: ShardHandle,
-    events: mpsc::Receiver<ShardEvent>,
+    events: ShardEvents,
     delivery: Delivery,
 }
 
@@ -283,12 +285,11 @@ impl Shard {
         config: ShardConfig,
         permits: Arc<dyn PermitSource>,
     ) -> Result<Shard, ProtocolError> {
-        let (tx, rx) = mpsc::channel(config.event_capacity.max(1));
         let delivery = config.delivery;
-        let handle = spawn(config, permits, tx)?;
+        let (handle, events) = spawn(config, permits)?;
         Ok(Shard {
             handle,
-            events: rx,
+            events,
             delivery,
         })
     }
@@ -299,7 +300,7 @@ impl Shard {
     /// returned; with [`Delivery::Confirmed`], once its [`receipt`](Self::receipt) is
     /// confirmed.
     pub async fn next_event(&mut self) -> Option<ShardEvent> {
-        let event = self.events.recv().await?;
+        let event = std::future::poll_fn(|cx| self.events.poll_next_event(cx)).await?;
         if self.delivery == Delivery::OnReturn
             && let Some(entry) = Entry::of(&event)
         {
@@ -339,36 +340,42 @@ impl Shard {
     }
 }
 
-/// Spawns a shard whose events go to `events` (a fleet shares one sender among its shards).
+/// Spawns a shard; returns its handle and its events.
 pub(crate) fn spawn(
     config: ShardConfig,
     permits: Arc<dyn PermitSource>,
-    events: mpsc::Sender<ShardEvent>,
-) -> Result<ShardHandle, ProtocolError> {
+) -> Result<(ShardHandle, ShardEvents), ProtocolError> {
     let shard = config.gateway.shard.id;
     let mut codec = DiscordCodec::new(config.gateway)?;
     let mut lifecycle = config.lifecycle;
     lifecycle.close_rules = CLOSE_RULES;
     lifecycle.gate_new_sessions = true;
-    let mut observed = Observed::default();
+    let observed = Arc::new(Observer::new(
+        config.resume.as_ref().map(|s| s.session_id.clone()),
+    ));
     let ledger = Ledger::new(config.resume.as_ref());
     let seed = config.seed.unwrap_or_else(os_seed);
     let connection = match config.resume {
         Some(session) => {
-            observed.session_id = Some(session.session_id.clone());
             codec.restore_session(session);
             Connection::with_restored_session(lifecycle, seed)
         }
         None => Connection::new(lifecycle, seed),
     };
-    let observed = Arc::new(Mutex::new(observed));
     let codec = ObservedCodec {
         inner: codec,
         observed: observed.clone(),
     };
+    let mut transport = config.transport;
+    // The driver's queue is the shard's event queue (there is no second one).
+    transport.event_capacity = config.event_capacity.max(1);
     let (driver, driver_events) =
-        handover_transport_ws::Driver::spawn(connection, codec, config.transport, Some(permits));
-    tokio::spawn(pump(shard, driver_events, events, observed.clone()));
+        handover_transport_ws::Driver::spawn(connection, codec, transport, Some(permits));
+    let events = ShardEvents {
+        shard,
+        events: driver_events,
+        observed: observed.clone(),
+    };
     let handle = ShardHandle {
         shard,
         driver,
@@ -379,7 +386,7 @@ pub(crate) fn spawn(
     tokio::spawn(async move {
         let _ = starter.start().await;
     });
-    Ok(handle)
+    Ok((handle, events))
 }
 
 /// A seed from the operating system's randomness (std's `RandomState` keys are drawn from it),
@@ -389,15 +396,55 @@ pub(crate) fn os_seed() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one(0x4a11_u64)
 }
 
-/// Forwards the driver's events to the application, as shard events, recording what the
-/// status needs. Ends when the driver ends or the application drops its receiver.
-async fn pump(
+/// One shard's events, read straight from its driver's queue: the application's read is the
+/// only hand-off after the socket (no task in between that only forwards).
+pub(crate) struct ShardEvents {
     shard: u32,
-    mut from: DriverEvents<ObservedCodec>,
-    to: mpsc::Sender<ShardEvent>,
-    observed: Arc<Mutex<Observed>>,
-) {
-    while let Some(ev) = from.next_event().await {
+    events: DriverEvents<ObservedCodec>,
+    observed: Arc<Observer>,
+}
+
+impl ShardEvents {
+    /// The next shard event, or `None` once the driver task has ended and every event was read.
+    pub(crate) fn poll_next_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<ShardEvent>> {
+        loop {
+            let Some(ev) = ready!(self.events.poll_next_event(cx)) else {
+                return Poll::Ready(None);
+            };
+            if let Some(kind) = to_kind(self.shard, ev, &self.observed) {
+                return Poll::Ready(Some(ShardEvent {
+                    shard: self.shard,
+                    kind,
+                }));
+            }
+        }
+    }
+}
+
+impl futures_util::Stream for ShardEvents {
+    type Item = ShardEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ShardEvent>> {
+        self.poll_next_event(cx)
+    }
+}
+
+impl std::fmt::Debug for ShardEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardEvents")
+            .field("shard", &self.shard)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A driver event as the application sees it (`None`: nothing the application is told of),
+/// logging and recording what the status needs.
+fn to_kind(
+    shard: u32,
+    ev: DriverEvent<GatewayEvent>,
+    observed: &Observer,
+) -> Option<ShardEventKind> {
+    {
         let kind = match ev {
             DriverEvent::Item(GatewayEvent::Dispatch(d)) => ShardEventKind::Dispatch(d),
             DriverEvent::Item(GatewayEvent::Ready(r)) => {
@@ -442,25 +489,23 @@ async fn pump(
                 debug!(shard, ?code, "socket gone");
                 ShardEventKind::SocketClosed { code }
             }
-            DriverEvent::Core(_) | DriverEvent::Transport(_) => continue,
+            DriverEvent::Core(_) | DriverEvent::Transport(_) => return None,
             DriverEvent::Error(e) => {
                 let message = e.to_string();
                 warn!(shard, error = %message, "transport");
-                lock(&observed).last_error = Some(message.clone());
+                observed.set_error(message.clone());
                 ShardEventKind::Warning { message }
             }
-            _ => continue,
+            _ => return None,
         };
-        if to.send(ShardEvent { shard, kind }).await.is_err() {
-            return;
-        }
+        Some(kind)
     }
 }
 
 /// The Discord codec, recording delivery statistics for the status as it decodes.
 pub(crate) struct ObservedCodec {
     inner: DiscordCodec,
-    observed: Arc<Mutex<Observed>>,
+    observed: Arc<Observer>,
 }
 
 impl Codec for ObservedCodec {
@@ -482,24 +527,22 @@ impl Codec for ObservedCodec {
         msg: Message,
     ) -> Result<Decoded<GatewayEvent>, ProtocolError> {
         let result = self.inner.decode(now, msg);
-        let mut o = lock(&self.observed);
+        let o = &self.observed;
         match &result {
             Ok(Decoded {
                 item: Some(item), ..
             }) => {
-                o.last_event_at = Some(now);
+                o.event_at(now);
                 match item {
-                    GatewayEvent::Ready(r) => {
-                        o.session_id = Some(r.session_id.clone());
-                    }
-                    GatewayEvent::Resumed(r) => o.session_id = Some(r.session_id.clone()),
+                    GatewayEvent::Ready(r) => o.set_session(&r.session_id),
+                    GatewayEvent::Resumed(r) => o.set_session(&r.session_id),
                     _ => {}
                 }
             }
             Ok(_) => {}
-            Err(e) => o.last_error = Some(e.to_string()),
+            Err(e) => o.set_error(e.to_string()),
         }
-        o.delivery = self.inner.stats();
+        o.set_stats(self.inner.stats());
         result
     }
 
@@ -518,10 +561,4 @@ impl Codec for ObservedCodec {
     fn encode_command(&mut self, now: Instant, command: Command) -> Result<Message, ProtocolError> {
         self.inner.encode_command(now, command)
     }
-}
-
-/// Locks the observation record. A panic while holding it cannot leave it inconsistent (plain
-/// counters), so a poisoned lock is used as is.
-fn lock(m: &Mutex<Observed>) -> MutexGuard<'_, Observed> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -1,5 +1,7 @@
 //! Per-shard status snapshots.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use handover_core::Status;
@@ -8,13 +10,102 @@ use serde::Serialize;
 use super::delivery::Taken;
 use crate::protocol::{CloseCode, DeliveryStats};
 
-/// What the runtime observes next to the core (updated inside the shard's task).
+/// What the runtime observes next to the core, as of one moment (see [`Observer`]).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Observed {
     pub(crate) last_event_at: Option<Instant>,
     pub(crate) delivery: DeliveryStats,
     pub(crate) last_error: Option<String>,
     pub(crate) session_id: Option<String>,
+}
+
+/// The shard's observation record, written by the shard's task as it decodes and read by status
+/// snapshots from any task. The per-frame fields are atomics (no lock on the event path); the
+/// session id and the last error, which change rarely, sit behind a lock taken only when they
+/// change or a snapshot is taken.
+#[derive(Debug)]
+pub(crate) struct Observer {
+    /// The instant `last_event_us` counts from.
+    base: Instant,
+    /// Microseconds after `base` of the last event, plus one (0: none yet).
+    last_event_us: AtomicU64,
+    delivered: AtomicU64,
+    duplicates: AtomicU64,
+    seq_jumps: AtomicU64,
+    sessions_lost: AtomicU64,
+    rare: Mutex<Rare>,
+}
+
+#[derive(Debug, Default)]
+struct Rare {
+    last_error: Option<String>,
+    session_id: Option<String>,
+}
+
+impl Observer {
+    pub(crate) fn new(session_id: Option<String>) -> Observer {
+        Observer {
+            base: Instant::now(),
+            last_event_us: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            seq_jumps: AtomicU64::new(0),
+            sessions_lost: AtomicU64::new(0),
+            rare: Mutex::new(Rare {
+                last_error: None,
+                session_id,
+            }),
+        }
+    }
+
+    /// An event was decoded at `now`.
+    pub(crate) fn event_at(&self, now: Instant) {
+        let us = u64::try_from(now.saturating_duration_since(self.base).as_micros())
+            .unwrap_or(u64::MAX - 1);
+        self.last_event_us.store(us + 1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_stats(&self, stats: DeliveryStats) {
+        self.delivered.store(stats.delivered, Ordering::Relaxed);
+        self.duplicates.store(stats.duplicates, Ordering::Relaxed);
+        self.seq_jumps.store(stats.seq_jumps, Ordering::Relaxed);
+        self.sessions_lost
+            .store(stats.sessions_lost, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_session(&self, id: &str) {
+        let mut rare = self.lock();
+        if rare.session_id.as_deref() != Some(id) {
+            rare.session_id = Some(id.to_owned());
+        }
+    }
+
+    pub(crate) fn set_error(&self, error: String) {
+        self.lock().last_error = Some(error);
+    }
+
+    pub(crate) fn snapshot(&self) -> Observed {
+        let rare = self.lock();
+        let last = self.last_event_us.load(Ordering::Relaxed);
+        Observed {
+            last_event_at: last
+                .checked_sub(1)
+                .map(|us| self.base + std::time::Duration::from_micros(us)),
+            delivery: DeliveryStats {
+                delivered: self.delivered.load(Ordering::Relaxed),
+                duplicates: self.duplicates.load(Ordering::Relaxed),
+                seq_jumps: self.seq_jumps.load(Ordering::Relaxed),
+                sessions_lost: self.sessions_lost.load(Ordering::Relaxed),
+            },
+            last_error: rare.last_error.clone(),
+            session_id: rare.session_id.clone(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Rare> {
+        // Plain values: a panic while holding the lock cannot leave them inconsistent.
+        self.rare.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A serializable snapshot of one shard, for status pages, metrics and logs.
