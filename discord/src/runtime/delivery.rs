@@ -20,6 +20,7 @@
 //! Within one process nothing else changes: a reconnect resumes from the last sequence number
 //! received, since events already received stay queued for the sink.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::shard::{ShardEvent, ShardEventKind};
@@ -49,73 +50,80 @@ pub(crate) struct Taken {
 }
 
 /// A shard's ledger of what its sink took; shared by the shard's handles and receipts.
+///
+/// A dispatch, the event path, moves two atomics and takes no lock; the lock guards only the
+/// session, which changes on READY, RESUMED and gap reports. Receipts of one shard are
+/// confirmed in order by one sink, so the two never race.
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
-    taken: Mutex<Taken>,
+    seq: AtomicU64,
+    delivered: AtomicU64,
+    session: Mutex<Option<(String, String)>>,
 }
 
 impl Ledger {
     /// A ledger that starts from a session saved earlier: its sequence number is what the
     /// previous sink took.
     pub(crate) fn new(resume: Option<&Session>) -> Arc<Ledger> {
-        let taken = Taken {
-            session: resume.map(|s| (s.session_id.clone(), s.resume_gateway_url.clone())),
-            seq: resume.map_or(0, |s| s.seq),
-            delivered: 0,
-        };
         Arc::new(Ledger {
-            taken: Mutex::new(taken),
+            seq: AtomicU64::new(resume.map_or(0, |s| s.seq)),
+            delivered: AtomicU64::new(0),
+            session: Mutex::new(
+                resume.map(|s| (s.session_id.clone(), s.resume_gateway_url.clone())),
+            ),
         })
     }
 
     pub(crate) fn snapshot(&self) -> Taken {
-        self.lock().clone()
+        let session = self.lock().clone();
+        Taken {
+            session,
+            seq: self.seq.load(Ordering::Acquire),
+            delivered: self.delivered.load(Ordering::Relaxed),
+        }
     }
 
     pub(crate) fn take(&self, what: &Entry) {
-        let mut t = self.lock();
         match what {
+            Entry::Dispatch { seq } => {
+                self.seq.fetch_max(*seq, Ordering::Release);
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
             Entry::Session {
                 id,
                 resume_url,
                 seq,
             } => {
-                let same = t.session.as_ref().is_some_and(|(s, _)| s == id);
+                let mut session = self.lock();
+                let same = session.as_ref().is_some_and(|(s, _)| s == id);
                 let url = match resume_url {
                     Some(url) => url.clone(),
-                    None => t
-                        .session
-                        .as_ref()
-                        .map(|(_, u)| u.clone())
-                        .unwrap_or_default(),
+                    None => session.as_ref().map(|(_, u)| u.clone()).unwrap_or_default(),
                 };
                 // A RESUMED continues the session: replayed events came before it and were
                 // taken one by one. A READY starts a new one at its own sequence number.
                 let seq = match (same, resume_url) {
-                    (true, None) => t.seq.max(seq.unwrap_or(0)),
+                    (true, None) => self.seq.load(Ordering::Acquire).max(seq.unwrap_or(0)),
                     _ => seq.unwrap_or(0),
                 };
-                t.session = Some((id.clone(), url));
-                t.seq = seq;
-                t.delivered += 1;
-            }
-            Entry::Dispatch { seq } => {
-                t.seq = t.seq.max(*seq);
-                t.delivered += 1;
+                *session = Some((id.clone(), url));
+                self.seq.store(seq, Ordering::Release);
+                self.delivered.fetch_add(1, Ordering::Relaxed);
             }
             Entry::Lost { id } => {
                 // The sink has been told that this session is gone: nothing to resume.
-                if t.session.as_ref().is_some_and(|(s, _)| s == id) {
-                    t.session = None;
-                    t.seq = 0;
+                let mut session = self.lock();
+                if session.as_ref().is_some_and(|(s, _)| s == id) {
+                    *session = None;
+                    self.seq.store(0, Ordering::Release);
                 }
             }
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Taken> {
-        // Plain values: a panic while holding the lock cannot leave them inconsistent.
-        self.taken.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Option<(String, String)>> {
+        // A plain value: a panic while holding the lock cannot leave it inconsistent.
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

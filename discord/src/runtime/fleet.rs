@@ -263,24 +263,24 @@ impl Fleet {
     /// confirmed.
     pub async fn next_event(&mut self) -> Option<ShardEvent> {
         let event = self.events.next().await?;
-        if self.delivery == Delivery::OnReturn
-            && let Some(shard) = self.shards.get(&event.shard)
-        {
-            shard.receipt(&event).confirm();
-        }
-        Some(event)
+        Some(self.returned(event))
     }
 
     /// The next event if one is ready now, without waiting (`None` if none is). Delivery as
     /// for [`next_event`](Self::next_event).
     pub fn try_next_event(&mut self) -> Option<ShardEvent> {
         let event = self.events.next().now_or_never().flatten()?;
+        Some(self.returned(event))
+    }
+
+    /// An event on its way to the application: with [`Delivery::OnReturn`], it counts now.
+    fn returned(&self, event: ShardEvent) -> ShardEvent {
         if self.delivery == Delivery::OnReturn
             && let Some(shard) = self.shards.get(&event.shard)
         {
             shard.receipt(&event).confirm();
         }
-        Some(event)
+        event
     }
 
     /// A receipt for `event`, to confirm once the sink has safely taken it (with
