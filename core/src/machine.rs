@@ -220,6 +220,10 @@ impl Machine {
                     _ => Handled,
                 }
             }
+            // `at` is this state's only deadline, so `Connection::handle_timeout` (which
+            // dispatches a timeout only once the earliest deadline is due) already guarantees
+            // the guard; it is kept so the handler stays correct on its own. A mutation test
+            // that makes it `true` survives: equivalent.
             (Ev::Timeout, Next::Reconnect { at }) if context.now >= at => self.open(context),
             _ => Handled,
         }
@@ -256,6 +260,8 @@ impl Machine {
                 self.apply_stop_intent(*intent);
                 self.abort(context, *conn, After::Stop)
             }
+            // The only deadline here: the guard repeats `Connection::handle_timeout`'s check (a
+            // mutant making it `true` survives, equivalent), kept so the handler stands alone.
             Ev::Timeout if context.now >= *deadline => self.abort(context, *conn, After::Reconnect),
             // Out of contract before `Opened`, but a lost session is a fact wherever it is heard.
             Ev::Input(Input::Signal {
