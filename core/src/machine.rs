@@ -331,6 +331,8 @@ impl Machine {
         event: &Ev,
     ) -> Outcome<State> {
         match event {
+            // Absorbed. `live` would absorb it too (its catch-all), so deleting this arm changes
+            // nothing (an equivalent mutant); it is spelled out because a start must never open.
             Ev::Input(Input::Start) => Handled,
             Ev::Input(Input::Signal {
                 signal: Signal::HeartbeatAck,
@@ -375,6 +377,7 @@ impl Machine {
         event: &Ev,
     ) -> Outcome<State> {
         match event {
+            // Absorbed, like in `beating`: redundant with `live`'s catch-all (equivalent mutant).
             Ev::Input(Input::Start) => Handled,
             Ev::Input(Input::Restart(reason)) if *reason != RestartReason::TransportFault => {
                 Handled
@@ -398,6 +401,10 @@ impl Machine {
                     self.handshake(context, *conn, *mode, hb)
                 }
             }
+            // The hello deadline is this state's only one: the guard repeats
+            // `Connection::handle_timeout`'s check (a mutant making it `true` survives,
+            // equivalent), and the next arm is redundant with `live`'s catch-all (deleting it
+            // survives too); both are kept so the handler reads on its own.
             Ev::Timeout if context.now >= *deadline => {
                 let keep = self.cfg.close_rules.keep_resumable_code;
                 self.drain(context, *conn, keep, After::Reconnect)
@@ -416,6 +423,7 @@ impl Machine {
         event: &Ev,
     ) -> Outcome<State> {
         match event {
+            // Absorbed: redundant with `beating` and `live` (equivalent mutant).
             Ev::Input(Input::Start) => Handled,
             Ev::Input(Input::Restart(reason)) if *reason != RestartReason::TransportFault => {
                 Handled
@@ -450,6 +458,7 @@ impl Machine {
         let _ = mode;
         let keep = self.cfg.close_rules.keep_resumable_code;
         match event {
+            // Absorbed: redundant with `beating` and `live` (equivalent mutant).
             Ev::Input(Input::Start) => Handled,
             Ev::Input(Input::Restart(reason)) if *reason != RestartReason::TransportFault => {
                 Handled

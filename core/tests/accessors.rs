@@ -598,3 +598,26 @@ fn a_session_invalidated_before_the_open_is_confirmed_is_forgotten() {
     assert_eq!(mode, OpenMode::Identify);
     assert!(delay >= cfg.invalid_session_wait_min, "{delay:?}");
 }
+
+#[test]
+fn the_first_heartbeat_waits_a_random_fraction_of_the_interval() {
+    let t0 = Instant::now();
+    let mut firsts = std::collections::BTreeSet::new();
+    for seed in 0..20 {
+        let mut conn = Connection::new(config(), seed);
+        let id = handshaking(&mut conn, t0);
+        // Nothing is due at the hello itself: no heartbeat goes out with the handshake.
+        conn.handle_timeout(t0);
+        assert!(
+            !drain(&mut conn).contains(&Output::Send {
+                conn: id,
+                payload: handover_core::Payload::Heartbeat
+            }),
+            "seed {seed}"
+        );
+        let first = conn.poll_timeout().expect("the first beat");
+        assert!(first >= t0 && first <= t0 + INTERVAL, "seed {seed}");
+        firsts.insert(first);
+    }
+    assert!(firsts.len() > 10, "jittered per seed: {firsts:?}");
+}
