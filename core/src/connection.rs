@@ -107,6 +107,11 @@ impl Connection {
         // A beat can be due right after a probe window closes, so loop while deadlines are due.
         // Each pass strictly advances some deadline; bounded defensively.
         for _ in 0..8 {
+            // The `at <= now` guard only saves a dispatch: every state's timeout handler checks
+            // its own deadline against `now` again, so firing `Ev::Timeout` early changes
+            // nothing (a mutation test that makes this guard `true` survives for that reason;
+            // it is equivalent). The `continue` check below is not: a deadline of zero that
+            // a timeout itself starts (a drain or open timeout) must fire in the same call.
             match self.poll_timeout() {
                 Some(at) if at <= now => self.dispatch(now, Ev::Timeout),
                 _ => return,

@@ -220,6 +220,10 @@ impl Machine {
                     _ => Handled,
                 }
             }
+            // `at` is this state's only deadline, so `Connection::handle_timeout` (which
+            // dispatches a timeout only once the earliest deadline is due) already guarantees
+            // the guard; it is kept so the handler stays correct on its own. A mutation test
+            // that makes it `true` survives: equivalent.
             (Ev::Timeout, Next::Reconnect { at }) if context.now >= at => self.open(context),
             _ => Handled,
         }
@@ -256,6 +260,8 @@ impl Machine {
                 self.apply_stop_intent(*intent);
                 self.abort(context, *conn, After::Stop)
             }
+            // The only deadline here: the guard repeats `Connection::handle_timeout`'s check (a
+            // mutant making it `true` survives, equivalent), kept so the handler stands alone.
             Ev::Timeout if context.now >= *deadline => self.abort(context, *conn, After::Reconnect),
             // Out of contract before `Opened`, but a lost session is a fact wherever it is heard.
             Ev::Input(Input::Signal {
@@ -325,6 +331,8 @@ impl Machine {
         event: &Ev,
     ) -> Outcome<State> {
         match event {
+            // Absorbed. `live` would absorb it too (its catch-all), so deleting this arm changes
+            // nothing (an equivalent mutant); it is spelled out because a start must never open.
             Ev::Input(Input::Start) => Handled,
             Ev::Input(Input::Signal {
                 signal: Signal::HeartbeatAck,
@@ -369,6 +377,7 @@ impl Machine {
         event: &Ev,
     ) -> Outcome<State> {
         match event {
+            // Absorbed, like in `beating`: redundant with `live`'s catch-all (equivalent mutant).
             Ev::Input(Input::Start) => Handled,
             Ev::Input(Input::Restart(reason)) if *reason != RestartReason::TransportFault => {
                 Handled
@@ -392,6 +401,10 @@ impl Machine {
                     self.handshake(context, *conn, *mode, hb)
                 }
             }
+            // The hello deadline is this state's only one: the guard repeats
+            // `Connection::handle_timeout`'s check (a mutant making it `true` survives,
+            // equivalent), and the next arm is redundant with `live`'s catch-all (deleting it
+            // survives too); both are kept so the handler reads on its own.
             Ev::Timeout if context.now >= *deadline => {
                 let keep = self.cfg.close_rules.keep_resumable_code;
                 self.drain(context, *conn, keep, After::Reconnect)
@@ -410,6 +423,7 @@ impl Machine {
         event: &Ev,
     ) -> Outcome<State> {
         match event {
+            // Absorbed: redundant with `beating` and `live` (equivalent mutant).
             Ev::Input(Input::Start) => Handled,
             Ev::Input(Input::Restart(reason)) if *reason != RestartReason::TransportFault => {
                 Handled
@@ -444,6 +458,7 @@ impl Machine {
         let _ = mode;
         let keep = self.cfg.close_rules.keep_resumable_code;
         match event {
+            // Absorbed: redundant with `beating` and `live` (equivalent mutant).
             Ev::Input(Input::Start) => Handled,
             Ev::Input(Input::Restart(reason)) if *reason != RestartReason::TransportFault => {
                 Handled
