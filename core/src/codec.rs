@@ -87,6 +87,7 @@ pub trait Codec {
 
     /// More items from the last [`decode`](Codec::decode), in order; `None` when there are no
     /// more. The default has none.
+    #[must_use]
     fn poll_item(&mut self) -> Option<Self::Item> {
         None
     }
@@ -98,6 +99,7 @@ pub trait Codec {
     /// [`RestartReason::TransportFault`](crate::RestartReason::TransportFault), so the
     /// connection is replaced (and the session resumed) at once instead of waiting for zombie
     /// detection. Answers `true` once per broken transport. The default never asks.
+    #[must_use]
     fn poll_restart(&mut self) -> bool {
         false
     }

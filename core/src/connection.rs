@@ -124,27 +124,32 @@ impl Connection {
     }
 
     /// The next thing the caller must do, in order. Drain until `None` after every mutation.
+    #[must_use = "every output must be carried out, in order"]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next, if ever.
+    #[must_use = "`handle_timeout` must be called at this instant"]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.sm.state().deadline()
     }
 
     /// The current lifecycle state.
+    #[must_use]
     pub fn state(&self) -> State {
         self.sm.state().view()
     }
 
     /// The transport that may be live now (from its `Open` until its `Closed`).
+    #[must_use]
     pub fn live_connection(&self) -> Option<ConnectionId> {
         self.sm.state().conn()
     }
 
     /// The transport on which application payloads may be sent now: only once the handshake was
     /// accepted and while the connection is healthy or probing.
+    #[must_use]
     pub fn sendable_connection(&self) -> Option<ConnectionId> {
         match self.sm.state() {
             Inner::Identified { conn, .. } | Inner::Stale { conn, .. } => Some(*conn),
@@ -153,11 +158,13 @@ impl Connection {
     }
 
     /// Whether a session is held that the next connection would resume.
+    #[must_use]
     pub fn is_resumable(&self) -> bool {
         self.sm.inner().session
     }
 
     /// The finer-grained phase.
+    #[must_use]
     pub fn phase(&self) -> Phase {
         match self.sm.state() {
             Inner::Closed { next: Next::Idle } if self.stats.opens == 0 => Phase::NotConnected,
@@ -186,6 +193,7 @@ impl Connection {
     }
 
     /// A snapshot for status pages and metrics.
+    #[must_use]
     pub fn status(&self) -> Status {
         let m = self.sm.inner();
         let s = &self.stats;
