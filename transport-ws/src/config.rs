@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::connector::SharedConnector;
+
 /// Settings of a WebSocket [`Driver`](crate::Driver).
 ///
 /// Build it with struct update syntax:
@@ -71,6 +73,9 @@ pub struct TransportConfig {
     /// it fail with [`SendError::QueueFull`](crate::SendError::QueueFull). Default 16; at
     /// least 1.
     pub max_write_queue: usize,
+    /// Opens the byte stream of each socket instead of a TCP connect to the URL's host and
+    /// port (see [`Connector`](crate::Connector)). Default `None`: TCP.
+    pub connector: Option<SharedConnector>,
 }
 
 impl Default for TransportConfig {
@@ -89,6 +94,7 @@ impl Default for TransportConfig {
             event_capacity: 64,
             max_pending_events: 32,
             max_write_queue: 16,
+            connector: None,
         }
     }
 }
@@ -129,6 +135,7 @@ impl std::fmt::Debug for TransportConfig {
             .field("event_capacity", &self.event_capacity)
             .field("max_pending_events", &self.max_pending_events)
             .field("max_write_queue", &self.max_write_queue)
+            .field("connector", &self.connector.as_ref().map(|_| ".."))
             .finish()
     }
 }

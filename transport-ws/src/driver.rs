@@ -431,7 +431,7 @@ where
         };
         let msg = self
             .codec
-            .encode_command(Instant::now(), command)
+            .encode_command(crate::clock::now(), command)
             .map_err(|e| SendError::Codec(Box::new(e)))?;
         match transport.queue(msg, false) {
             Ok(()) => Ok(()),
@@ -474,7 +474,7 @@ where
     }
 
     fn decode(&mut self, conn: ConnectionId, msg: handover_core::Message) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         match self.codec.decode(now, msg) {
             Ok(decoded) => {
                 if let Some(signal) = decoded.signal {
@@ -507,7 +507,7 @@ where
     }
 
     fn timer(&mut self) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         if self
             .transport
             .as_ref()
@@ -527,7 +527,7 @@ where
 
     /// Feeds one input and carries out everything that follows.
     fn feed(&mut self, input: Input) {
-        self.core.handle_input(Instant::now(), input);
+        self.core.handle_input(crate::clock::now(), input);
         self.pump();
     }
 
@@ -539,7 +539,7 @@ where
                 self.apply(out);
             }
             match self.deferred.pop_front() {
-                Some(input) => self.core.handle_input(Instant::now(), input),
+                Some(input) => self.core.handle_input(crate::clock::now(), input),
                 None => break,
             }
         }
@@ -574,7 +574,7 @@ where
                     debug!(%conn, ?payload, "payload for a socket that is not writable; dropped");
                     return;
                 }
-                match self.codec.encode(Instant::now(), payload) {
+                match self.codec.encode(crate::clock::now(), payload) {
                     Ok(msg) => {
                         if t.queue(msg, true).is_err() {
                             self.push_event(DriverEvent::Error(TransportError::Encode {

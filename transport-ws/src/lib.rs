@@ -42,7 +42,9 @@
 
 #![warn(missing_docs)]
 
+mod clock;
 mod config;
+pub mod connector;
 mod driver;
 mod error;
 mod event;
@@ -51,6 +53,7 @@ mod read_ahead;
 mod socket;
 
 pub use config::TransportConfig;
+pub use connector::{BoxByteStream, ByteStream, Connector, ConnectorFuture, SharedConnector};
 pub use driver::{Driver, DriverEvents, DriverHandle, PermitFuture, PermitSource};
 pub use error::{BoxError, DriverGone, PermitDenied, SendError, TransportError};
 pub use event::{DriverEvent, TransportEvent};

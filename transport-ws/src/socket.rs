@@ -30,6 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes, error::CapacityError};
 
 use crate::config::TransportConfig;
+use crate::connector::{BoxByteStream, SharedConnector};
 use crate::error::TransportError;
 use crate::read_ahead::ReadAhead;
 
@@ -41,6 +42,11 @@ const MAX_DISCARDS_PER_POLL: usize = 64;
 pub(crate) enum MaybeTls {
     Plain(ReadAhead<TcpStream>),
     Tls(Box<TlsStream<ReadAhead<TcpStream>>>),
+    /// A stream a [`Connector`](crate::Connector) opened (read as it comes: the connector
+    /// chooses its own buffering).
+    Custom(BoxByteStream),
+    /// TLS over a stream a connector opened.
+    CustomTls(Box<TlsStream<BoxByteStream>>),
 }
 
 impl AsyncRead for MaybeTls {
@@ -52,6 +58,8 @@ impl AsyncRead for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            MaybeTls::Custom(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::CustomTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -65,6 +73,8 @@ impl AsyncWrite for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            MaybeTls::Custom(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::CustomTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -72,6 +82,8 @@ impl AsyncWrite for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MaybeTls::Custom(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::CustomTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -79,6 +91,8 @@ impl AsyncWrite for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MaybeTls::Custom(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::CustomTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -93,6 +107,7 @@ pub(crate) struct ConnectSettings {
     pub(crate) ws: WebSocketConfig,
     pub(crate) read_ahead: usize,
     pub(crate) close_timeout: Duration,
+    pub(crate) connector: Option<SharedConnector>,
 }
 
 impl ConnectSettings {
@@ -108,6 +123,7 @@ impl ConnectSettings {
             ws,
             read_ahead: config.read_ahead_size,
             close_timeout: config.close_timeout,
+            connector: config.connector.clone(),
         }
     }
 }
@@ -201,8 +217,11 @@ pub(crate) fn connect(
     let timeout = settings.timeout;
     let ws_config = settings.ws;
     let read_ahead = settings.read_ahead;
+    let connector = settings.connector.clone();
     Box::pin(async move {
-        let attempt = connect_inner(conn, url, target, tls_config, ws_config, read_ahead);
+        let attempt = connect_inner(
+            conn, url, target, tls_config, ws_config, read_ahead, connector,
+        );
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(TransportError::ConnectTimeout {
@@ -248,29 +267,45 @@ async fn connect_inner(
     tls: Option<Arc<rustls::ClientConfig>>,
     ws_config: WebSocketConfig,
     read_ahead: usize,
+    connector: Option<SharedConnector>,
 ) -> Result<Ws, TransportError> {
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|source| TransportError::Connect { conn, source })?;
-    // Gateway traffic is small request/response messages: never wait to coalesce.
-    if let Err(error) = tcp.set_nodelay(true) {
-        tracing::debug!(%conn, %error, "could not set tcp nodelay");
-    }
-    let tcp = ReadAhead::new(tcp, read_ahead);
-    let stream = match tls {
-        None => MaybeTls::Plain(tcp),
-        Some(config) => {
-            let name = ServerName::try_from(target.host.clone()).map_err(|_| {
-                TransportError::InvalidUrl {
-                    conn,
-                    reason: "host is not a valid tls server name",
-                }
-            })?;
-            let stream = TlsConnector::from(config)
-                .connect(name, tcp)
+    let stream = match connector {
+        Some(connector) => {
+            let stream = connector
+                .0
+                .connect(conn, &target.host, target.port)
                 .await
-                .map_err(|source| TransportError::Tls { conn, source })?;
-            MaybeTls::Tls(Box::new(stream))
+                .map_err(|source| TransportError::Connect { conn, source })?;
+            match tls {
+                None => MaybeTls::Custom(stream),
+                Some(config) => {
+                    let stream = TlsConnector::from(config)
+                        .connect(server_name(conn, &target)?, stream)
+                        .await
+                        .map_err(|source| TransportError::Tls { conn, source })?;
+                    MaybeTls::CustomTls(Box::new(stream))
+                }
+            }
+        }
+        None => {
+            let tcp = TcpStream::connect((target.host.as_str(), target.port))
+                .await
+                .map_err(|source| TransportError::Connect { conn, source })?;
+            // Gateway traffic is small request/response messages: never wait to coalesce.
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%conn, %error, "could not set tcp nodelay");
+            }
+            let tcp = ReadAhead::new(tcp, read_ahead);
+            match tls {
+                None => MaybeTls::Plain(tcp),
+                Some(config) => {
+                    let stream = TlsConnector::from(config)
+                        .connect(server_name(conn, &target)?, tcp)
+                        .await
+                        .map_err(|source| TransportError::Tls { conn, source })?;
+                    MaybeTls::Tls(Box::new(stream))
+                }
+            }
         }
     };
     let (ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config))
@@ -280,6 +315,13 @@ async fn connect_inner(
             source: Box::new(e),
         })?;
     Ok(ws)
+}
+
+fn server_name(conn: ConnectionId, target: &Target) -> Result<ServerName<'static>, TransportError> {
+    ServerName::try_from(target.host.clone()).map_err(|_| TransportError::InvalidUrl {
+        conn,
+        reason: "host is not a valid tls server name",
+    })
 }
 
 /// Counts transports that exist (connecting or open) in one driver. Decremented on drop, so
@@ -387,7 +429,7 @@ impl Socket {
                             tracing::debug!(%conn, ?code, "peer sent close");
                             self.closing = Closing::ByPeer {
                                 code,
-                                deadline: Instant::now() + close_timeout,
+                                deadline: crate::clock::now() + close_timeout,
                             };
                             // tungstenite queued the reply; get it out.
                             self.needs_flush = true;

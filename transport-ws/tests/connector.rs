@@ -1,0 +1,126 @@
+//! A connector in place of TCP: the driver runs its WebSocket over in-memory byte streams, and
+//! under a paused tokio clock its timers and the core's deadlines run in virtual time.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::LineCodec;
+use futures_util::{SinkExt, StreamExt};
+use handover_core::{Config, Connection, ConnectionId, State};
+use handover_transport_ws::{
+    Connector, ConnectorFuture, Driver, DriverEvent, SharedConnector, TransportConfig,
+    TransportEvent,
+};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// How the in-memory server treats heartbeats.
+#[derive(Clone, Copy)]
+enum Server {
+    /// Answers every heartbeat.
+    Acks,
+    /// Never answers one (a zombie connection).
+    Silent,
+}
+
+/// Each connect makes a duplex pipe and serves a line-protocol WebSocket on its far end.
+struct MemoryNet {
+    server: Server,
+    dialed: Arc<Mutex<Vec<(ConnectionId, String, u16)>>>,
+}
+
+impl Connector for MemoryNet {
+    fn connect(&self, conn: ConnectionId, host: &str, port: u16) -> ConnectorFuture {
+        self.dialed
+            .lock()
+            .expect("lock")
+            .push((conn, host.to_owned(), port));
+        let (client, far) = tokio::io::duplex(64 << 10);
+        let server = self.server;
+        tokio::spawn(async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(far).await else {
+                return;
+            };
+            if ws.send(WsMessage::text("hello 1000")).await.is_err() {
+                return;
+            }
+            while let Some(Ok(msg)) = ws.next().await {
+                let reply = match (msg.to_text().unwrap_or(""), server) {
+                    ("identify", _) => "ready",
+                    ("hb", Server::Acks) => "ack",
+                    _ => continue,
+                };
+                if ws.send(WsMessage::text(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Box::pin(async move { Ok(Box::new(client) as handover_transport_ws::BoxByteStream) })
+    }
+}
+
+fn spawn(
+    server: Server,
+) -> (
+    handover_transport_ws::DriverHandle<LineCodec>,
+    handover_transport_ws::DriverEvents<LineCodec>,
+    Arc<Mutex<Vec<(ConnectionId, String, u16)>>>,
+) {
+    let dialed = Arc::new(Mutex::new(Vec::new()));
+    let transport = TransportConfig {
+        connector: Some(SharedConnector::new(MemoryNet {
+            server,
+            dialed: dialed.clone(),
+        })),
+        ..TransportConfig::default()
+    };
+    let core = Connection::new(Config::default(), 7);
+    let codec = LineCodec::new("ws://gateway.invalid:4242/?v=10");
+    let (handle, events) = Driver::spawn(core, codec, transport, None);
+    (handle, events, dialed)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_hour_of_heartbeats_passes_in_virtual_time() {
+    let (handle, mut events, dialed) = spawn(Server::Acks);
+    let started = tokio::time::Instant::now();
+    let wall = std::time::Instant::now();
+    handle.start().await.expect("driver runs");
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let status = handle.status();
+    assert_eq!(status.state, State::Identified, "{status:?}");
+    let mut opened = 0;
+    while let Some(ev) = events.try_next_event() {
+        if let DriverEvent::Transport(TransportEvent::Opened { .. }) = ev {
+            opened += 1;
+        }
+    }
+    assert_eq!(opened, 1, "one socket for the whole hour");
+    assert!(tokio::time::Instant::now() - started >= Duration::from_secs(3600));
+    // Virtual time: an hour of 1 s heartbeats does not take an hour (bounded generously).
+    assert!(wall.elapsed() < Duration::from_secs(600));
+    let dialed = dialed.lock().expect("lock").clone();
+    assert_eq!(dialed.len(), 1);
+    assert_eq!(
+        (dialed[0].1.as_str(), dialed[0].2),
+        ("gateway.invalid", 4242)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zombie_is_judged_by_the_virtual_clock() {
+    let (handle, mut events, dialed) = spawn(Server::Silent);
+    handle.start().await.expect("driver runs");
+    // Unanswered heartbeats (1 s interval) are judged within a few intervals; the core then
+    // closes that socket and opens another, over the same connector.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut ends = 0;
+    while let Some(ev) = events.try_next_event() {
+        if let DriverEvent::Transport(TransportEvent::Closed { .. }) = ev {
+            ends += 1;
+        }
+    }
+    assert!(ends >= 1, "the silent socket was ended");
+    assert!(dialed.lock().expect("lock").len() >= 2, "and replaced");
+}
