@@ -27,7 +27,7 @@ enum Server {
 /// Each connect makes a duplex pipe and serves a line-protocol WebSocket on its far end.
 struct MemoryNet {
     server: Server,
-    dialed: Arc<Mutex<Vec<(ConnectionId, String, u16)>>>,
+    dialed: Dialed,
 }
 
 impl Connector for MemoryNet {
@@ -60,12 +60,15 @@ impl Connector for MemoryNet {
     }
 }
 
+/// What the connector was asked to dial: socket, host, port.
+type Dialed = Arc<Mutex<Vec<(ConnectionId, String, u16)>>>;
+
 fn spawn(
     server: Server,
 ) -> (
     handover_transport_ws::DriverHandle<LineCodec>,
     handover_transport_ws::DriverEvents<LineCodec>,
-    Arc<Mutex<Vec<(ConnectionId, String, u16)>>>,
+    Dialed,
 ) {
     let dialed = Arc::new(Mutex::new(Vec::new()));
     let transport = TransportConfig {
