@@ -76,6 +76,22 @@ pub struct TransportConfig {
     /// Opens the byte stream of each socket instead of a TCP connect to the URL's host and
     /// port (see [`Connector`](crate::Connector)). Default `None`: TCP.
     pub connector: Option<SharedConnector>,
+    /// A deliberate bug to plant in the driver, for tests that show a checker catches it.
+    /// Never set it in production; it exists only with the `planted-faults` feature.
+    #[doc(hidden)]
+    #[cfg(feature = "planted-faults")]
+    pub planted_fault: Option<PlantedFault>,
+}
+
+/// Deliberate driver bugs (feature `planted-faults`), for tests of the checkers.
+#[doc(hidden)]
+#[cfg(feature = "planted-faults")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PlantedFault {
+    /// Report a socket gone to the core while keeping it open (it is dropped only when the
+    /// driver task ends): the far end still sees it when the core opens the next one.
+    ReportGoneBeforeDrop,
 }
 
 impl Default for TransportConfig {
@@ -95,6 +111,8 @@ impl Default for TransportConfig {
             max_pending_events: 32,
             max_write_queue: 16,
             connector: None,
+            #[cfg(feature = "planted-faults")]
+            planted_fault: None,
         }
     }
 }

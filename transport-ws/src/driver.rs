@@ -88,6 +88,10 @@ impl Driver {
             stop_waiters: Vec::new(),
             exiting: false,
             live: live.clone(),
+            #[cfg(feature = "planted-faults")]
+            planted: config.planted_fault,
+            #[cfg(feature = "planted-faults")]
+            leaked: Vec::new(),
         };
         tokio::spawn(task.run(cmd_rx));
         (
@@ -292,6 +296,11 @@ struct Task<C: Codec> {
     stop_waiters: Vec<oneshot::Sender<()>>,
     exiting: bool,
     live: Arc<AtomicUsize>,
+    #[cfg(feature = "planted-faults")]
+    planted: Option<crate::config::PlantedFault>,
+    /// Sockets a planted fault keeps alive after reporting them gone.
+    #[cfg(feature = "planted-faults")]
+    leaked: Vec<Transport>,
 }
 
 impl<C> Task<C>
@@ -633,6 +642,15 @@ where
         {
             self.permit = None;
         }
+        #[cfg(feature = "planted-faults")]
+        let input = if self.planted == Some(crate::config::PlantedFault::ReportGoneBeforeDrop) {
+            let (input, kept) = transport.finish_leaking(code);
+            self.leaked.push(kept);
+            input
+        } else {
+            transport.finish(code)
+        };
+        #[cfg(not(feature = "planted-faults"))]
         let input = transport.finish(code);
         let report = match input {
             Input::Closed { conn, code } => TransportEvent::Closed { conn, code },

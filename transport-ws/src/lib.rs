@@ -52,6 +52,9 @@ pub mod memory;
 mod read_ahead;
 mod socket;
 
+#[cfg(feature = "planted-faults")]
+#[doc(hidden)]
+pub use config::PlantedFault;
 pub use config::TransportConfig;
 pub use connector::{BoxByteStream, ByteStream, Connector, ConnectorFuture, SharedConnector};
 pub use driver::{Driver, DriverEvents, DriverHandle, PermitFuture, PermitSource};

@@ -655,13 +655,25 @@ impl Transport {
     /// Ends the transport: drops the socket (or the connect attempt) and returns the one input
     /// that reports its end to the core.
     pub(crate) fn finish(self, code: Option<u16>) -> Input {
-        let conn = self.conn;
-        let opened = matches!(self.phase, Phase::Open(_));
+        let input = self.end_input(code);
         drop(self);
-        if opened {
+        input
+    }
+
+    /// The input that reports this transport's end, without ending it.
+    fn end_input(&self, code: Option<u16>) -> Input {
+        let conn = self.conn;
+        if matches!(self.phase, Phase::Open(_)) {
             Input::Closed { conn, code }
         } else {
             Input::OpenFailed(conn)
         }
+    }
+
+    /// A planted bug for checking the checkers: the end report is made, but the socket is
+    /// handed back to be kept alive instead of being dropped.
+    #[cfg(feature = "planted-faults")]
+    pub(crate) fn finish_leaking(self, code: Option<u16>) -> (Input, Transport) {
+        (self.end_input(code), self)
     }
 }

@@ -127,3 +127,29 @@ async fn a_zombie_is_judged_by_the_virtual_clock() {
     assert!(ends >= 1, "the silent socket was ended");
     assert!(dialed.lock().expect("lock").len() >= 2, "and replaced");
 }
+
+/// The planted close-path bug is real: with it, the far end sees the old socket still open
+/// when the next one connects. (The simulation's checker must catch this; see tests/.)
+#[cfg(feature = "planted-faults")]
+#[tokio::test(start_paused = true)]
+async fn the_planted_fault_keeps_a_reported_socket_open() {
+    use handover_transport_ws::PlantedFault;
+    let dialed: Dialed = Arc::new(Mutex::new(Vec::new()));
+    let transport = TransportConfig {
+        connector: Some(SharedConnector::new(MemoryNet {
+            server: Server::Silent,
+            dialed: dialed.clone(),
+        })),
+        planted_fault: Some(PlantedFault::ReportGoneBeforeDrop),
+        ..TransportConfig::default()
+    };
+    let core = Connection::new(Config::default(), 7);
+    let (handle, _events) = Driver::spawn(core, LineCodec::new("ws://g.invalid/"), transport, None);
+    handle.start().await.expect("driver runs");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(dialed.lock().expect("lock").len() >= 2);
+    assert!(
+        handle.live_transports() >= 2,
+        "reported sockets are still alive"
+    );
+}
