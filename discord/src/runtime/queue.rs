@@ -35,9 +35,9 @@ impl IdentifyGate {
     /// Spawns the queue's task. Must be called within a tokio runtime. The task ends when the
     /// gate and every permit source made from it are dropped.
     pub fn spawn(config: IdentifyQueueConfig, limit: Option<SessionStartLimit>) -> IdentifyGate {
-        let mut queue = IdentifyQueue::new(config, Instant::now());
+        let mut queue = IdentifyQueue::new(config, tokio::time::Instant::now().into_std());
         if let Some(limit) = limit {
-            queue.set_session_start_limit(limit, Instant::now());
+            queue.set_session_start_limit(limit, tokio::time::Instant::now().into_std());
         }
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(run(queue, rx));
@@ -92,7 +92,7 @@ async fn run(mut queue: IdentifyQueue, mut requests: mpsc::Receiver<Request>) {
                 true
             }
         });
-        let now = Instant::now();
+        let now = tokio::time::Instant::now().into_std();
         while let Some(grant) = queue.poll_ready(now) {
             debug!(shard = grant.shard_id, "identify permitted");
             for reply in waiting.remove(&grant.ticket).unwrap_or_default() {
@@ -103,7 +103,7 @@ async fn run(mut queue: IdentifyQueue, mut requests: mpsc::Receiver<Request>) {
         tokio::select! {
             req = requests.recv() => {
                 let Some(Request { shard, reply }) = req else { return };
-                match queue.request(shard, Instant::now()) {
+                match queue.request(shard, tokio::time::Instant::now().into_std()) {
                     Ok(ticket) => waiting.entry(ticket).or_default().push(reply),
                     Err(e) => {
                         warn!(shard, error = %e, "identify refused");

@@ -45,7 +45,7 @@ struct Rare {
 impl Observer {
     pub(crate) fn new(session_id: Option<String>) -> Observer {
         Observer {
-            base: Instant::now(),
+            base: tokio::time::Instant::now().into_std(),
             last_event_us: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
@@ -229,7 +229,7 @@ impl Clock {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
         Clock {
-            mono: Instant::now(),
+            mono: tokio::time::Instant::now().into_std(),
             wall_ms,
         }
     }
