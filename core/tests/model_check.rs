@@ -6,8 +6,10 @@
 //! virtual time horizon and a cap on connection ids. An independent observer tracks what the
 //! outside world can see (live transports, whether a session is held, stop and give-up, the
 //! attempt count, the oldest unanswered heartbeat) and checks invariants 1-8 of the design on
-//! every state and on every (before, input, after, outputs) step. On a violation the shortest
-//! input path reaching it is printed.
+//! every state and on every (before, input, after, outputs) step. Inputs that break the driver
+//! contract (a second end report, an id never opened) are explored too: each must be rejected
+//! exactly as predicted here and leads nowhere. On a violation the shortest input path reaching
+//! it is printed.
 //!
 //! The same checker runs on a deliberately broken wrapper to show it can fail, and the reachable
 //! state transitions generate `docs/state-diagram.md`.
