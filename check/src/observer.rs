@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use handover_core::{
     CloseClass, Config, ConnectingPhase, Connection, ConnectionId, Event, GiveUpReason, Input,
-    OpenMode, Output, Payload, Phase, RestartReason, Signal, State, StopIntent,
+    OpenMode, Output, Payload, Phase, RejectedInput, Rejection, RestartReason, Signal, State,
+    StopIntent,
 };
 
 use crate::violation::{Invariant, Step, Violation};
@@ -33,6 +34,11 @@ pub trait Machine: Clone + PartialEq {
     fn live_connection(&self) -> Option<ConnectionId>;
     /// [`Connection::is_resumable`].
     fn is_resumable(&self) -> bool;
+    /// [`Connection::rejected_inputs`], if the machine counts them (`None`, the default:
+    /// only the [`Event::InputRejected`] outputs are checked).
+    fn rejected_inputs(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl Machine for Connection {
@@ -59,6 +65,9 @@ impl Machine for Connection {
     }
     fn is_resumable(&self) -> bool {
         Connection::is_resumable(self)
+    }
+    fn rejected_inputs(&self) -> Option<u64> {
+        Some(Connection::rejected_inputs(self))
     }
 }
 
@@ -129,15 +138,19 @@ fn beating(state: State) -> bool {
 
 /// The transport an input names, if it names one.
 pub(crate) fn tagged(input: Input) -> Option<ConnectionId> {
-    match input {
-        Input::Start | Input::Stop(_) | Input::Restart(_) => None,
-        Input::Opened(c)
-        | Input::OpenFailed(c)
-        | Input::PermitGranted(c)
-        | Input::PermitDenied(c)
-        | Input::Closed { conn: c, .. }
-        | Input::Signal { conn: c, .. }
-        | Input::Backpressure { conn: c, .. } => Some(c),
+    input.conn()
+}
+
+/// Whether the core must reject `input`, which names `conn`, a transport that is not live,
+/// given that ids `1..=last_id` were opened: the driver contract, restated independently of
+/// the machine. Every opened id but the live one has ended.
+fn contract_breach(input: Input, conn: ConnectionId, last_id: u64) -> Option<Rejection> {
+    if conn.0 == 0 || conn.0 > last_id {
+        Some(Rejection::NeverOpened)
+    } else if matches!(input, Input::Closed { .. } | Input::OpenFailed(_)) {
+        Some(Rejection::SecondEndReport)
+    } else {
+        None
     }
 }
 
@@ -247,7 +260,8 @@ impl Observer {
         // The input's meaning, before the machine's reaction is looked at.
         let mut fatal_close = None;
         let mut transport_gone = false;
-        let mut stale_id = false;
+        // The transport a stale input names (one that is not live).
+        let mut stale = None;
         let now = match step {
             Step::Timeout { at } => {
                 if obs.unacked_since.is_some()
@@ -266,9 +280,9 @@ impl Observer {
                 }
                 let tag = tagged(input);
                 if tag.is_some() && tag != obs.live {
-                    stale_id = true;
+                    stale = tag;
                 }
-                if !stale_id {
+                if stale.is_none() {
                     match input {
                         Input::Start => {
                             obs.stopped = false;
@@ -355,15 +369,61 @@ impl Observer {
         };
         let after_state = after.state();
 
-        // Invariant 4: inputs naming any other transport change nothing.
-        if stale_id {
-            if !outputs.is_empty() || after != before {
+        // Invariant 4: inputs naming any other transport change nothing; those that break the
+        // driver contract are rejected with exactly one event, and that is the driver's fault.
+        let counted = before.rejected_inputs().zip(after.rejected_inputs());
+        if let (Some(conn), Step::Input { input, .. }) = (stale, step) {
+            let breach = contract_breach(input, conn, before_obs.last_id);
+            let expected = breach.map(|reason| {
+                Output::Event(Event::InputRejected {
+                    input: RejectedInput {
+                        kind: input.kind(),
+                        conn,
+                    },
+                    reason,
+                })
+            });
+            if after != before {
                 return Err((
                     StaleInputIgnored,
                     "an input for a transport that is not live changed the machine".into(),
                 ));
             }
-            return Ok(());
+            if outputs != expected.as_slice() {
+                return Err((
+                    StaleInputIgnored,
+                    format!(
+                        "an input for {conn}, not live, should emit {expected:?}, emitted \
+                         {outputs:?}"
+                    ),
+                ));
+            }
+            if let Some((b, a)) = counted
+                && a != b + u64::from(breach.is_some())
+            {
+                return Err((
+                    Consistency,
+                    format!("rejected inputs counted {b} -> {a} for one input"),
+                ));
+            }
+            return match breach {
+                Some(reason) => Err((
+                    Driver,
+                    format!(
+                        "{:?} for {conn} rejected by the core: {reason}",
+                        input.kind()
+                    ),
+                )),
+                None => Ok(()),
+            };
+        }
+        if let Some((b, a)) = counted
+            && a != b
+        {
+            return Err((
+                Consistency,
+                format!("rejected inputs counted {b} -> {a} on a step that rejects nothing"),
+            ));
         }
         // Spurious timeouts are no-ops.
         if let Step::Timeout { at } = step
@@ -597,6 +657,14 @@ impl Observer {
                     gave_up_now = Some(reason);
                     obs.failed = true;
                     obs.reconnect_at = None;
+                }
+                Output::Event(Event::InputRejected { input, reason }) => {
+                    return Err((
+                        Consistency,
+                        format!(
+                            "the core rejected {input:?} ({reason}), which the contract allows"
+                        ),
+                    ));
                 }
                 Output::Event(_) => {}
             }

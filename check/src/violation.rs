@@ -18,7 +18,9 @@ pub enum Invariant {
     DrainOnlyToClosed,
     /// 3: `Connecting` is entered only from `Closed`.
     ConnectOnlyFromClosed,
-    /// 4: inputs naming a transport that is not live change nothing.
+    /// 4: inputs naming a transport that is not live change nothing; the core rejects those
+    /// that break the driver contract (a second end report, an id never opened) with exactly
+    /// one `InputRejected` event, and ignores the others silently.
     StaleInputIgnored,
     /// 5: after `Stop`, `Closed` in bounded time, and nothing opens until `Start`.
     StopReachesClosed,
@@ -33,7 +35,9 @@ pub enum Invariant {
     /// sends on the live transport only) agree with each other and with the observer.
     Consistency,
     /// The driver's side: every `Open` answered once, `Closed` reported only once the
-    /// socket is dropped, a socket only for an `Open` the driver took.
+    /// socket is dropped, a socket only for an `Open` the driver took. Also every input the
+    /// core rejected ([`Event::InputRejected`](handover_core::Event::InputRejected): a second
+    /// `Closed`/`OpenFailed` for a transport already gone, or an id no `Open` carried).
     Driver,
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 use statig::blocking::{IntoStateMachineExt, StateMachine};
 
 use crate::config::Config;
-use crate::io::{Input, Output};
+use crate::io::{Event, Input, Output, RejectedInput, Rejection};
 use crate::machine::{Ctx, Ev, Machine, Next, State as Inner, Stats};
 use crate::types::{ConnectionId, OpenMode, Phase, State, Status};
 
@@ -27,7 +27,9 @@ const OUTPUT_CAPACITY: usize = 16;
 /// The machine guarantees that at most one transport is live: a new
 /// [`Output::Open`] is emitted only once the driver has confirmed, with `Closed` or
 /// `OpenFailed`, that the previous transport is gone. The driver MUST report exactly one of
-/// those for every `Open`, and MUST report it after an [`Output::Abort`] at once.
+/// those for every `Open`, and MUST report it after an [`Output::Abort`] at once. A second
+/// report, or an input naming an id never opened, is refused with an
+/// [`Event::InputRejected`] (see [`handle_input`](Self::handle_input)).
 ///
 /// Two connections compare equal (and hash equal) when every future input would make them
 /// behave the same: statistics such as counters and the last latency are not compared. This
@@ -81,25 +83,70 @@ impl Connection {
         }
     }
 
-    /// Feed one fact. Inputs tagged with a connection id other than the transport that may be
-    /// live now are ignored entirely.
+    /// Feed one fact.
+    ///
+    /// An input tagged with the transport that may be live now goes to the machine. Any other
+    /// tagged input never reaches it, and falls in one of three cases, decided in O(1) from
+    /// the id counter alone (ids are issued in strictly increasing order, one per
+    /// [`Output::Open`], and a new one only once the previous transport was reported gone, so
+    /// every issued id below the newest one has ended, and the newest has ended unless it is
+    /// live):
+    ///
+    /// - **Stale, ignored.** A `Signal`, `Backpressure`, `Opened`, `PermitGranted` or
+    ///   `PermitDenied` for a transport that has ended: a frame decoded, a permit answered or
+    ///   a connect completed just before the driver dropped that socket, still in flight in
+    ///   the driver's queues. A driver cannot always avoid these and they are harmless, so
+    ///   they are dropped silently and not counted.
+    /// - **Rejected, [`Rejection::SecondEndReport`].** A `Closed` or `OpenFailed` for a
+    ///   transport that has ended: the driver owes exactly one end report per `Open`, and
+    ///   the "never two sockets" guarantee rests on those reports, so a second one means the
+    ///   driver's bookkeeping of its sockets is wrong.
+    /// - **Rejected, [`Rejection::NeverOpened`].** Any input naming an id that no `Open`
+    ///   carried (an id above the newest one, or 0): the driver made it up or mixed up two
+    ///   connections.
+    ///
+    /// A rejected input changes nothing in the machine; it queues one
+    /// [`Event::InputRejected`] (drain it like any output) and is counted in
+    /// [`rejected_inputs`](Self::rejected_inputs). A driver that follows the contract never
+    /// causes one.
     pub fn handle_input(&mut self, now: Instant, input: Input) {
-        let tagged = match input {
-            Input::Opened(c)
-            | Input::OpenFailed(c)
-            | Input::PermitGranted(c)
-            | Input::PermitDenied(c) => Some(c),
-            Input::Closed { conn, .. }
-            | Input::Signal { conn, .. }
-            | Input::Backpressure { conn, .. } => Some(conn),
-            Input::Start | Input::Stop(_) | Input::Restart(_) => None,
-        };
-        if let Some(c) = tagged
-            && self.sm.state().conn() != Some(c)
-        {
-            return;
+        if let Some(c) = input.conn() {
+            let live = self.sm.state().conn();
+            if live != Some(c) {
+                if let Some(reason) = self.rejection(c, input) {
+                    self.stats.rejected_inputs += 1;
+                    self.out.push_back(Output::Event(Event::InputRejected {
+                        input: RejectedInput {
+                            kind: input.kind(),
+                            conn: c,
+                        },
+                        reason,
+                    }));
+                }
+                return;
+            }
         }
         self.dispatch(now, Ev::Input(input));
+    }
+
+    /// Why an input naming `conn`, which is not live, breaks the driver contract, if it does.
+    fn rejection(&self, conn: ConnectionId, input: Input) -> Option<Rejection> {
+        // Issued ids are exactly `1..next_id` (see `Machine::next_id`).
+        if conn.0 == 0 || conn.0 >= self.sm.inner().next_id {
+            Some(Rejection::NeverOpened)
+        } else if input.is_end_report() {
+            Some(Rejection::SecondEndReport)
+        } else {
+            None
+        }
+    }
+
+    /// How many inputs were rejected since construction because the driver broke its
+    /// contract (each one also emitted [`Event::InputRejected`]). Zero for a driver that
+    /// follows the contract. Like the other counters, it is not part of equality.
+    #[must_use]
+    pub fn rejected_inputs(&self) -> u64 {
+        self.stats.rejected_inputs
     }
 
     /// Let time pass up to `now`: fires every deadline at or before it. Spurious calls are no-ops.

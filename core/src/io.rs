@@ -60,6 +60,103 @@ pub enum Input {
     },
 }
 
+impl Input {
+    /// The transport this input names, if it names one (`Start`, `Stop` and `Restart` do not).
+    #[must_use]
+    pub fn conn(&self) -> Option<ConnectionId> {
+        match *self {
+            Input::Start | Input::Stop(_) | Input::Restart(_) => None,
+            Input::Opened(c)
+            | Input::OpenFailed(c)
+            | Input::PermitGranted(c)
+            | Input::PermitDenied(c)
+            | Input::Closed { conn: c, .. }
+            | Input::Signal { conn: c, .. }
+            | Input::Backpressure { conn: c, .. } => Some(c),
+        }
+    }
+
+    /// Which variant this input is, without its data.
+    #[must_use]
+    pub fn kind(&self) -> InputKind {
+        match self {
+            Input::Start => InputKind::Start,
+            Input::Stop(_) => InputKind::Stop,
+            Input::Restart(_) => InputKind::Restart,
+            Input::Opened(_) => InputKind::Opened,
+            Input::OpenFailed(_) => InputKind::OpenFailed,
+            Input::Closed { .. } => InputKind::Closed,
+            Input::PermitGranted(_) => InputKind::PermitGranted,
+            Input::PermitDenied(_) => InputKind::PermitDenied,
+            Input::Backpressure { .. } => InputKind::Backpressure,
+            Input::Signal { .. } => InputKind::Signal,
+        }
+    }
+
+    /// Whether this input reports the transport gone (`Closed` or `OpenFailed`).
+    #[must_use]
+    pub fn is_end_report(&self) -> bool {
+        matches!(self, Input::Closed { .. } | Input::OpenFailed(_))
+    }
+}
+
+/// The variant of an [`Input`], without its data (see [`Input::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InputKind {
+    /// [`Input::Start`].
+    Start,
+    /// [`Input::Stop`].
+    Stop,
+    /// [`Input::Restart`].
+    Restart,
+    /// [`Input::Opened`].
+    Opened,
+    /// [`Input::OpenFailed`].
+    OpenFailed,
+    /// [`Input::Closed`].
+    Closed,
+    /// [`Input::PermitGranted`].
+    PermitGranted,
+    /// [`Input::PermitDenied`].
+    PermitDenied,
+    /// [`Input::Backpressure`].
+    Backpressure,
+    /// [`Input::Signal`].
+    Signal,
+}
+
+/// What a rejected input was: enough to find the driver's mistake, small and `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RejectedInput {
+    /// Which kind of input.
+    pub kind: InputKind,
+    /// The transport it named.
+    pub conn: ConnectionId,
+}
+
+/// Why [`Connection::handle_input`](crate::Connection::handle_input) rejected an input: the
+/// driver broke its side of the contract. A rejected input has no effect on the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// A second `Closed` or `OpenFailed` for a transport that was already reported gone: the
+    /// driver answers each `Open` with exactly one end report.
+    SecondEndReport,
+    /// The input names a transport id that no [`Output::Open`] ever carried (including id 0,
+    /// which is never issued).
+    NeverOpened,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Rejection::SecondEndReport => "second end report for a transport already gone",
+            Rejection::NeverOpened => "names a transport that was never opened",
+        })
+    }
+}
+
 /// Protocol-level facts. The protocol layer derives them from frames; the core knows no wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Signal {
@@ -173,4 +270,14 @@ pub enum Event {
     },
     /// The machine stopped trying; it waits for an explicit `Start`. Emitted once.
     GaveUp(GiveUpReason),
+    /// The driver broke its contract: the input was refused and changed nothing else. A
+    /// driver that follows the contract never sees this event; treat it as a bug in the
+    /// driver (log it, fail a test), not as a condition to recover from. See
+    /// [`Connection::handle_input`](crate::Connection::handle_input).
+    InputRejected {
+        /// The input refused.
+        input: RejectedInput,
+        /// Why.
+        reason: Rejection,
+    },
 }

@@ -28,7 +28,7 @@ mod types;
 pub use codec::{Codec, Decoded, Message};
 pub use config::{Backoff, Config};
 pub use connection::Connection;
-pub use io::{Event, Input, Output, Payload, Signal};
+pub use io::{Event, Input, InputKind, Output, Payload, RejectedInput, Rejection, Signal};
 pub use types::{
     CloseClass, CloseRules, ConnectingPhase, ConnectionId, GiveUpReason, OpenMode, Phase,
     RestartReason, State, Status, StopIntent,

@@ -1,7 +1,7 @@
 //! The private statig machine. The public wrapper is [`crate::Connection`].
 //!
 //! Every handler receives facts that concern the current transport only: the wrapper drops
-//! inputs tagged with any other connection id before they get here.
+//! (or rejects) inputs tagged with any other connection id before they get here.
 
 #![allow(unreachable_pub)]
 
@@ -45,6 +45,8 @@ pub struct Stats {
     pub ready: u64,
     pub resumed: u64,
     pub reconnects: u64,
+    /// Inputs refused because the driver broke its contract (`Event::InputRejected`).
+    pub rejected_inputs: u64,
 }
 
 /// Seeded randomness. Hashes by its current seed so model checking sees it as state.
@@ -172,6 +174,9 @@ pub enum Next {
 pub struct Machine {
     pub cfg: Config,
     pub rng: Rng,
+    /// The id the next `Open` carries. Ids `1..next_id` were issued, in order, and only
+    /// `Machine::open` (called from `closed` alone) takes one, so the live transport, if
+    /// any, is always `next_id - 1` and every smaller id has ended.
     pub next_id: u64,
     /// A session is held that the next connection should resume.
     pub session: bool,

@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 /// Names one transport (one socket) for its whole life.
 ///
 /// Every [`Output::Open`](crate::Output::Open) carries a fresh id, strictly greater than all
-/// earlier ones. Drivers tag every input about that socket with it; inputs naming any other id
-/// are ignored, so late frames from a dead socket change nothing.
+/// earlier ones (the first is 1). Drivers tag every input about that socket with it; inputs
+/// naming any other id change nothing, so late frames from a dead socket are harmless. A second
+/// end report for a dead socket, or an id never opened, is also refused with an
+/// [`Event::InputRejected`](crate::Event::InputRejected).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(pub u64);
 

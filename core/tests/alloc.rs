@@ -6,7 +6,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use handover_core::{Config, Connection, Input, Output, Payload, Signal, State};
+use handover_core::{
+    Config, Connection, ConnectionId, Event, Input, Output, Payload, Signal, State,
+};
 
 /// Counts allocations made by the current thread (the test harness runs other threads).
 struct Counting;
@@ -139,4 +141,40 @@ fn heartbeat_and_ack_allocate_nothing() {
     assert_eq!(beats, 10_000);
     assert_eq!(conn.state(), State::Identified);
     assert_eq!(allocated, 0, "allocations on the heartbeat/ack path");
+}
+
+/// A driver that breaks the contract does not make the core allocate either: a rejected input
+/// only queues one event in the room reserved at construction.
+#[test]
+fn rejecting_inputs_allocates_nothing() {
+    let mut conn = Connection::new(Config::default(), 99);
+    let now = Instant::now();
+    conn.handle_input(now, Input::Start);
+    let Some(Output::Open { conn: id, .. }) = conn.poll_output() else {
+        panic!("open expected")
+    };
+    while conn.poll_output().is_some() {}
+    let never = ConnectionId(id.0 + 1);
+    let before = allocations();
+    for _ in 0..10_000 {
+        conn.handle_input(
+            now,
+            Input::Closed {
+                conn: never,
+                code: None,
+            },
+        );
+        let rejected = conn.poll_output();
+        assert!(
+            matches!(rejected, Some(Output::Event(Event::InputRejected { .. }))),
+            "{rejected:?}"
+        );
+    }
+    assert_eq!(
+        allocations() - before,
+        0,
+        "allocations while rejecting inputs"
+    );
+    assert_eq!(conn.rejected_inputs(), 10_000);
+    assert_eq!(conn.live_connection(), Some(id));
 }

@@ -10,7 +10,11 @@
 //!
 //! - an `Open` is never emitted while a transport is live, and carries a fresh, greater id;
 //! - `Draining` leaves only to `Closed`;
-//! - inputs naming an id other than `live_connection()` change nothing and emit nothing;
+//! - inputs naming an id other than `live_connection()` change nothing, and emit nothing
+//!   unless they break the driver contract: a second `Closed`/`OpenFailed` for a transport
+//!   the driver already reported gone, or any input for an id no `Open` carried, emits exactly
+//!   one `InputRejected` with that reason and counts in `rejected_inputs()`; no other input
+//!   is ever rejected (the prediction comes from the driver model's own bookkeeping);
 //! - a connection is judged dead (aborted on a timeout while a heartbeat runs) only while
 //!   reading is not paused;
 //! - after `Stop` (or after giving up), no `Open` until `Start` or `Restart`;
@@ -29,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use handover_core::{
     Backoff, Config, ConnectingPhase, Connection, ConnectionId, Event, Input, Output, Phase,
-    RestartReason, Signal, State, StopIntent,
+    RejectedInput, Rejection, RestartReason, Signal, State, StopIntent,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, RngSeed};
@@ -216,6 +220,8 @@ struct Driver {
     /// The driver reported reading of the live transport paused (and not resumed since).
     paused: bool,
     outputs: Vec<Output>,
+    /// Rejections seen: second end reports, ids never opened.
+    rejected: (u64, u64),
 }
 
 impl Driver {
@@ -228,6 +234,7 @@ impl Driver {
             held: false,
             paused: false,
             outputs: Vec::new(),
+            rejected: (0, 0),
         }
     }
 
@@ -238,6 +245,22 @@ impl Driver {
             IdPick::Next => self.last_id + 1,
             IdPick::Raw(n) => n,
         })
+    }
+
+    /// The rejection the driver contract predicts for `input`, from this model's own
+    /// bookkeeping (before the input updates it): an id no `Open` carried, or an end report
+    /// for a transport already reported gone.
+    fn breach(&self, input: Input) -> Option<Rejection> {
+        let c = tagged(input)?;
+        if c.0 == 0 || c.0 > self.last_id {
+            Some(Rejection::NeverOpened)
+        } else if !self.live.contains(&c)
+            && matches!(input, Input::Closed { .. } | Input::OpenFailed(_))
+        {
+            Some(Rejection::SecondEndReport)
+        } else {
+            None
+        }
     }
 
     /// The step a well-behaved driver and peer would take now.
@@ -335,8 +358,19 @@ fn apply(d: &mut Driver, conn: &mut Connection, step: Step) -> Result<(), String
     let before = conn.clone();
     let before_state = conn.state();
     let mut timeout_at = None;
+    let mut stale = None;
+    let mut expected_rejection = None;
     match d.input(step) {
         Some(input) => {
+            expected_rejection = d.breach(input).map(|reason| {
+                Output::Event(Event::InputRejected {
+                    input: RejectedInput {
+                        kind: input.kind(),
+                        conn: tagged(input).expect("only tagged inputs are rejected"),
+                    },
+                    reason,
+                })
+            });
             // The driver's knowledge changes with the report, whatever the machine does with it.
             if let Input::Closed { conn: c, .. } | Input::OpenFailed(c) = input {
                 d.live.remove(&c);
@@ -352,12 +386,8 @@ fn apply(d: &mut Driver, conn: &mut Connection, step: Step) -> Result<(), String
             conn.handle_input(d.base + d.now, input);
             if let Some(c) = tagged(input)
                 && Some(c) != before.live_connection()
-                && *conn != before
             {
-                return Err(format!(
-                    "{input:?} names {c}, not the live {:?}, yet changed the machine",
-                    before.live_connection()
-                ));
+                stale = Some((input, c));
             }
         }
         None => {
@@ -372,6 +402,45 @@ fn apply(d: &mut Driver, conn: &mut Connection, step: Step) -> Result<(), String
 
     d.outputs.clear();
     d.outputs.extend(std::iter::from_fn(|| conn.poll_output()));
+    if let Some((input, c)) = stale
+        && *conn != before
+    {
+        return Err(format!(
+            "{input:?} names {c}, not the live {:?}, yet changed the machine",
+            before.live_connection()
+        ));
+    }
+    let rejections: Vec<Output> = d
+        .outputs
+        .iter()
+        .copied()
+        .filter(|o| matches!(o, Output::Event(Event::InputRejected { .. })))
+        .collect();
+    if rejections.as_slice() != expected_rejection.as_slice() {
+        return Err(format!(
+            "rejections {rejections:?}, the contract predicts {expected_rejection:?}"
+        ));
+    }
+    if let Some(rejection) = expected_rejection {
+        if d.outputs != [rejection] {
+            return Err(format!("a rejected input also emitted {:?}", d.outputs));
+        }
+        match rejection {
+            Output::Event(Event::InputRejected {
+                reason: Rejection::SecondEndReport,
+                ..
+            }) => d.rejected.0 += 1,
+            _ => d.rejected.1 += 1,
+        }
+    }
+    let counted = conn.rejected_inputs().checked_sub(before.rejected_inputs());
+    if counted != Some(u64::from(expected_rejection.is_some())) {
+        return Err(format!(
+            "rejected_inputs() went from {} to {} on one step",
+            before.rejected_inputs(),
+            conn.rejected_inputs()
+        ));
+    }
     if let Some(now) = timeout_at
         && let Some(next) = conn.poll_timeout()
         && next <= now
@@ -506,6 +575,7 @@ fn the_generated_sequences_reach_every_phase() {
     );
     let mut phases = BTreeSet::new();
     let mut outputs = BTreeSet::new();
+    let mut rejected = (0, 0);
     for _ in 0..64 {
         let (cfg, seed, steps) = strategy
             .new_tree(&mut runner)
@@ -528,7 +598,11 @@ fn the_generated_sequences_reach_every_phase() {
                 });
             }
         }
+        rejected.0 += d.rejected.0;
+        rejected.1 += d.rejected.1;
     }
+    // Both kinds of contract breach are drawn, so the rejection rules are fuzzed too.
+    assert!(rejected.0 > 0 && rejected.1 > 0, "rejections: {rejected:?}");
     let all_phases = [
         "not_connected",
         "connecting",

@@ -6,8 +6,10 @@
 //! virtual time horizon and a cap on connection ids. An independent observer tracks what the
 //! outside world can see (live transports, whether a session is held, stop and give-up, the
 //! attempt count, the oldest unanswered heartbeat) and checks invariants 1-8 of the design on
-//! every state and on every (before, input, after, outputs) step. On a violation the shortest
-//! input path reaching it is printed.
+//! every state and on every (before, input, after, outputs) step. Inputs that break the driver
+//! contract (a second end report, an id never opened) are explored too: each must be rejected
+//! exactly as predicted here and leads nowhere. On a violation the shortest input path reaching
+//! it is printed.
 //!
 //! The same checker runs on a deliberately broken wrapper to show it can fail, and the reachable
 //! state transitions generate `docs/state-diagram.md`.
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 use handover_check::{self as check, Invariant, Machine, Observer, Violation};
 use handover_core::{
     Backoff, Config, Connection, ConnectionId, Event, GiveUpReason, Input, OpenMode, Output,
-    Payload, Phase, RestartReason, Signal, State, StopIntent,
+    Payload, Phase, RejectedInput, Rejection, RestartReason, Signal, State, StopIntent,
 };
 
 use common::{FATAL_CODE, NEW_SESSION_CODE, RESUME_CODE, RULES};
@@ -128,6 +130,9 @@ struct Explored {
     names: BTreeSet<&'static str>,
     /// Kinds of output seen (see [`output_kind`]).
     outputs: BTreeSet<&'static str>,
+    /// Inputs rejected as a broken driver contract: second end reports, ids never opened.
+    /// They are explored like any input but lead nowhere (the machine is left as it was).
+    rejected: (usize, usize),
 }
 
 /// A label per kind of output, to show which behaviours the bounds reach.
@@ -307,6 +312,31 @@ fn check_step<S: Machine>(
     Ok(after)
 }
 
+/// The rejection the driver contract predicts for `input` in `node`, worked out here from the
+/// ids opened so far (the observer's `last_id`) and the live one: an input for a transport
+/// that is not live is a breach if it names an id no `Open` carried, or if it reports a
+/// transport gone a second time.
+fn predicted_rejection<S>(node: &Node<S>, input: Input) -> Option<Output> {
+    let conn = input.conn()?;
+    if Some(conn) == node.obs.live() {
+        return None;
+    }
+    let reason = if !(1..=node.obs.last_id()).contains(&conn.0) {
+        Rejection::NeverOpened
+    } else if matches!(input, Input::Closed { .. } | Input::OpenFailed(_)) {
+        Rejection::SecondEndReport
+    } else {
+        return None;
+    };
+    Some(Output::Event(Event::InputRejected {
+        input: RejectedInput {
+            kind: input.kind(),
+            conn,
+        },
+        reason,
+    }))
+}
+
 /// A multiply-rotate hasher: SipHash dominates the run time of a debug build, and nothing
 /// here needs protection from adversarial keys.
 #[derive(Default)]
@@ -367,6 +397,7 @@ fn explore<S: Machine + Eq + Hash>(
     let mut queue = VecDeque::new();
     let mut outputs = Vec::new();
     let mut transitions = 0usize;
+    let mut rejected_count = (0usize, 0usize);
     let path_to = |links: &Vec<(u32, Option<Step>)>, mut i: u32| {
         let mut path = Vec::new();
         while let (parent, Some(step)) = links[i as usize] {
@@ -395,7 +426,50 @@ fn explore<S: Machine + Eq + Hash>(
         }
         for step in steps(&node, base, bounds) {
             transitions += 1;
-            match check_step(&node, step, base, cfg, &mut outputs) {
+            let predicted = match step {
+                Step::Input(input) => predicted_rejection(&node, input),
+                Step::Timeout(_) => None,
+            };
+            let result = check_step(&node, step, base, cfg, &mut outputs);
+            // A breach of the driver contract must be rejected by the core, exactly as
+            // predicted, and named by the observer as the driver's fault; nothing else may be.
+            let rejected = matches!(&result, Err(v) if v.invariant == Invariant::Driver);
+            if rejected || predicted.is_some() {
+                if rejected && predicted.is_some() && outputs.as_slice() == predicted.as_slice() {
+                    match predicted {
+                        Some(Output::Event(Event::InputRejected {
+                            reason: Rejection::SecondEndReport,
+                            ..
+                        })) => rejected_count.0 += 1,
+                        _ => rejected_count.1 += 1,
+                    }
+                    continue;
+                }
+                let mut path = path_to(&links, id);
+                path.push(step);
+                let violation = match result {
+                    Err(v) => Box::new(v),
+                    Ok(_) => Box::new(Violation {
+                        invariant: Invariant::Driver,
+                        message: format!("expected {predicted:?}, the observer saw no breach"),
+                        step: match step {
+                            Step::Input(input) => check::Step::Input {
+                                at: base + node.now,
+                                input,
+                            },
+                            Step::Timeout(t) => check::Step::Timeout { at: base + t },
+                        },
+                        outputs: outputs.clone(),
+                        history: Vec::new(),
+                    }),
+                };
+                return Err(Counterexample {
+                    violation,
+                    path,
+                    outputs: outputs.clone(),
+                });
+            }
+            match result {
                 Ok(next) => {
                     kinds.extend(outputs.iter().map(output_kind));
                     edges.extend(outputs.iter().filter_map(|o| match o {
@@ -431,6 +505,7 @@ fn explore<S: Machine + Eq + Hash>(
         edges,
         names,
         outputs: kinds,
+        rejected: rejected_count,
     })
 }
 
@@ -447,9 +522,12 @@ fn explored() -> &'static [Explored; 4] {
             match result {
                 Ok(e) => {
                     println!(
-                        "gate_new_sessions={gate}, {bounds:?}: {} states, {} transitions in {:?}",
+                        "gate_new_sessions={gate}, {bounds:?}: {} states, {} transitions \
+                         ({} second end reports and {} ids never opened rejected) in {:?}",
                         e.states,
                         e.transitions,
+                        e.rejected.0,
+                        e.rejected.1,
                         started.elapsed()
                     );
                     e
@@ -516,6 +594,15 @@ fn every_reachable_state_keeps_the_invariants() {
     for kind in ["acquire permit", "gave up permit denied"] {
         assert!(on.outputs.contains(kind), "gate on: no {kind}");
         assert!(!off.outputs.contains(kind), "gate off: {kind}");
+    }
+    // Out-of-contract inputs (a second end report, an id never opened) are explored in every
+    // state and each was rejected as predicted; the in-contract ones never were.
+    for e in [off, on, skewed_off, skewed_on] {
+        assert!(
+            e.rejected.0 > 0 && e.rejected.1 > 0,
+            "rejections: {:?}",
+            e.rejected
+        );
     }
     assert!(on.names.contains("awaiting_permit"));
     assert!(!off.names.contains("awaiting_permit"));

@@ -7,8 +7,8 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use handover_core::{
-    Backoff, Config, Connection, ConnectionId, Event, GiveUpReason, Input, OpenMode, Output,
-    Payload, Phase, RestartReason, Signal, State, StopIntent,
+    Backoff, Config, Connection, ConnectionId, Event, GiveUpReason, Input, InputKind, OpenMode,
+    Output, Payload, Phase, RejectedInput, Rejection, RestartReason, Signal, State, StopIntent,
 };
 
 use common::{FATAL_CODE as FATAL, NEW_SESSION_CODE as NEW_SESSION, RULES};
@@ -73,6 +73,9 @@ struct Sim {
     gone: Vec<(usize, ConnectionId)>,
     /// ACKs that arrived while reading was paused, unread in the socket.
     unread: Vec<Input>,
+    /// The test feeds inputs that break the driver contract on purpose; otherwise an
+    /// `InputRejected` fails the test at once (this driver follows the contract).
+    breaks_contract: bool,
 }
 
 impl Sim {
@@ -89,6 +92,7 @@ impl Sim {
             max_live: 0,
             gone: Vec::new(),
             unread: Vec::new(),
+            breaks_contract: false,
         }
     }
 
@@ -147,6 +151,10 @@ impl Sim {
         let lat = self.peer.latency;
         while let Some(out) = self.conn.poll_output() {
             self.log.push((self.at(), out));
+            assert!(
+                self.breaks_contract || !matches!(out, Output::Event(Event::InputRejected { .. })),
+                "a driver following the contract got {out:?}"
+            );
             match out {
                 Output::Open { conn, .. } => {
                     self.live.insert(conn);
@@ -216,6 +224,15 @@ impl Sim {
             self.now = self.now.max(next);
             if next_input == Some(next) {
                 let (_, input) = self.pending.pop_front().expect("front exists");
+                // The driver dropped that socket when it reported it gone (after an abort,
+                // say): the peer's answer to the close frame sent just before can no longer
+                // reach it, so it has nothing more to report.
+                if input.is_end_report()
+                    && let Some(c) = input.conn()
+                    && self.gone.iter().any(|(_, g)| *g == c)
+                {
+                    continue;
+                }
                 self.deliver(input);
             } else {
                 self.conn.handle_timeout(self.now);
@@ -468,6 +485,9 @@ fn late_frames_from_an_old_connection_change_nothing() {
     let before = sim.conn.clone();
     let status = sim.conn.status();
     let log_len = sim.log.len();
+    assert_eq!(sim.conn.rejected_inputs(), 0);
+    // The second end reports below break the contract; the rest are frames in flight.
+    sim.breaks_contract = true;
     for input in [
         Input::Opened(old),
         Input::OpenFailed(old),
@@ -516,11 +536,105 @@ fn late_frames_from_an_old_connection_change_nothing() {
     }
     assert_eq!(sim.conn, before);
     assert_eq!(sim.conn.status(), status);
+    // A dead socket's frames emit nothing; each second end report for it (one `OpenFailed`,
+    // three `Closed`) emits one rejection, in order, and nothing else.
+    let rejected: Vec<_> = sim.log[log_len..].iter().map(|(_, o)| *o).collect();
+    let second = |kind| {
+        Output::Event(Event::InputRejected {
+            input: RejectedInput { kind, conn: old },
+            reason: Rejection::SecondEndReport,
+        })
+    };
     assert_eq!(
-        sim.log.len(),
-        log_len,
-        "no output for a dead socket's frames"
+        rejected,
+        [
+            second(InputKind::OpenFailed),
+            second(InputKind::Closed),
+            second(InputKind::Closed),
+            second(InputKind::Closed),
+        ]
     );
+    assert_eq!(sim.conn.rejected_inputs(), 4);
+}
+
+#[test]
+fn inputs_for_a_transport_never_opened_are_rejected_and_change_nothing() {
+    let mut sim = Sim::new(config(), 3);
+    sim.breaks_contract = true;
+    let never = |kind, conn| {
+        Output::Event(Event::InputRejected {
+            input: RejectedInput { kind, conn },
+            reason: Rejection::NeverOpened,
+        })
+    };
+    // Before the first `Open`, every id is unissued (the first one will be 1).
+    let fresh = sim.conn.clone();
+    sim.input(Input::Opened(ConnectionId(1)));
+    sim.input(Input::Signal {
+        conn: ConnectionId(1),
+        signal: Signal::Hello { interval: INTERVAL },
+    });
+    assert_eq!(sim.conn, fresh);
+    assert_eq!(
+        sim.log.iter().map(|(_, o)| *o).collect::<Vec<_>>(),
+        [
+            never(InputKind::Opened, ConnectionId(1)),
+            never(InputKind::Signal, ConnectionId(1)),
+        ]
+    );
+
+    sim.breaks_contract = false;
+    sim.input(Input::Start);
+    sim.run_until_identified();
+    let live = sim.conn.live_connection().expect("live");
+    assert_eq!(live, ConnectionId(1), "the first id issued is 1");
+    let before = sim.conn.clone();
+    let status = sim.conn.status();
+    let log_len = sim.log.len();
+    sim.breaks_contract = true;
+    // Id 0 is never issued; the next id is not issued yet, whatever the input.
+    let next = ConnectionId(live.0 + 1);
+    for input in [
+        Input::Closed {
+            conn: ConnectionId(0),
+            code: None,
+        },
+        Input::Signal {
+            conn: next,
+            signal: Signal::ReconnectRequested,
+        },
+        Input::Closed {
+            conn: next,
+            code: Some(FATAL),
+        },
+        Input::Backpressure {
+            conn: ConnectionId(u64::MAX),
+            paused: true,
+        },
+    ] {
+        sim.input(input);
+    }
+    assert_eq!(sim.conn, before);
+    assert_eq!(sim.conn.status(), status);
+    assert_eq!(sim.conn.live_connection(), Some(live));
+    assert_eq!(
+        sim.log[log_len..]
+            .iter()
+            .map(|(_, o)| *o)
+            .collect::<Vec<_>>(),
+        [
+            never(InputKind::Closed, ConnectionId(0)),
+            never(InputKind::Signal, next),
+            never(InputKind::Closed, next),
+            never(InputKind::Backpressure, ConnectionId(u64::MAX)),
+        ]
+    );
+    assert_eq!(sim.conn.rejected_inputs(), 6);
+    // The live connection carries on as before.
+    sim.breaks_contract = false;
+    sim.run_for(3 * INTERVAL);
+    assert_eq!(sim.conn.state(), State::Identified);
+    assert_eq!(sim.conn.rejected_inputs(), 6);
 }
 
 #[test]
