@@ -629,3 +629,346 @@ impl<C: Codec> DriverCore<C> {
         self.actions.push_back(Action::Drop { conn });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use handover_core::{Config, Connection, ConnectionId, Decoded, Message, OpenMode, Payload};
+    use handover_core::{Signal, StopIntent};
+
+    use super::{Action, CoreSettings, DriverCore, ReadMode};
+    use crate::error::PermitDenied;
+    use crate::event::{DriverEvent, TransportEvent};
+
+    /// Server lines: `hello`, `ready`, `event <text>`.
+    struct Lines;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("unknown line")]
+    struct Unknown;
+
+    impl handover_core::Codec for Lines {
+        type Item = String;
+        type Command = String;
+        type Error = Unknown;
+
+        fn url(&self, _mode: OpenMode) -> String {
+            "ws://127.0.0.1:9/".to_owned()
+        }
+
+        fn reset(&mut self, _conn: ConnectionId, _mode: OpenMode) {}
+
+        fn decode(&mut self, _now: Instant, msg: Message) -> Result<Decoded<String>, Unknown> {
+            let text = std::str::from_utf8(msg.as_bytes()).map_err(|_| Unknown)?;
+            let signal = match text {
+                "hello" => Signal::Hello {
+                    interval: Duration::from_secs(40),
+                },
+                "ready" => Signal::HandshakeAccepted { resumed: false },
+                _ => {
+                    let item = text.strip_prefix("event ").ok_or(Unknown)?.to_owned();
+                    return Ok(Decoded {
+                        signal: None,
+                        item: Some(item),
+                    });
+                }
+            };
+            Ok(Decoded {
+                signal: Some(signal),
+                item: None,
+            })
+        }
+
+        fn encode(&mut self, _now: Instant, _payload: Payload) -> Result<Message, Unknown> {
+            Ok(Message::text("payload"))
+        }
+
+        fn encode_command(&mut self, _now: Instant, command: String) -> Result<Message, Unknown> {
+            Ok(Message::text(command))
+        }
+    }
+
+    const LINGER: Duration = Duration::from_secs(2);
+
+    fn driver(config: Config, max_pending: usize, external_permits: bool) -> DriverCore<Lines> {
+        let settings = CoreSettings {
+            max_pending,
+            close_timeout: LINGER,
+            external_permits,
+        };
+        DriverCore::new(Connection::new(config, 7), Lines, settings)
+    }
+
+    fn actions(d: &mut DriverCore<Lines>) -> Vec<Action> {
+        std::iter::from_fn(|| d.poll_action()).collect()
+    }
+
+    /// The connect the core asked for.
+    fn connect(d: &mut DriverCore<Lines>, now: Instant) -> ConnectionId {
+        d.start(now);
+        match actions(d).as_slice() {
+            [Action::Connect { conn, .. }] => *conn,
+            other => panic!("expected one connect, got {other:?}"),
+        }
+    }
+
+    /// A socket that is open and identified.
+    fn identified(d: &mut DriverCore<Lines>, now: Instant) -> ConnectionId {
+        let conn = connect(d, now);
+        d.opened(now, conn);
+        d.message(now, conn, Message::text("hello"));
+        d.message(now, conn, Message::text("ready"));
+        assert!(d.connection().sendable_connection() == Some(conn));
+        actions(d);
+        conn
+    }
+
+    fn drops(actions: &[Action]) -> Vec<ConnectionId> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Drop { conn } => Some(*conn),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The end reports (`OpenFailed`, `Closed`) among the events taken now.
+    fn ends(d: &mut DriverCore<Lines>) -> Vec<TransportEvent> {
+        d.take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                DriverEvent::Transport(
+                    t @ (TransportEvent::OpenFailed { .. } | TransportEvent::Closed { .. }),
+                ) => Some(t),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_connect_is_reported_once_and_only_after_the_drop() {
+        let now = Instant::now();
+        let mut d = driver(Config::default(), 32, false);
+        let conn = connect(&mut d, now);
+        d.open_failed(now, conn, None);
+        assert_eq!(drops(&actions(&mut d)), vec![conn]);
+        assert_eq!(
+            ends(&mut d),
+            vec![],
+            "no report before the socket is dropped"
+        );
+        // The shell says it is finished again before dropping: still nothing, no second drop.
+        d.socket_gone(now, conn, None);
+        d.open_failed(now, conn, None);
+        assert!(actions(&mut d).is_empty());
+        d.dropped(now, conn);
+        assert_eq!(ends(&mut d), vec![TransportEvent::OpenFailed { conn }]);
+        d.dropped(now, conn);
+        assert_eq!(ends(&mut d), vec![], "a second drop makes no second report");
+    }
+
+    #[test]
+    fn a_drop_the_core_did_not_ask_for_reports_nothing() {
+        let now = Instant::now();
+        let mut d = driver(Config::default(), 32, false);
+        let conn = identified(&mut d, now);
+        d.dropped(now, conn);
+        assert_eq!(ends(&mut d), vec![]);
+        assert_eq!(
+            d.read_mode(conn),
+            ReadMode::Data,
+            "the socket is still open"
+        );
+    }
+
+    #[test]
+    fn a_peer_close_lingers_until_eof_and_reports_the_peer_code_once() {
+        let now = Instant::now();
+        let mut d = driver(Config::default(), 32, false);
+        let conn = identified(&mut d, now);
+        d.peer_close(now, conn, Some(4000));
+        assert!(matches!(
+            actions(&mut d).as_slice(),
+            [Action::AnswerClose {
+                code: Some(4000),
+                ..
+            }]
+        ));
+        assert_eq!(d.read_mode(conn), ReadMode::Discard);
+        assert_eq!(d.poll_timeout(), Some(now + LINGER));
+        // Data while lingering is not decoded.
+        d.take_events();
+        d.message(now, conn, Message::text("event late"));
+        assert!(d.take_events().is_empty());
+        assert!(d.send(now, "cmd".to_owned()).is_err());
+        // A second close frame changes nothing; EOF ends it.
+        d.peer_close(now, conn, Some(4001));
+        assert!(actions(&mut d).is_empty());
+        d.socket_gone(now, conn, None);
+        assert_eq!(drops(&actions(&mut d)), vec![conn]);
+        d.dropped(now, conn);
+        d.dropped(now, conn);
+        let code = Some(4000);
+        assert_eq!(ends(&mut d), vec![TransportEvent::Closed { conn, code }]);
+    }
+
+    #[test]
+    fn a_peer_close_without_eof_is_dropped_at_the_linger_deadline() {
+        let now = Instant::now();
+        let mut d = driver(Config::default(), 32, false);
+        let conn = identified(&mut d, now);
+        d.peer_close(now, conn, Some(4000));
+        actions(&mut d);
+        d.handle_timeout(now + LINGER - Duration::from_millis(1));
+        assert!(
+            drops(&actions(&mut d)).is_empty(),
+            "not before the deadline"
+        );
+        d.handle_timeout(now + LINGER);
+        assert_eq!(drops(&actions(&mut d)), vec![conn]);
+        d.socket_gone(now + LINGER, conn, None);
+        assert!(
+            actions(&mut d).is_empty(),
+            "EOF after the drop request adds nothing"
+        );
+        d.dropped(now + LINGER, conn);
+        let code = Some(4000);
+        assert_eq!(ends(&mut d), vec![TransportEvent::Closed { conn, code }]);
+    }
+
+    #[test]
+    fn our_close_ends_on_the_peer_reply_and_a_close_while_connecting_is_an_open_failure() {
+        let now = Instant::now();
+        let mut d = driver(Config::default(), 32, false);
+        let conn = identified(&mut d, now);
+        d.stop(now, StopIntent::EndSession);
+        assert!(matches!(
+            actions(&mut d).as_slice(),
+            [Action::SendClose { .. }]
+        ));
+        assert_eq!(d.read_mode(conn), ReadMode::Discard);
+        d.peer_close(now, conn, Some(1000));
+        assert_eq!(drops(&actions(&mut d)), vec![conn]);
+        d.dropped(now, conn);
+        let code = Some(1000);
+        assert_eq!(ends(&mut d), vec![TransportEvent::Closed { conn, code }]);
+        assert!(d.is_quiescent());
+
+        let conn = connect(&mut d, now);
+        d.stop(now, StopIntent::EndSession);
+        assert_eq!(drops(&actions(&mut d)), vec![conn]);
+        d.dropped(now, conn);
+        assert_eq!(ends(&mut d), vec![TransportEvent::OpenFailed { conn }]);
+    }
+
+    #[test]
+    fn outputs_after_a_drop_request_wait_for_the_report() {
+        let now = Instant::now();
+        let mut d = driver(Config::default(), 32, false);
+        let conn = identified(&mut d, now);
+        d.take_events();
+        d.socket_gone(now, conn, None);
+        assert_eq!(drops(&actions(&mut d)), vec![conn]);
+        assert!(
+            d.take_events().is_empty(),
+            "the core's reaction waits for the drop"
+        );
+        d.dropped(now, conn);
+        let events = d.take_events();
+        assert!(
+            matches!(
+                events.first(),
+                Some(DriverEvent::Transport(TransportEvent::Closed { .. }))
+            ),
+            "the report comes first: {events:?}"
+        );
+    }
+
+    #[test]
+    fn reading_pauses_and_resumes_once_each_and_is_reported_to_the_core() {
+        let now = Instant::now();
+        let mut d = driver(Config::default(), 2, false);
+        let conn = identified(&mut d, now);
+        d.take_events();
+        d.message(now, conn, Message::text("event a"));
+        assert!(d.has_room());
+        d.message(now, conn, Message::text("event b"));
+        assert!(!d.has_room());
+        assert_eq!(d.read_mode(conn), ReadMode::Paused);
+        d.set_reading(now, false);
+        assert_eq!(d.paused, Some(conn));
+        d.set_reading(now, false);
+        assert_eq!(d.paused, Some(conn));
+        assert_eq!(d.pop_event().map(|_| ()), Some(()));
+        assert_eq!(d.read_mode(conn), ReadMode::Data);
+        d.set_reading(now, true);
+        assert_eq!(d.paused, None);
+        // A socket that is closing is read (to see its end) whatever the room.
+        d.message(now, conn, Message::text("event c"));
+        d.stop(now, StopIntent::KeepResumable);
+        assert_eq!(d.read_mode(conn), ReadMode::Discard);
+    }
+
+    #[test]
+    fn a_reconnect_waits_while_the_application_is_behind() {
+        let now = Instant::now();
+        let mut d = driver(Config::default(), 1, false);
+        let conn = connect(&mut d, now);
+        d.open_failed(now, conn, None);
+        actions(&mut d);
+        d.dropped(now, conn);
+        assert!(
+            d.connection().poll_timeout().is_some(),
+            "a reconnect is scheduled"
+        );
+        assert_eq!(
+            d.poll_timeout(),
+            None,
+            "held: events wait for the application"
+        );
+        let far = now + Duration::from_secs(3600);
+        d.handle_timeout(far);
+        assert!(actions(&mut d).is_empty(), "no connect while held");
+        d.take_events();
+        assert!(d.poll_timeout().is_some());
+        d.handle_timeout(far);
+        assert!(matches!(
+            actions(&mut d).as_slice(),
+            [Action::Connect { .. }]
+        ));
+    }
+
+    #[test]
+    fn a_permit_is_cancelled_when_its_socket_ends_and_a_late_answer_is_ignored() {
+        let now = Instant::now();
+        let config = Config {
+            gate_new_sessions: true,
+            ..Config::default()
+        };
+        let mut d = driver(config, 32, true);
+        let conn = connect(&mut d, now);
+        d.opened(now, conn);
+        d.message(now, conn, Message::text("hello"));
+        assert!(matches!(
+            actions(&mut d).as_slice(),
+            [Action::AcquirePermit { conn: c }] if *c == conn
+        ));
+        d.socket_gone(now, conn, None);
+        let ended = actions(&mut d);
+        assert!(
+            matches!(
+                ended.as_slice(),
+                [Action::CancelPermit { conn: a }, Action::Drop { conn: b }] if *a == conn && *b == conn
+            ),
+            "{ended:?}"
+        );
+        d.dropped(now, conn);
+        d.take_events();
+        d.permit_result(now, conn, Ok(()));
+        d.permit_result(now, conn, Err(PermitDenied::new("late")));
+        assert!(actions(&mut d).is_empty());
+        assert!(d.take_events().is_empty(), "a late answer changes nothing");
+    }
+}

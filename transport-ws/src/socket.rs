@@ -363,7 +363,12 @@ struct Socket {
 }
 
 impl Socket {
-    fn poll(&mut self, conn: ConnectionId, cx: &mut Context<'_>, mode: ReadMode) -> Poll<SocketEvent> {
+    fn poll(
+        &mut self,
+        conn: ConnectionId,
+        cx: &mut Context<'_>,
+        mode: ReadMode,
+    ) -> Poll<SocketEvent> {
         if let Err(e) = self.poll_write(cx) {
             return Poll::Ready(gone(conn, e));
         }
