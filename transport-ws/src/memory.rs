@@ -19,8 +19,14 @@
 //!   If the peer never answers, the core's drain deadline produces `Output::Abort`.
 //! - `Output::Abort` ends the transport at once (`Closed { code: None }`, or `OpenFailed` while
 //!   connecting); the peer learns of it one latency later.
-//! - A close frame from the peer is answered with a close frame and ends the transport at once
-//!   with `Closed { code: Some(code) }`. [`PeerAction::Drop`] ends it with `Closed { code: None }`.
+//! - A close frame from the peer is answered with a close frame; the client keeps the link
+//!   (discarding data) until the peer's EOF or [`close_timeout`](MemoryConfig::close_timeout),
+//!   then drops it and reports `Closed { code: Some(code) }`. The peer's side behaves like a
+//!   WebSocket server library: once the peer has sent its close frame and the client's arrives,
+//!   its TCP is closed (`on_disconnect`, and EOF to the client one latency later).
+//!   [`PeerAction::Drop`] ends the link with `Closed { code: None }`.
+//! - The client side's decisions (socket states, the one end report, permits) are made by the
+//!   same driver core as the WebSocket driver's; this type only moves deliveries and time.
 //! - A received message larger than [`max_message_size`](MemoryConfig::max_message_size), or a
 //!   text message that is not UTF-8, is a [`TransportError`] and ends the transport like an EOF.
 //! - Exactly one `OpenFailed` or `Closed` is reported per transport, mirrored as
