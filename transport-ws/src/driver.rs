@@ -27,7 +27,7 @@ pub type PermitFuture = Pin<Box<dyn Future<Output = Result<(), PermitDenied>> + 
 /// Grants permits to start new sessions (Discord: the shared identify queue and budget).
 ///
 /// The driver calls [`acquire`](Self::acquire) when the core emits
-/// [`Output::AcquirePermit`] (only with [`Config::gate_new_sessions`](handover_core::Config)).
+/// [`Output::AcquirePermit`](handover_core::Output::AcquirePermit) (only with [`Config::gate_new_sessions`](handover_core::Config)).
 /// The returned future is polled inside the driver task, next to the socket and the timers, so
 /// heartbeats keep flowing while it waits. It is dropped unfinished if that transport ends first:
 /// an implementation MUST treat a dropped future as "not taken" (for example by reserving the

@@ -123,7 +123,8 @@ impl Default for MemoryConfig {
     }
 }
 
-/// How a simulated permit source answers [`Output::AcquirePermit`].
+/// How a simulated permit source answers
+/// [`Output::AcquirePermit`](handover_core::Output::AcquirePermit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PermitDecision {
     /// Grant at once.
