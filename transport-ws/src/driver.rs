@@ -1,6 +1,5 @@
 //! The tokio driver: one task owns a core [`Connection`], a codec and at most one socket.
 
-use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,15 +7,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Instant;
 
-use handover_core::{
-    Codec, Connection, ConnectionId, Input, Output, RestartReason, State, Status, StopIntent,
-};
+use handover_core::{Codec, Connection, ConnectionId, RestartReason, Status, StopIntent};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, trace, warn};
+use tracing::debug;
+
+use crate::clock;
 
 use crate::config::TransportConfig;
 use crate::error::{DriverGone, PermitDenied, SendError, TransportError};
-use crate::event::{DriverEvent, TransportEvent};
+use crate::event::DriverEvent;
+use crate::link::{Action, CoreSettings, DriverCore, ReadMode};
 use crate::socket::{
     self, ConnectSettings, QueueError, SocketEvent, TlsSetup, Transport, TransportWake,
 };
@@ -27,7 +27,7 @@ pub type PermitFuture = Pin<Box<dyn Future<Output = Result<(), PermitDenied>> + 
 /// Grants permits to start new sessions (Discord: the shared identify queue and budget).
 ///
 /// The driver calls [`acquire`](Self::acquire) when the core emits
-/// [`Output::AcquirePermit`] (only with [`Config::gate_new_sessions`](handover_core::Config)).
+/// [`Output::AcquirePermit`](handover_core::Output::AcquirePermit) (only with [`Config::gate_new_sessions`](handover_core::Config)).
 /// The returned future is polled inside the driver task, next to the socket and the timers, so
 /// heartbeats keep flowing while it waits. It is dropped unfinished if that transport ends first:
 /// an implementation MUST treat a dropped future as "not taken" (for example by reserving the
@@ -69,21 +69,20 @@ impl Driver {
         let (ev_tx, ev_rx) = mpsc::channel(config.event_capacity);
         let (status_tx, status_rx) = watch::channel(connection.status());
         let live = Arc::new(AtomicUsize::new(0));
+        let core_settings = CoreSettings {
+            max_pending: config.max_pending_events,
+            close_timeout: config.close_timeout,
+            external_permits: permits.is_some(),
+        };
         let task = Task {
+            core: DriverCore::new(connection, codec, core_settings),
             settings: ConnectSettings::new(&config),
             tls: TlsSetup::new(&config),
-            max_pending: config.max_pending_events,
             max_write_queue: config.max_write_queue,
-            core: connection,
-            codec,
             permits,
             transport: None,
             permit: None,
-            deferred: VecDeque::new(),
-            pending: VecDeque::new(),
-            paused: None,
             events: ev_tx,
-            events_open: true,
             status: status_tx,
             stop_waiters: Vec::new(),
             exiting: false,
@@ -273,25 +272,18 @@ enum Wake<C: Codec> {
     EventSent,
 }
 
+/// The tokio shell over the driver core: the socket, the permit future, the channels and the
+/// timer. What to do with them is the core's decision.
 struct Task<C: Codec> {
-    core: Connection,
-    codec: C,
+    core: DriverCore<C>,
     settings: ConnectSettings,
     tls: TlsSetup,
-    max_pending: usize,
     max_write_queue: usize,
     permits: Option<Arc<dyn PermitSource>>,
-    /// The one transport that may exist. Ended only through `Transport::finish`.
+    /// The one transport that may exist, dropped only when the core says so.
     transport: Option<Transport>,
     permit: Option<PendingPermit>,
-    /// Inputs produced while applying outputs, fed to the core in order.
-    deferred: VecDeque<Input>,
-    /// Events waiting for room in the event channel.
-    pending: VecDeque<DriverEvent<C::Item>>,
-    /// The transport whose reading was last reported paused to the core, if any.
-    paused: Option<ConnectionId>,
     events: mpsc::Sender<DriverEvent<C::Item>>,
-    events_open: bool,
     status: watch::Sender<Status>,
     stop_waiters: Vec<oneshot::Sender<()>>,
     exiting: bool,
@@ -319,7 +311,7 @@ where
             // sees at least the state that produced the event.
             self.publish_status();
             self.flush_events();
-            if self.is_quiescent() {
+            if self.core.is_quiescent() && self.transport.is_none() {
                 for waiter in self.stop_waiters.drain(..) {
                     let _ = waiter.send(());
                 }
@@ -327,26 +319,30 @@ where
                     break;
                 }
             }
-            let deadline = self.next_deadline();
+            let deadline = self.core.poll_timeout();
             if deadline != armed {
                 if let Some(at) = deadline {
                     sleep.as_mut().reset(tokio::time::Instant::from_std(at));
                 }
                 armed = deadline;
             }
-            let read = self.pending.len() < self.max_pending;
-            self.report_reading(read);
-            let read = self.pending.len() < self.max_pending;
+            let room = self.core.has_room();
+            self.core.set_reading(clock::now(), room);
+            self.carry_out();
+            let mode = match self.transport.as_ref() {
+                Some(t) => self.core.read_mode(t.conn()),
+                None => ReadMode::Paused,
+            };
             let wake = {
                 let transport = &mut self.transport;
                 let permit = &mut self.permit;
                 let events = &self.events;
-                let pending = &mut self.pending;
-                let want_slot = !pending.is_empty() && self.events_open;
+                let core = &mut self.core;
+                let want_slot = core.has_events();
                 tokio::select! {
                     cmd = commands.recv(), if commands_open => Wake::Command(cmd),
                     w = poll_fn(|cx| match transport.as_mut() {
-                        Some(t) => t.poll(cx, read),
+                        Some(t) => t.poll(cx, mode),
                         None => Poll::Pending,
                     }) => Wake::Transport(w),
                     () = &mut sleep, if armed.is_some() => Wake::Timer,
@@ -357,44 +353,36 @@ where
                     slot = events.reserve(), if want_slot => {
                         match slot {
                             Ok(slot) => {
-                                if let Some(ev) = pending.pop_front() {
+                                if let Some(ev) = core.pop_event() {
                                     slot.send(ev);
                                 }
                             }
-                            Err(_) => {
-                                self.events_open = false;
-                                pending.clear();
-                            }
+                            Err(_) => core.close_events(),
                         }
                         Wake::EventSent
                     }
                 }
             };
+            let now = clock::now();
             match wake {
-                Wake::Command(Some(cmd)) => self.command(cmd),
+                Wake::Command(Some(cmd)) => self.command(now, cmd),
                 Wake::Command(None) => {
                     commands_open = false;
                     debug!("all handles dropped; stopping");
-                    self.begin_exit();
+                    self.begin_exit(now);
                 }
-                Wake::Transport(w) => self.transport_wake(w),
+                Wake::Transport(w) => self.transport_wake(now, w),
                 Wake::Timer => {
                     armed = None;
-                    self.timer();
+                    self.core.handle_timeout(now);
                 }
                 Wake::Permit(conn, result) => {
                     self.permit = None;
-                    let input = match result {
-                        Ok(()) => Input::PermitGranted(conn),
-                        Err(denied) => {
-                            debug!(%conn, reason = denied.reason(), "permit denied");
-                            Input::PermitDenied(conn)
-                        }
-                    };
-                    self.feed(input);
+                    self.core.permit_result(now, conn, result);
                 }
                 Wake::EventSent => {}
             }
+            self.carry_out();
         }
         // Leave what fits for the reader; the rest is dropped with the task.
         self.flush_events();
@@ -402,344 +390,147 @@ where
         debug!("driver task exits");
     }
 
-    fn command(&mut self, cmd: Command<C>) {
+    fn command(&mut self, now: Instant, cmd: Command<C>) {
         match cmd {
             Command::Start(reply) => {
-                self.feed(Input::Start);
+                self.core.start(now);
                 let _ = reply.send(());
             }
             Command::Stop(intent, reply) => {
-                self.feed(Input::Stop(intent));
+                self.core.stop(now, intent);
                 self.stop_waiters.push(reply);
             }
             Command::Restart(reason, reply) => {
-                self.feed(Input::Restart(reason));
+                self.core.restart(now, reason);
                 let _ = reply.send(());
             }
             Command::Send(command, reply) => {
-                let result = self.send_command(command);
+                let result = self.send_command(now, command);
                 let _ = reply.send(result);
             }
-            Command::Shutdown => self.begin_exit(),
+            Command::Shutdown => self.begin_exit(now),
         }
     }
 
-    fn begin_exit(&mut self) {
+    fn begin_exit(&mut self, now: Instant) {
         self.exiting = true;
-        self.feed(Input::Stop(StopIntent::KeepResumable));
+        self.core.stop(now, StopIntent::KeepResumable);
     }
 
-    fn send_command(&mut self, command: C::Command) -> Result<(), SendError> {
-        let conn = self
-            .core
-            .sendable_connection()
-            .ok_or(SendError::NotIdentified)?;
-        let transport = match self.transport.as_mut() {
-            Some(t) if t.conn() == conn && t.is_writable() => t,
-            _ => return Err(SendError::NotIdentified),
+    fn send_command(&mut self, now: Instant, command: C::Command) -> Result<(), SendError> {
+        let (conn, msg) = self.core.send(now, command)?;
+        let Some(transport) = self.transport.as_mut().filter(|t| t.conn() == conn) else {
+            return Err(SendError::NotIdentified);
         };
-        let msg = self
-            .codec
-            .encode_command(crate::clock::now(), command)
-            .map_err(|e| SendError::Codec(Box::new(e)))?;
         match transport.queue(msg, false) {
             Ok(()) => Ok(()),
             Err(QueueError::Full) => Err(SendError::QueueFull),
-            Err(QueueError::NotWritable) => Err(SendError::NotIdentified),
             Err(QueueError::InvalidText) => Err(SendError::Codec(
                 "codec produced a text message that is not utf-8".into(),
             )),
         }
     }
 
-    fn transport_wake(&mut self, wake: TransportWake) {
+    fn transport_wake(&mut self, now: Instant, wake: TransportWake) {
         let Some(conn) = self.transport.as_ref().map(Transport::conn) else {
             return;
         };
         match wake {
-            TransportWake::Opened => {
-                debug!(%conn, "transport opened");
-                self.push_event(DriverEvent::Transport(TransportEvent::Opened { conn }));
-                self.feed(Input::Opened(conn));
+            TransportWake::Opened => self.core.opened(now, conn),
+            TransportWake::OpenFailed(error) => self.core.open_failed(now, conn, Some(error)),
+            TransportWake::Socket(SocketEvent::Message(msg)) => self.core.message(now, conn, msg),
+            TransportWake::Socket(SocketEvent::CloseFrame(code)) => {
+                self.core.peer_close(now, conn, code);
             }
-            TransportWake::OpenFailed(error) => {
-                debug!(%conn, %error, "transport failed to open");
-                self.push_event(DriverEvent::Error(error));
-                self.end_transport(None);
-                self.pump();
-            }
-            TransportWake::Socket(SocketEvent::Message(msg)) => self.decode(conn, msg),
-            // Nothing to do but loop: the linger deadline is armed from `next_deadline`.
-            TransportWake::Socket(SocketEvent::PeerClosing) => {}
-            TransportWake::Socket(SocketEvent::Gone { code, error }) => {
-                if let Some(error) = error {
-                    debug!(%conn, %error, "socket failed");
-                    self.push_event(DriverEvent::Error(error));
-                }
-                self.end_transport(code);
-                self.pump();
+            TransportWake::Socket(SocketEvent::Gone { error }) => {
+                self.core.socket_gone(now, conn, error);
             }
         }
     }
 
-    fn decode(&mut self, conn: ConnectionId, msg: handover_core::Message) {
-        let now = crate::clock::now();
-        match self.codec.decode(now, msg) {
-            Ok(decoded) => {
-                if let Some(signal) = decoded.signal {
-                    trace!(%conn, ?signal, "signal");
-                    self.core.handle_input(now, Input::Signal { conn, signal });
-                    self.pump();
+    /// Carries out every action the core queued, in order, including those that carrying one
+    /// out produces.
+    fn carry_out(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Connect { conn, url } => {
+                    let future = socket::connect(conn, url, &self.settings, &mut self.tls);
+                    self.transport = Some(Transport::connecting(
+                        conn,
+                        future,
+                        self.max_write_queue,
+                        &self.live,
+                    ));
                 }
-                if let Some(item) = decoded.item {
-                    self.push_event(DriverEvent::Item(item));
-                }
-                while let Some(item) = self.codec.poll_item() {
-                    self.push_event(DriverEvent::Item(item));
-                }
-            }
-            Err(e) => {
-                debug!(%conn, error = %e, "decode failed");
-                self.push_event(DriverEvent::Error(TransportError::Decode {
-                    conn,
-                    source: Box::new(e),
-                }));
-                while let Some(item) = self.codec.poll_item() {
-                    self.push_event(DriverEvent::Item(item));
-                }
-                if self.codec.poll_restart() {
-                    debug!(%conn, "codec cannot decode this transport any more; restarting");
-                    self.feed(Input::Restart(RestartReason::TransportFault));
-                }
-            }
-        }
-    }
-
-    fn timer(&mut self) {
-        let now = crate::clock::now();
-        if self
-            .transport
-            .as_ref()
-            .and_then(Transport::deadline)
-            .is_some_and(|d| d <= now)
-        {
-            debug!("close reply linger expired; dropping socket");
-            let code = self.transport.as_ref().and_then(Transport::peer_code);
-            self.end_transport(code);
-        }
-        if self.reconnect_held() {
-            return;
-        }
-        self.core.handle_timeout(now);
-        self.pump();
-    }
-
-    /// Feeds one input and carries out everything that follows.
-    fn feed(&mut self, input: Input) {
-        self.core.handle_input(crate::clock::now(), input);
-        self.pump();
-    }
-
-    /// Drains the core's outputs, carrying each out, and feeds back the inputs they produce,
-    /// until the core has nothing more to say.
-    fn pump(&mut self) {
-        loop {
-            while let Some(out) = self.core.poll_output() {
-                self.apply(out);
-            }
-            match self.deferred.pop_front() {
-                Some(input) => self.core.handle_input(crate::clock::now(), input),
-                None => break,
-            }
-        }
-    }
-
-    fn apply(&mut self, out: Output) {
-        match out {
-            Output::Open { conn, mode } => {
-                if let Some(old) = self.transport.as_ref().map(Transport::conn) {
-                    // The core never asks for this; if it did, the old socket goes first.
-                    warn!(%old, %conn, "open requested while a transport exists; aborting it");
-                    self.end_transport(None);
-                }
-                self.codec.reset(conn, mode);
-                let url = self.codec.url(mode);
-                debug!(%conn, ?mode, "opening transport");
-                let future = socket::connect(conn, url, &self.settings, &mut self.tls);
-                self.transport = Some(Transport::connecting(
-                    conn,
-                    future,
-                    &self.settings,
-                    self.max_write_queue,
-                    &self.live,
-                ));
-                self.push_event(DriverEvent::Transport(TransportEvent::Opening { conn }));
-            }
-            Output::Send { conn, payload } => {
-                let Some(t) = self.transport.as_mut().filter(|t| t.conn() == conn) else {
-                    return;
-                };
-                if !t.is_writable() {
-                    debug!(%conn, ?payload, "payload for a socket that is not writable; dropped");
-                    return;
-                }
-                match self.codec.encode(crate::clock::now(), payload) {
-                    Ok(msg) => {
-                        if t.queue(msg, true).is_err() {
-                            self.push_event(DriverEvent::Error(TransportError::Encode {
-                                conn,
-                                source: "codec produced a text message that is not utf-8".into(),
-                            }));
-                        }
+                Action::Write { conn, msg } => {
+                    let Some(t) = self.transport.as_mut().filter(|t| t.conn() == conn) else {
+                        continue;
+                    };
+                    if t.queue(msg, true).is_err() {
+                        self.core.push_error(TransportError::Encode {
+                            conn,
+                            source: "codec produced a text message that is not utf-8".into(),
+                        });
                     }
-                    Err(e) => self.push_event(DriverEvent::Error(TransportError::Encode {
-                        conn,
-                        source: Box::new(e),
-                    })),
+                }
+                Action::SendClose { conn, code } => {
+                    if let Some(t) = self.transport.as_mut().filter(|t| t.conn() == conn) {
+                        t.close(code);
+                    }
+                }
+                // tungstenite queued the reply with the peer's code when it read the frame.
+                Action::AnswerClose { conn, .. } => {
+                    if let Some(t) = self.transport.as_mut().filter(|t| t.conn() == conn) {
+                        t.answer_close();
+                    }
+                }
+                Action::Drop { conn } => self.drop_transport(conn),
+                Action::AcquirePermit { conn } => match &self.permits {
+                    Some(source) => {
+                        self.permit = Some(PendingPermit {
+                            conn,
+                            future: source.acquire(),
+                        });
+                    }
+                    // Only asked for with a source; without one the core grants at once.
+                    None => self.core.permit_result(clock::now(), conn, Ok(())),
+                },
+                Action::CancelPermit { conn } => {
+                    if self.permit.as_ref().is_some_and(|p| p.conn == conn) {
+                        self.permit = None;
+                    }
                 }
             }
-            Output::Close { conn, code } => {
-                let Some(t) = self.transport.as_mut().filter(|t| t.conn() == conn) else {
-                    return;
-                };
-                debug!(%conn, code, "closing transport");
-                if !t.close(code) {
-                    // Still connecting: there is no handshake to run, so this is an abort.
-                    self.end_transport(None);
-                }
+        }
+    }
+
+    /// Drops the transport of `conn` (socket or connect attempt), then tells the core, which
+    /// makes its one end report.
+    fn drop_transport(&mut self, conn: ConnectionId) {
+        if let Some(transport) = self.transport.take_if(|t| t.conn() == conn) {
+            #[cfg(feature = "planted-faults")]
+            if self.planted == Some(crate::config::PlantedFault::ReportGoneBeforeDrop) {
+                // The planted bug: the core hears the socket is gone, but it stays open.
+                self.leaked.push(transport);
+                self.core.dropped(clock::now(), conn);
+                return;
             }
-            Output::Abort { conn } => {
-                if self.transport.as_ref().is_some_and(|t| t.conn() == conn) {
-                    debug!(%conn, "aborting transport");
-                    let code = self.transport.as_ref().and_then(Transport::peer_code);
-                    self.end_transport(code);
-                }
-            }
-            Output::AcquirePermit { conn } => match &self.permits {
-                Some(source) => {
-                    debug!(%conn, "acquiring permit");
-                    self.permit = Some(PendingPermit {
-                        conn,
-                        future: source.acquire(),
-                    });
-                }
-                None => self.deferred.push_back(Input::PermitGranted(conn)),
-            },
-            Output::Event(event) => self.push_event(DriverEvent::Core(event)),
+            drop(transport);
         }
-    }
-
-    /// Ends the transport (if any): the socket is dropped here, and its single report is queued
-    /// for the core.
-    fn end_transport(&mut self, code: Option<u16>) {
-        let Some(transport) = self.transport.take() else {
-            return;
-        };
-        if self
-            .permit
-            .as_ref()
-            .is_some_and(|p| p.conn == transport.conn())
-        {
-            self.permit = None;
-        }
-        #[cfg(feature = "planted-faults")]
-        let input = if self.planted == Some(crate::config::PlantedFault::ReportGoneBeforeDrop) {
-            let (input, kept) = transport.finish_leaking(code);
-            self.leaked.push(kept);
-            input
-        } else {
-            transport.finish(code)
-        };
-        #[cfg(not(feature = "planted-faults"))]
-        let input = transport.finish(code);
-        let report = match input {
-            Input::Closed { conn, code } => TransportEvent::Closed { conn, code },
-            Input::OpenFailed(conn) => TransportEvent::OpenFailed { conn },
-            _ => return,
-        };
-        debug!(conn = %report.connection(), ?report, "transport gone");
-        self.push_event(DriverEvent::Transport(report));
-        self.deferred.push_back(input);
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        // Closed with a reconnect due but the application far behind: the reconnect waits
-        // (re-armed as soon as the application reads, since every read wakes this loop).
-        let core = if self.reconnect_held() {
-            None
-        } else {
-            self.core.poll_timeout()
-        };
-        let linger = self.transport.as_ref().and_then(Transport::deadline);
-        match (core, linger) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    fn is_quiescent(&self) -> bool {
-        self.core.state() == State::Closed && self.transport.is_none()
-    }
-
-    fn push_event(&mut self, event: DriverEvent<C::Item>) {
-        if !self.events_open {
-            return;
-        }
-        self.pending.push_back(event);
-    }
-
-    /// Tells the core when reading the open transport stops (the application is behind) and
-    /// when it starts again: heartbeat ACKs may wait unread meanwhile, which is no sign of a
-    /// dead peer (`Input::Backpressure`).
-    fn report_reading(&mut self, read: bool) {
-        let open = self
-            .transport
-            .as_ref()
-            .filter(|t| t.is_writable())
-            .map(Transport::conn);
-        let want = if read { None } else { open };
-        if want == self.paused {
-            return;
-        }
-        if let Some(conn) = self.paused.take()
-            && open == Some(conn)
-        {
-            trace!(%conn, "reading resumed");
-            self.feed(Input::Backpressure {
-                conn,
-                paused: false,
-            });
-        }
-        if let Some(conn) = want {
-            trace!(%conn, "reading paused: the application is behind");
-            self.paused = Some(conn);
-            self.feed(Input::Backpressure { conn, paused: true });
-        }
-    }
-
-    /// Whether a reconnect must wait for the application: it is behind (as many events held
-    /// locally as make the driver stop reading). A new socket could not be read anyway (its
-    /// HELLO would wait behind the application and time out), and the gateway keeps what the
-    /// session misses meanwhile for the resume. Lifecycle events are still queued past the
-    /// reading limit, never dropped; holding reconnects bounds them to one connection's end.
-    fn reconnect_held(&self) -> bool {
-        self.events_open
-            && self.pending.len() >= self.max_pending
-            && self.core.state() == State::Closed
+        self.core.dropped(clock::now(), conn);
     }
 
     fn flush_events(&mut self) {
-        while let Some(ev) = self.pending.pop_front() {
+        while let Some(ev) = self.core.pop_event() {
             match self.events.try_send(ev) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(ev)) => {
-                    self.pending.push_front(ev);
+                    self.core.unpop_event(ev);
                     return;
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     debug!("event receiver dropped; events are discarded from now on");
-                    self.events_open = false;
-                    self.pending.clear();
+                    self.core.close_events();
                     return;
                 }
             }

@@ -19,8 +19,14 @@
 //!   If the peer never answers, the core's drain deadline produces `Output::Abort`.
 //! - `Output::Abort` ends the transport at once (`Closed { code: None }`, or `OpenFailed` while
 //!   connecting); the peer learns of it one latency later.
-//! - A close frame from the peer is answered with a close frame and ends the transport at once
-//!   with `Closed { code: Some(code) }`. [`PeerAction::Drop`] ends it with `Closed { code: None }`.
+//! - A close frame from the peer is answered with a close frame; the client keeps the link
+//!   (discarding data) until the peer's EOF or [`close_timeout`](MemoryConfig::close_timeout),
+//!   then drops it and reports `Closed { code: Some(code) }`. The peer's side behaves like a
+//!   WebSocket server library: once the peer has sent its close frame and the client's arrives,
+//!   its TCP is closed (`on_disconnect`, and EOF to the client one latency later).
+//!   [`PeerAction::Drop`] ends the link with `Closed { code: None }`.
+//! - The client side's decisions (socket states, the one end report, permits) are made by the
+//!   same driver core as the WebSocket driver's; this type only moves deliveries and time.
 //! - A received message larger than [`max_message_size`](MemoryConfig::max_message_size), or a
 //!   text message that is not UTF-8, is a [`TransportError`] and ends the transport like an EOF.
 //! - Exactly one `OpenFailed` or `Closed` is reported per transport, mirrored as
@@ -40,13 +46,11 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use handover_core::{
-    Codec, Connection, ConnectionId, Input, Message, Output, RestartReason, State, Status,
-    StopIntent,
-};
+use handover_core::{Codec, Connection, ConnectionId, Message, RestartReason, Status, StopIntent};
 
-use crate::error::{SendError, TransportError};
-use crate::event::{DriverEvent, TransportEvent};
+use crate::error::{PermitDenied, SendError, TransportError};
+use crate::event::DriverEvent;
+use crate::link::{Action, CoreSettings, DriverCore, ReadMode};
 
 /// What a simulated server does to one of its connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +106,10 @@ pub struct MemoryConfig {
     /// Deliveries and timeouts processed at one virtual instant before the run is declared
     /// stuck (a peer whose deadline never moves). Default 100,000.
     pub max_steps_per_instant: usize,
+    /// After the peer's close frame, how long the client keeps the link to get its reply out
+    /// and see the peer's EOF before dropping it (like
+    /// [`TransportConfig::close_timeout`](crate::TransportConfig::close_timeout)). Default 2 s.
+    pub close_timeout: Duration,
 }
 
 impl Default for MemoryConfig {
@@ -110,11 +118,13 @@ impl Default for MemoryConfig {
             latency: Duration::ZERO,
             max_message_size: 16 << 20,
             max_steps_per_instant: 100_000,
+            close_timeout: Duration::from_secs(2),
         }
     }
 }
 
-/// How a simulated permit source answers [`Output::AcquirePermit`].
+/// How a simulated permit source answers
+/// [`Output::AcquirePermit`](handover_core::Output::AcquirePermit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PermitDecision {
     /// Grant at once.
@@ -158,17 +168,12 @@ enum ToClient {
     Dropped,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LinkState {
-    Connecting,
-    Open,
-    ClosingByUs,
-}
-
-#[derive(Debug)]
+/// The client's end of the link: the virtual socket of one transport.
+#[derive(Debug, Clone, Copy)]
 struct Link {
     conn: ConnectionId,
-    state: LinkState,
+    /// The peer already knows the socket is gone (it refused or dropped it).
+    peer_gone: bool,
 }
 
 type PermitPolicy = Box<dyn FnMut(ConnectionId) -> PermitDecision>;
@@ -181,8 +186,8 @@ type PermitPolicy = Box<dyn FnMut(ConnectionId) -> PermitDecision>;
 /// [`run_until_condition`](Self::run_until_condition). Read what happened with
 /// [`take_events`](Self::take_events).
 pub struct MemoryDriver<C: Codec, P: MemoryPeer> {
-    core: Connection,
-    codec: C,
+    /// Decides everything about the socket; this type only moves deliveries and time.
+    core: DriverCore<C>,
     peer: P,
     config: MemoryConfig,
     origin: Instant,
@@ -192,11 +197,11 @@ pub struct MemoryDriver<C: Codec, P: MemoryPeer> {
     to_client: VecDeque<(Instant, ConnectionId, ToClient)>,
     /// Connections the peer accepted and has not yet been told are gone.
     peer_open: BTreeSet<ConnectionId>,
+    /// Accepted connections on which the peer sent a close frame: its WebSocket layer closes
+    /// TCP when the client's close frame arrives.
+    peer_closing: BTreeSet<ConnectionId>,
     permits: Option<PermitPolicy>,
     permit: Option<(ConnectionId, Instant)>,
-    deferred: VecDeque<Input>,
-    events: VecDeque<DriverEvent<C::Item>>,
-    max_live: usize,
     max_peer_open: usize,
 }
 
@@ -207,7 +212,7 @@ impl<C: Codec, P: MemoryPeer> std::fmt::Debug for MemoryDriver<C, P> {
             .field("core", &self.core)
             .field("link", &self.link)
             .field("in_flight", &(self.to_peer.len() + self.to_client.len()))
-            .field("max_live", &self.max_live)
+            .field("max_live", &self.core.max_live())
             .finish()
     }
 }
@@ -216,9 +221,14 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
     /// A simulation whose virtual clock starts at `origin` (any instant; only differences
     /// matter). The core starts idle: call [`start`](Self::start).
     pub fn new(core: Connection, codec: C, peer: P, config: MemoryConfig, origin: Instant) -> Self {
+        let settings = CoreSettings {
+            // Events wait in `take_events` without limit: reading never pauses.
+            max_pending: usize::MAX,
+            close_timeout: config.close_timeout,
+            external_permits: false,
+        };
         MemoryDriver {
-            core,
-            codec,
+            core: DriverCore::new(core, codec, settings),
             peer,
             config,
             origin,
@@ -227,11 +237,9 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
             to_peer: VecDeque::new(),
             to_client: VecDeque::new(),
             peer_open: BTreeSet::new(),
+            peer_closing: BTreeSet::new(),
             permits: None,
             permit: None,
-            deferred: VecDeque::new(),
-            events: VecDeque::new(),
-            max_live: 0,
             max_peer_open: 0,
         }
     }
@@ -239,6 +247,7 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
     /// Decide permits with `policy` instead of granting every one at once.
     pub fn set_permits(&mut self, policy: impl FnMut(ConnectionId) -> PermitDecision + 'static) {
         self.permits = Some(Box::new(policy));
+        self.core.set_external_permits(true);
     }
 
     /// The current virtual instant.
@@ -253,7 +262,7 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
 
     /// The core connection.
     pub fn core(&self) -> &Connection {
-        &self.core
+        self.core.connection()
     }
 
     /// The core's status.
@@ -263,7 +272,7 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
 
     /// The codec.
     pub fn codec(&self) -> &C {
-        &self.codec
+        self.core.codec()
     }
 
     /// The peer.
@@ -283,7 +292,7 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
 
     /// The largest [`live_transports`](Self::live_transports) ever seen. The contract says 1.
     pub fn max_live_transports(&self) -> usize {
-        self.max_live
+        self.core.max_live()
     }
 
     /// Connections the peer has accepted and not yet seen disconnected, now.
@@ -299,12 +308,13 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
 
     /// Takes every event produced so far, oldest first.
     pub fn take_events(&mut self) -> Vec<DriverEvent<C::Item>> {
-        self.events.drain(..).collect()
+        self.core.take_events()
     }
 
     /// Begins connecting. Processes whatever becomes due at the current instant.
     pub fn start(&mut self) -> Result<(), MemoryError> {
-        self.feed(Input::Start);
+        self.core.start(self.now);
+        self.carry_out();
         self.settle()
     }
 
@@ -312,45 +322,33 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
     /// [`run_until_condition`](Self::run_until_condition) and [`is_stopped`](Self::is_stopped))
     /// to see the transport confirmed gone.
     pub fn stop(&mut self, intent: StopIntent) -> Result<(), MemoryError> {
-        self.feed(Input::Stop(intent));
+        self.core.stop(self.now, intent);
+        self.carry_out();
         self.settle()
     }
 
     /// Closes the live transport keeping the session resumable, then connects again.
     pub fn restart(&mut self, reason: RestartReason) -> Result<(), MemoryError> {
-        self.feed(Input::Restart(reason));
+        self.core.restart(self.now, reason);
+        self.carry_out();
         self.settle()
     }
 
     /// Whether the core is closed with no transport (what the WebSocket driver's `stop` waits
     /// for).
     pub fn is_stopped(&self) -> bool {
-        self.core.state() == State::Closed && self.link.is_none()
+        self.core.is_quiescent() && self.link.is_none()
     }
 
     /// Encodes an application command and sends it, with the WebSocket driver's rules: only on
     /// an identified connection, nothing sent on error.
     pub fn send(&mut self, command: C::Command) -> Result<(), SendError> {
-        let conn = self
-            .core
-            .sendable_connection()
-            .ok_or(SendError::NotIdentified)?;
-        if !self
-            .link
-            .as_ref()
-            .is_some_and(|l| l.conn == conn && l.state == LinkState::Open)
-        {
-            return Err(SendError::NotIdentified);
-        }
-        let msg = self
-            .codec
-            .encode_command(self.now, command)
-            .map_err(|e| SendError::Codec(Box::new(e)))?;
+        let (conn, msg) = self.core.send(self.now, command)?;
         self.push_to_peer(conn, ToPeer::Message(msg));
         Ok(())
     }
 
-    /// When something is next due: a core or peer deadline, a delivery or a permit.
+    /// When something is next due: a core, linger or peer deadline, a delivery or a permit.
     pub fn next_timeout(&self) -> Option<Instant> {
         [
             self.core.poll_timeout(),
@@ -363,7 +361,6 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
         .flatten()
         .min()
     }
-
     /// Jumps to the next due instant (never backwards) and processes everything due then.
     /// Returns the instant, or `None` if nothing will ever happen without an input.
     pub fn step(&mut self) -> Result<Option<Instant>, MemoryError> {
@@ -441,12 +438,13 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
                 && at <= now
             {
                 self.permit = None;
-                self.feed(Input::PermitGranted(conn));
+                self.core.permit_result(now, conn, Ok(()));
+                self.carry_out();
                 continue;
             }
             if self.core.poll_timeout().is_some_and(|t| t <= now) {
                 self.core.handle_timeout(now);
-                self.pump();
+                self.carry_out();
                 continue;
             }
             if self.peer.poll_timeout().is_some_and(|t| t <= now) {
@@ -462,118 +460,54 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
         })
     }
 
-    fn feed(&mut self, input: Input) {
-        self.core.handle_input(self.now, input);
-        self.pump();
-    }
-
-    fn pump(&mut self) {
-        loop {
-            while let Some(out) = self.core.poll_output() {
-                self.apply(out);
-            }
-            match self.deferred.pop_front() {
-                Some(input) => self.core.handle_input(self.now, input),
-                None => break,
-            }
-        }
-    }
-
-    fn apply(&mut self, out: Output) {
-        match out {
-            Output::Open { conn, mode } => {
-                // Counted before anything else, so a request for a second transport while one
-                // is live shows in `max_live_transports` even though it is then refused.
-                self.max_live = self.max_live.max(self.live_transports() + 1);
-                if self.link.is_some() {
-                    // The core never asks for this; if it did, the old link goes first.
-                    self.end_link(None, true);
+    /// Carries out what the driver core asked for, in order, over the virtual link.
+    fn carry_out(&mut self) {
+        let now = self.now;
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Connect { conn, url } => {
+                    self.link = Some(Link {
+                        conn,
+                        peer_gone: false,
+                    });
+                    self.push_to_peer(conn, ToPeer::Connect(url));
                 }
-                self.codec.reset(conn, mode);
-                let url = self.codec.url(mode);
-                self.link = Some(Link {
-                    conn,
-                    state: LinkState::Connecting,
-                });
-                self.events
-                    .push_back(DriverEvent::Transport(TransportEvent::Opening { conn }));
-                self.push_to_peer(conn, ToPeer::Connect(url));
-            }
-            Output::Send { conn, payload } => {
-                if !self.link_is(conn, LinkState::Open) {
-                    return;
+                Action::Write { conn, msg } => self.push_to_peer(conn, ToPeer::Message(msg)),
+                Action::SendClose { conn, code } => {
+                    self.push_to_peer(conn, ToPeer::CloseFrame(code));
                 }
-                match self.codec.encode(self.now, payload) {
-                    Ok(msg) => self.push_to_peer(conn, ToPeer::Message(msg)),
-                    Err(e) => self
-                        .events
-                        .push_back(DriverEvent::Error(TransportError::Encode {
-                            conn,
-                            source: Box::new(e),
-                        })),
+                // The peer's frames always carry a code here; 1000 covers one that did not.
+                Action::AnswerClose { conn, code } => {
+                    self.push_to_peer(conn, ToPeer::CloseFrame(code.unwrap_or(1000)));
                 }
-            }
-            Output::Close { conn, code } => {
-                let Some(link) = self.link.as_mut().filter(|l| l.conn == conn) else {
-                    return;
-                };
-                match link.state {
-                    LinkState::Connecting => self.end_link(None, true),
-                    LinkState::Open => {
-                        link.state = LinkState::ClosingByUs;
-                        self.push_to_peer(conn, ToPeer::CloseFrame(code));
+                Action::Drop { conn } => {
+                    if let Some(link) = self.link.take_if(|l| l.conn == conn)
+                        && !link.peer_gone
+                    {
+                        self.push_to_peer(conn, ToPeer::Disconnect);
                     }
-                    LinkState::ClosingByUs => {}
+                    self.core.dropped(now, conn);
+                }
+                Action::AcquirePermit { conn } => {
+                    let decision = match self.permits.as_mut() {
+                        Some(policy) => policy(conn),
+                        None => PermitDecision::Grant,
+                    };
+                    match decision {
+                        PermitDecision::Grant => self.core.permit_result(now, conn, Ok(())),
+                        PermitDecision::Deny => {
+                            let denied = PermitDenied::new("denied by the simulation");
+                            self.core.permit_result(now, conn, Err(denied));
+                        }
+                        PermitDecision::GrantAfter(d) => self.permit = Some((conn, now + d)),
+                    }
+                }
+                Action::CancelPermit { conn } => {
+                    if self.permit.is_some_and(|(c, _)| c == conn) {
+                        self.permit = None;
+                    }
                 }
             }
-            Output::Abort { conn } => {
-                if self.link.as_ref().is_some_and(|l| l.conn == conn) {
-                    self.end_link(None, true);
-                }
-            }
-            Output::AcquirePermit { conn } => {
-                let decision = match self.permits.as_mut() {
-                    Some(policy) => policy(conn),
-                    None => PermitDecision::Grant,
-                };
-                match decision {
-                    PermitDecision::Grant => self.deferred.push_back(Input::PermitGranted(conn)),
-                    PermitDecision::Deny => self.deferred.push_back(Input::PermitDenied(conn)),
-                    PermitDecision::GrantAfter(d) => self.permit = Some((conn, self.now + d)),
-                }
-            }
-            Output::Event(event) => self.events.push_back(DriverEvent::Core(event)),
-        }
-    }
-
-    fn link_is(&self, conn: ConnectionId, state: LinkState) -> bool {
-        self.link
-            .as_ref()
-            .is_some_and(|l| l.conn == conn && l.state == state)
-    }
-
-    /// Ends the client's transport: the one report, and (if `tell_peer`) the disconnect the
-    /// peer will see one latency later.
-    fn end_link(&mut self, code: Option<u16>, tell_peer: bool) {
-        let Some(link) = self.link.take() else {
-            return;
-        };
-        let conn = link.conn;
-        if self.permit.is_some_and(|(c, _)| c == conn) {
-            self.permit = None;
-        }
-        let (input, report) = if link.state == LinkState::Connecting {
-            (Input::OpenFailed(conn), TransportEvent::OpenFailed { conn })
-        } else {
-            (
-                Input::Closed { conn, code },
-                TransportEvent::Closed { conn, code },
-            )
-        };
-        self.events.push_back(DriverEvent::Transport(report));
-        self.deferred.push_back(input);
-        if tell_peer {
-            self.push_to_peer(conn, ToPeer::Disconnect);
         }
     }
 
@@ -585,6 +519,15 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
     fn push_to_client(&mut self, conn: ConnectionId, what: ToClient) {
         let at = self.now + self.config.latency;
         self.to_client.push_back((at, conn, what));
+    }
+
+    /// The peer's side of a connection is gone: it hears so once, and the client sees EOF one
+    /// latency later.
+    fn peer_side_gone(&mut self, conn: ConnectionId) {
+        self.peer_open.remove(&conn);
+        self.peer_closing.remove(&conn);
+        self.peer.on_disconnect(self.now, conn);
+        self.push_to_client(conn, ToClient::Dropped);
     }
 
     fn deliver_to_peer(&mut self, conn: ConnectionId, what: ToPeer) {
@@ -604,9 +547,15 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
             }
             ToPeer::CloseFrame(code) if self.peer_open.contains(&conn) => {
                 self.peer.on_close_frame(now, conn, code);
+                // The peer sent its close frame first and now has the client's: like any
+                // WebSocket server, it closes TCP (RFC 6455, 7.1.1).
+                if self.peer_closing.contains(&conn) && self.peer_open.contains(&conn) {
+                    self.peer_side_gone(conn);
+                }
             }
             ToPeer::Disconnect => {
                 if self.peer_open.remove(&conn) {
+                    self.peer_closing.remove(&conn);
                     self.peer.on_disconnect(now, conn);
                 }
             }
@@ -622,106 +571,61 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
             }
             match action {
                 PeerAction::Send(msg) => self.push_to_client(conn, ToClient::Message(msg)),
-                PeerAction::Close(code) => self.push_to_client(conn, ToClient::CloseFrame(code)),
-                PeerAction::Drop => {
-                    self.peer_open.remove(&conn);
-                    self.peer.on_disconnect(self.now, conn);
-                    self.push_to_client(conn, ToClient::Dropped);
+                PeerAction::Close(code) => {
+                    self.peer_closing.insert(conn);
+                    self.push_to_client(conn, ToClient::CloseFrame(code));
                 }
+                PeerAction::Drop => self.peer_side_gone(conn),
             }
         }
     }
 
     fn deliver_to_client(&mut self, conn: ConnectionId, what: ToClient) {
-        let Some(state) = self
-            .link
-            .as_ref()
-            .filter(|l| l.conn == conn)
-            .map(|l| l.state)
-        else {
+        let now = self.now;
+        let Some(link) = self.link.as_mut().filter(|l| l.conn == conn) else {
             // Late delivery for a transport that is already gone.
             return;
         };
-        match (what, state) {
-            (ToClient::Accepted, LinkState::Connecting) => {
-                if let Some(link) = self.link.as_mut() {
-                    link.state = LinkState::Open;
+        match what {
+            ToClient::Accepted => self.core.opened(now, conn),
+            ToClient::Refused => {
+                link.peer_gone = true;
+                self.core.open_failed(now, conn, None);
+            }
+            ToClient::Message(msg) => {
+                // Data after a close frame either way is discarded undecoded.
+                if self.core.read_mode(conn) == ReadMode::Data {
+                    match self.check(conn, &msg) {
+                        Some(error) => self.core.socket_gone(now, conn, Some(error)),
+                        None => self.core.message(now, conn, msg),
+                    }
                 }
-                self.events
-                    .push_back(DriverEvent::Transport(TransportEvent::Opened { conn }));
-                self.feed(Input::Opened(conn));
             }
-            (ToClient::Refused, _) => {
-                self.end_link(None, false);
-                self.pump();
+            ToClient::CloseFrame(code) => self.core.peer_close(now, conn, Some(code)),
+            ToClient::Dropped => {
+                link.peer_gone = true;
+                self.core.socket_gone(now, conn, None);
             }
-            (ToClient::Message(msg), LinkState::Open) => self.receive(conn, msg),
-            (ToClient::CloseFrame(code), LinkState::Open) => {
-                // Answer the close, then drop the socket.
-                self.push_to_peer(conn, ToPeer::CloseFrame(code));
-                self.end_link(Some(code), true);
-                self.pump();
-            }
-            (ToClient::CloseFrame(code), LinkState::ClosingByUs) => {
-                self.end_link(Some(code), true);
-                self.pump();
-            }
-            (ToClient::Dropped, _) => {
-                self.end_link(None, false);
-                self.pump();
-            }
-            // Data after our close frame is discarded; nothing else can arrive out of order.
-            _ => {}
         }
+        self.carry_out();
     }
 
-    fn receive(&mut self, conn: ConnectionId, msg: Message) {
+    /// What the WebSocket layer would refuse in a received message.
+    fn check(&self, conn: ConnectionId, msg: &Message) -> Option<TransportError> {
         let size = msg.as_bytes().len();
-        let error = if size > self.config.max_message_size {
+        if size > self.config.max_message_size {
             Some(TransportError::TooLarge {
                 conn,
                 size,
                 max: self.config.max_message_size,
             })
-        } else if matches!(&msg, Message::Text(b) if std::str::from_utf8(b).is_err()) {
+        } else if matches!(msg, Message::Text(b) if std::str::from_utf8(b).is_err()) {
             Some(TransportError::Protocol {
                 conn,
                 source: "text message is not utf-8".into(),
             })
         } else {
             None
-        };
-        if let Some(error) = error {
-            self.events.push_back(DriverEvent::Error(error));
-            self.end_link(None, true);
-            self.pump();
-            return;
-        }
-        match self.codec.decode(self.now, msg) {
-            Ok(decoded) => {
-                if let Some(signal) = decoded.signal {
-                    self.feed(Input::Signal { conn, signal });
-                }
-                if let Some(item) = decoded.item {
-                    self.events.push_back(DriverEvent::Item(item));
-                }
-                while let Some(item) = self.codec.poll_item() {
-                    self.events.push_back(DriverEvent::Item(item));
-                }
-            }
-            Err(e) => {
-                self.events
-                    .push_back(DriverEvent::Error(TransportError::Decode {
-                        conn,
-                        source: Box::new(e),
-                    }));
-                while let Some(item) = self.codec.poll_item() {
-                    self.events.push_back(DriverEvent::Item(item));
-                }
-                if self.codec.poll_restart() {
-                    self.feed(Input::Restart(RestartReason::TransportFault));
-                }
-            }
         }
     }
 }

@@ -1,9 +1,9 @@
 //! One transport: connecting, open, closing. Private to the crate.
 //!
-//! A [`Transport`] owns at most one socket. The driver keeps it in an `Option` and ends it only
-//! through [`Transport::finish`], which consumes it, drops the socket, and returns the single
-//! input to report to the core. That makes "exactly one `OpenFailed` or `Closed` per transport"
-//! a property of ownership rather than of careful bookkeeping.
+//! A [`Transport`] owns at most one connect attempt or socket: the I/O half of a transport. What
+//! state it is in (open, closing, lingering after the peer's close) and when it ends is decided
+//! by the driver core (`crate::link`); the tokio driver drops a `Transport` when the core asks
+//! and only then tells the core, which makes the one end report.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -12,11 +12,11 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
-use handover_core::{ConnectionId, Input, Message};
+use handover_core::{ConnectionId, Message};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::{self, Utf8Bytes, error::CapacityError};
 use crate::config::TransportConfig;
 use crate::connector::{BoxByteStream, SharedConnector};
 use crate::error::TransportError;
+use crate::link::ReadMode;
 use crate::read_ahead::ReadAhead;
 
 /// Frames discarded in one poll before yielding, so a flood cannot starve the driver task.
@@ -106,7 +107,6 @@ pub(crate) struct ConnectSettings {
     pub(crate) timeout: Duration,
     pub(crate) ws: WebSocketConfig,
     pub(crate) read_ahead: usize,
-    pub(crate) close_timeout: Duration,
     pub(crate) connector: Option<SharedConnector>,
 }
 
@@ -122,7 +122,6 @@ impl ConnectSettings {
             timeout: config.connect_timeout,
             ws,
             read_ahead: config.read_ahead_size,
-            close_timeout: config.close_timeout,
             connector: config.connector.clone(),
         }
     }
@@ -346,39 +345,21 @@ impl Drop for LiveGuard {
     }
 }
 
-/// Where the close handshake stands on an open socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Closing {
-    /// No close frame either way.
-    Active,
-    /// We sent a close frame; waiting for the peer's close frame or EOF.
-    ByUs,
-    /// The peer sent a close frame; flushing our reply until EOF or the deadline.
-    ByPeer {
-        code: Option<u16>,
-        deadline: Instant,
-    },
-}
-
 /// What an open socket produced.
 pub(crate) enum SocketEvent {
-    /// A data message to decode.
+    /// A data message (in [`ReadMode::Data`] only).
     Message(Message),
-    /// The peer sent a close frame; the socket now lingers until EOF or its deadline.
-    PeerClosing,
-    /// The socket is finished: drop it and report `Closed` with this code.
-    Gone {
-        code: Option<u16>,
-        error: Option<TransportError>,
-    },
+    /// The peer's close frame, with its code if it gave one.
+    CloseFrame(Option<u16>),
+    /// The socket is finished (EOF, or `error`): the driver core decides the report.
+    Gone { error: Option<TransportError> },
 }
 
-/// An open WebSocket with its write queue and close state.
+/// An open WebSocket with its write queue.
 struct Socket {
     ws: Ws,
     outbox: VecDeque<tungstenite::Message>,
     needs_flush: bool,
-    closing: Closing,
 }
 
 impl Socket {
@@ -386,15 +367,14 @@ impl Socket {
         &mut self,
         conn: ConnectionId,
         cx: &mut Context<'_>,
-        read: bool,
-        close_timeout: Duration,
+        mode: ReadMode,
     ) -> Poll<SocketEvent> {
         if let Err(e) = self.poll_write(cx) {
-            return Poll::Ready(self.gone(conn, e));
+            return Poll::Ready(gone(conn, e));
         }
-        // While closing, data frames are discarded, so reading never grows memory: keep
-        // reading even when the application is not, to see the peer's close or EOF.
-        if !read && self.closing == Closing::Active {
+        // While closing, data frames are discarded, so reading never grows memory: the core
+        // asks to keep reading even when the application is not, to see the close or EOF.
+        if mode == ReadMode::Paused {
             return Poll::Pending;
         }
         for _ in 0..MAX_DISCARDS_PER_POLL {
@@ -403,53 +383,28 @@ impl Socket {
                 Poll::Ready(next) => next,
             };
             let msg = match next {
-                None => {
-                    return Poll::Ready(SocketEvent::Gone {
-                        code: self.peer_code(),
-                        error: None,
-                    });
-                }
-                Some(Err(e)) => return Poll::Ready(self.gone(conn, e)),
+                None => return Poll::Ready(SocketEvent::Gone { error: None }),
+                Some(Err(e)) => return Poll::Ready(gone(conn, e)),
                 Some(Ok(msg)) => msg,
             };
             match msg {
-                tungstenite::Message::Text(t) if self.closing == Closing::Active => {
+                tungstenite::Message::Text(t) if mode == ReadMode::Data => {
                     return Poll::Ready(SocketEvent::Message(Message::Text(Bytes::from(t))));
                 }
-                tungstenite::Message::Binary(b) if self.closing == Closing::Active => {
+                tungstenite::Message::Binary(b) if mode == ReadMode::Data => {
                     return Poll::Ready(SocketEvent::Message(Message::Binary(b)));
                 }
                 tungstenite::Message::Close(frame) => {
-                    let code = frame.map(|f| u16::from(f.code));
-                    match self.closing {
-                        Closing::ByUs => {
-                            return Poll::Ready(SocketEvent::Gone { code, error: None });
-                        }
-                        Closing::Active => {
-                            tracing::debug!(%conn, ?code, "peer sent close");
-                            self.closing = Closing::ByPeer {
-                                code,
-                                deadline: crate::clock::now() + close_timeout,
-                            };
-                            // tungstenite queued the reply; get it out.
-                            self.needs_flush = true;
-                            if let Err(e) = self.poll_write(cx) {
-                                return Poll::Ready(self.gone(conn, e));
-                            }
-                            // The driver must arm the linger deadline now.
-                            return Poll::Ready(SocketEvent::PeerClosing);
-                        }
-                        Closing::ByPeer { .. } => {}
-                    }
+                    return Poll::Ready(SocketEvent::CloseFrame(frame.map(|f| u16::from(f.code))));
                 }
                 tungstenite::Message::Ping(_) => {
                     // tungstenite queued the pong.
                     self.needs_flush = true;
                     if let Err(e) = self.poll_write(cx) {
-                        return Poll::Ready(self.gone(conn, e));
+                        return Poll::Ready(gone(conn, e));
                     }
                 }
-                // Data after a close frame, pongs, raw frames: nothing to do.
+                // Data while closing, pongs, raw frames: nothing to do.
                 _ => {}
             }
         }
@@ -479,37 +434,30 @@ impl Socket {
         }
         Ok(())
     }
+}
 
-    fn peer_code(&self) -> Option<u16> {
-        match self.closing {
-            Closing::ByPeer { code, .. } => code,
-            _ => None,
-        }
-    }
-
-    fn gone(&self, conn: ConnectionId, e: tungstenite::Error) -> SocketEvent {
-        use tungstenite::Error as E;
-        let code = self.peer_code();
-        let error = match e {
-            E::ConnectionClosed | E::AlreadyClosed => None,
-            // EOF without a close frame is what "peer dropped TCP" looks like: report it as a
-            // close with no code, not as an error.
-            E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
-            E::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                Some(TransportError::TooLarge {
-                    conn,
-                    size,
-                    max: max_size,
-                })
-            }
-            E::Io(source) => Some(TransportError::Io { conn, source }),
-            other => Some(TransportError::Protocol {
+/// The end of a socket that broke, as the driver core should hear it.
+fn gone(conn: ConnectionId, e: tungstenite::Error) -> SocketEvent {
+    use tungstenite::Error as E;
+    let error = match e {
+        E::ConnectionClosed | E::AlreadyClosed => None,
+        // EOF without a close frame is what "peer dropped TCP" looks like: report it as a
+        // close with no code, not as an error.
+        E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
+        E::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            Some(TransportError::TooLarge {
                 conn,
-                source: Box::new(other),
-            }),
-        };
-        SocketEvent::Gone { code, error }
-    }
+                size,
+                max: max_size,
+            })
+        }
+        E::Io(source) => Some(TransportError::Io { conn, source }),
+        other => Some(TransportError::Protocol {
+            conn,
+            source: Box::new(other),
+        }),
+    };
+    SocketEvent::Gone { error }
 }
 
 /// Where a transport stands.
@@ -530,19 +478,17 @@ pub(crate) enum TransportWake {
 
 /// Why a message could not be queued.
 pub(crate) enum QueueError {
-    /// Not open, or closing.
-    NotWritable,
     /// The write queue is at its limit.
     Full,
     /// A text message was not valid UTF-8.
     InvalidText,
 }
 
-/// One transport, from `Open` to its single report.
+/// The I/O half of one transport, from `Connect` to `Drop`. The driver core keeps its state
+/// (open, closing, lingering) and decides its end; this owns the connect attempt or the socket.
 pub(crate) struct Transport {
     conn: ConnectionId,
     phase: Phase,
-    close_timeout: Duration,
     max_write_queue: usize,
     _live: LiveGuard,
 }
@@ -551,14 +497,12 @@ impl Transport {
     pub(crate) fn connecting(
         conn: ConnectionId,
         future: ConnectFuture,
-        settings: &ConnectSettings,
         max_write_queue: usize,
         live: &Arc<AtomicUsize>,
     ) -> Self {
         Transport {
             conn,
             phase: Phase::Connecting(future),
-            close_timeout: settings.close_timeout,
             max_write_queue,
             _live: LiveGuard::new(live),
         }
@@ -568,39 +512,13 @@ impl Transport {
         self.conn
     }
 
-    /// Whether data messages may be queued (open and no close frame either way).
-    pub(crate) fn is_writable(&self) -> bool {
-        matches!(&self.phase, Phase::Open(s) if s.closing == Closing::Active)
-    }
-
-    /// The instant the driver must end this transport on its own (close reply linger).
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        match &self.phase {
-            Phase::Open(s) => match s.closing {
-                Closing::ByPeer { deadline, .. } => Some(deadline),
-                _ => None,
-            },
-            Phase::Connecting(_) => None,
-        }
-    }
-
-    /// The peer's close code, once it sent a close frame.
-    pub(crate) fn peer_code(&self) -> Option<u16> {
-        match &self.phase {
-            Phase::Open(s) => s.peer_code(),
-            Phase::Connecting(_) => None,
-        }
-    }
-
-    /// Queues a data message. `force` ignores the queue limit (for the core's own payloads,
-    /// which are few and must not be lost to application traffic).
+    /// Queues a data message (the driver core checked the socket is open and not closing).
+    /// `force` ignores the queue limit (for the core's own payloads, which are few and must not
+    /// be lost to application traffic). A message for a socket still connecting is dropped.
     pub(crate) fn queue(&mut self, msg: Message, force: bool) -> Result<(), QueueError> {
         let Phase::Open(s) = &mut self.phase else {
-            return Err(QueueError::NotWritable);
+            return Ok(());
         };
-        if s.closing != Closing::Active {
-            return Err(QueueError::NotWritable);
-        }
         if !force && s.outbox.len() >= self.max_write_queue {
             return Err(QueueError::Full);
         }
@@ -614,24 +532,26 @@ impl Transport {
         Ok(())
     }
 
-    /// Starts the close handshake. Returns `false` if the transport is still connecting (the
-    /// caller must then finish it: there is no handshake to run).
-    pub(crate) fn close(&mut self, code: u16) -> bool {
-        let Phase::Open(s) = &mut self.phase else {
-            return false;
-        };
-        if s.closing == Closing::Active {
-            s.closing = Closing::ByUs;
+    /// Queues our close frame.
+    pub(crate) fn close(&mut self, code: u16) {
+        if let Phase::Open(s) = &mut self.phase {
             s.outbox
                 .push_back(tungstenite::Message::Close(Some(CloseFrame {
                     code: CloseCode::from(code),
                     reason: Utf8Bytes::from_static(""),
                 })));
         }
-        true
     }
 
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, read: bool) -> Poll<TransportWake> {
+    /// Gets out the reply to the peer's close frame (tungstenite queued it when it read the
+    /// frame).
+    pub(crate) fn answer_close(&mut self) {
+        if let Phase::Open(s) = &mut self.phase {
+            s.needs_flush = true;
+        }
+    }
+
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, mode: ReadMode) -> Poll<TransportWake> {
         match &mut self.phase {
             Phase::Connecting(future) => match future.as_mut().poll(cx) {
                 Poll::Pending => Poll::Pending,
@@ -641,39 +561,11 @@ impl Transport {
                         ws,
                         outbox: VecDeque::new(),
                         needs_flush: false,
-                        closing: Closing::Active,
                     }));
                     Poll::Ready(TransportWake::Opened)
                 }
             },
-            Phase::Open(s) => s
-                .poll(self.conn, cx, read, self.close_timeout)
-                .map(TransportWake::Socket),
+            Phase::Open(s) => s.poll(self.conn, cx, mode).map(TransportWake::Socket),
         }
-    }
-
-    /// Ends the transport: drops the socket (or the connect attempt) and returns the one input
-    /// that reports its end to the core.
-    pub(crate) fn finish(self, code: Option<u16>) -> Input {
-        let input = self.end_input(code);
-        drop(self);
-        input
-    }
-
-    /// The input that reports this transport's end, without ending it.
-    fn end_input(&self, code: Option<u16>) -> Input {
-        let conn = self.conn;
-        if matches!(self.phase, Phase::Open(_)) {
-            Input::Closed { conn, code }
-        } else {
-            Input::OpenFailed(conn)
-        }
-    }
-
-    /// A planted bug for checking the checkers: the end report is made, but the socket is
-    /// handed back to be kept alive instead of being dropped.
-    #[cfg(feature = "planted-faults")]
-    pub(crate) fn finish_leaking(self, code: Option<u16>) -> (Input, Transport) {
-        (self.end_input(code), self)
     }
 }

@@ -515,3 +515,79 @@ fn same_seed_same_run() {
     let c = storm(43);
     assert_ne!(a.0, c.0);
 }
+
+/// The peer closes; returns the instant it did and the run, with the client still lingering.
+fn peer_closes(mem: MemoryConfig) -> (Sim, Instant) {
+    let mut s = sim_with(Config::default(), mem, LinePeer::new(10_000));
+    s.start().unwrap();
+    assert!(
+        s.run_until_condition(Duration::from_secs(1), identified)
+            .unwrap()
+    );
+    s.take_events();
+    let t0 = s.now();
+    s.peer_mut().act(PeerAction::Close(4009));
+    // The frame arrives one latency later; the reply is out, the link still lives.
+    s.run_for(Duration::from_millis(60)).unwrap();
+    assert_eq!(
+        s.peer().close_frames,
+        vec![],
+        "the reply is still on its way"
+    );
+    assert_eq!(
+        s.live_transports(),
+        1,
+        "the client lingers for the peer's EOF"
+    );
+    assert_eq!(
+        ends_of(&transport_events(&s.take_events()), ConnectionId(1)),
+        0
+    );
+    (s, t0)
+}
+
+#[test]
+fn after_a_peer_close_the_link_lingers_until_the_peer_eof() {
+    let mem = MemoryConfig {
+        latency: Duration::from_millis(50),
+        ..MemoryConfig::default()
+    };
+    let (mut s, t0) = peer_closes(mem);
+    assert!(
+        s.run_until_condition(Duration::from_secs(1), |s| s.live_transports() == 0)
+            .unwrap()
+    );
+    // Frame out (50 ms), reply back (100 ms: the peer closes TCP), EOF in (150 ms).
+    assert_eq!(s.now() - t0, Duration::from_millis(150));
+    let conn = ConnectionId(1);
+    let facts = transport_events(&s.take_events());
+    let code = Some(4009);
+    assert_eq!(facts.first(), Some(&TransportEvent::Closed { conn, code }));
+    assert_eq!(s.peer().close_frames, vec![(conn, 4009)]);
+    assert_eq!(s.peer().disconnects, vec![conn]);
+}
+
+#[test]
+fn after_a_peer_close_the_link_is_dropped_at_close_timeout_without_eof() {
+    let mem = MemoryConfig {
+        latency: Duration::from_millis(50),
+        close_timeout: Duration::from_millis(30),
+        ..MemoryConfig::default()
+    };
+    let (mut s, t0) = peer_closes(mem);
+    s.run_for(Duration::from_millis(20)).unwrap();
+    // Frame in at 50 ms, linger deadline at 80 ms; the EOF would come at 150 ms.
+    assert_eq!(s.live_transports(), 0);
+    assert_eq!(s.now() - t0, Duration::from_millis(80));
+    let conn = ConnectionId(1);
+    let facts = transport_events(&s.take_events());
+    let code = Some(4009);
+    assert_eq!(facts, vec![TransportEvent::Closed { conn, code }]);
+    s.run_for(Duration::from_millis(200)).unwrap();
+    assert_eq!(s.peer().disconnects[0], conn, "the peer sees it gone once");
+    assert_eq!(
+        s.peer().disconnects.iter().filter(|c| **c == conn).count(),
+        1
+    );
+    assert_eq!(s.max_peer_connections(), 1);
+}
