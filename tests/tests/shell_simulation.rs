@@ -95,7 +95,11 @@ fn every_seed_holds_every_invariant_in_the_production_shell() {
         sum(|o| o.delivered),
         sum(|o| o.gaps),
         sum(|o| u64::from(o.gave_up)),
-        outcomes.iter().map(|o| o.max_open_per_shard).max().unwrap_or(0),
+        outcomes
+            .iter()
+            .map(|o| o.max_open_per_shard)
+            .max()
+            .unwrap_or(0),
     );
     if ran < count {
         println!(
@@ -134,8 +138,10 @@ fn a_seed_replays_exactly_in_the_production_shell() {
         assert!(
             a.outcome == b.outcome && a.trace == b.trace,
             "seed {seed} replayed differently from trace line {first_difference}:\n{}\n---\n{}\n{:?}\n{:?}",
-            a.trace[first_difference.saturating_sub(5)..(first_difference + 5).min(a.trace.len())].join("\n"),
-            b.trace[first_difference.saturating_sub(5)..(first_difference + 5).min(b.trace.len())].join("\n"),
+            a.trace[first_difference.saturating_sub(5)..(first_difference + 5).min(a.trace.len())]
+                .join("\n"),
+            b.trace[first_difference.saturating_sub(5)..(first_difference + 5).min(b.trace.len())]
+                .join("\n"),
             a.outcome,
             b.outcome,
         );
@@ -158,7 +164,14 @@ fn the_planted_close_path_bug_is_caught_as_two_sockets_at_the_server() {
         .first()
         .expect("the planted close-path bug went unnoticed for every default seed");
     let result = run_with(&Scenario::generate(seed), &options);
-    assert!(!result.passed());
+    println!(
+        "planted close-path bug caught at seed {seed}:\n{}",
+        result.report()
+    );
+    assert!(
+        !result.passed(),
+        "seed {seed} failed once and passed when replayed"
+    );
     assert!(
         result
             .violations
