@@ -1087,7 +1087,8 @@ impl App {
         }
     }
 
-    fn next_seq(rec: &mut Record, id: u32, a: &AppShard, seq: u64, what: &str) {
+    /// Check that `seq` follows the last one read in the session, then follow it.
+    fn next_seq(rec: &mut Record, id: u32, a: &mut AppShard, seq: u64, what: &str) {
         if a.session.is_none() {
             rec.violate(format!("shard {id}: {what} seq {seq} outside any session"));
         } else if seq <= a.last {
@@ -1102,9 +1103,8 @@ impl App {
                 seq - 1
             ));
         }
-        // Keep following the session from what was read, so one fault is reported once.
-        // (The caller's borrow is shared; the seq is stored by `set_last`.)
-        let _ = a;
+        // Follow the session from what was read, so one fault is reported once.
+        a.last = a.last.max(seq);
     }
 }
 
@@ -1134,18 +1134,7 @@ async fn read_events(mut source: Source, app: Shared<App>) {
         let Some(ev) = source.next().await else {
             return;
         };
-        let mut a = lock(&app);
-        a.read(&ev);
-        let seq = match &ev.kind {
-            ShardEventKind::Dispatch(d) => Some(d.seq),
-            ShardEventKind::Resumed(r) => r.seq,
-            _ => None,
-        };
-        if let Some(seq) = seq
-            && let Some(s) = a.shards.get_mut(&ev.shard)
-        {
-            s.last = s.last.max(seq);
-        }
+        lock(&app).read(&ev);
     }
 }
 
