@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod shell_sim;
 pub mod sim;
 
 use std::collections::BTreeSet;
