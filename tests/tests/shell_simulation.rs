@@ -13,7 +13,7 @@ use handover_transport_ws::{PlantedFault, TransportConfig};
 const WALL_BUDGET: Duration = Duration::from_secs(40);
 
 /// Seeds the replay test runs twice each (`SHELL_SIM_REPLAYS` overrides).
-const REPLAYS: u64 = 12;
+const REPLAYS: u64 = 40;
 
 /// The default sweep must run at least this many seeds, whatever the machine.
 const MIN_SEEDS: u64 = 50;

@@ -339,17 +339,19 @@ where
                 let events = &self.events;
                 let core = &mut self.core;
                 let want_slot = core.has_events();
+                // A fixed order (`biased`), so that a run replays exactly under a paused clock
+                // (tokio otherwise picks among ready branches at random). Deadlines and permits
+                // first: a flood of frames must not delay a heartbeat or a drain deadline.
+                // Commands before the socket, so a stop is never starved by incoming data;
+                // the socket last, since it is the branch that can stay ready for long.
                 tokio::select! {
-                    cmd = commands.recv(), if commands_open => Wake::Command(cmd),
-                    w = poll_fn(|cx| match transport.as_mut() {
-                        Some(t) => t.poll(cx, mode),
-                        None => Poll::Pending,
-                    }) => Wake::Transport(w),
+                    biased;
                     () = &mut sleep, if armed.is_some() => Wake::Timer,
                     (conn, result) = poll_fn(|cx| match permit.as_mut() {
                         Some(p) => p.future.as_mut().poll(cx).map(|r| (p.conn, r)),
                         None => Poll::Pending,
                     }) => Wake::Permit(conn, result),
+                    cmd = commands.recv(), if commands_open => Wake::Command(cmd),
                     slot = events.reserve(), if want_slot => {
                         match slot {
                             Ok(slot) => {
@@ -361,6 +363,10 @@ where
                         }
                         Wake::EventSent
                     }
+                    w = poll_fn(|cx| match transport.as_mut() {
+                        Some(t) => t.poll(cx, mode),
+                        None => Poll::Pending,
+                    }) => Wake::Transport(w),
                 }
             };
             let now = clock::now();

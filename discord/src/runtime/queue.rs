@@ -100,7 +100,9 @@ async fn run(mut queue: IdentifyQueue, mut requests: mpsc::Receiver<Request>) {
             }
         }
         let wake = queue.poll_timeout();
+        // Fixed order (`biased`): a run replays exactly under a paused clock.
         tokio::select! {
+            biased;
             req = requests.recv() => {
                 let Some(Request { shard, reply }) = req else { return };
                 match queue.request(shard, tokio::time::Instant::now().into_std()) {
