@@ -304,8 +304,6 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     let permits: Option<Arc<dyn IdentifyCoordinator>> = None;
     #[cfg(feature = "redis")]
     let redis_sink = args.redis.sink == super::redis_run::SinkArg::Redis;
-    #[cfg(not(feature = "redis"))]
-    let redis_sink = false;
     #[cfg(feature = "redis")]
     let resumed: BTreeMap<u32, String> = sessions
         .iter()
