@@ -25,9 +25,9 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use handover_discord::mock::{DEFAULT_TOKEN, Fault, MockConfig, MockHandle, MockServer};
-use handover_discord::protocol::{GatewayConfig, Intents, Token};
-use handover_discord::runtime::{Shard, ShardConfig};
+use handover_mock::{DEFAULT_TOKEN, Fault, MockConfig, MockHandle, MockServer};
+use handover_protocol::{GatewayConfig, Intents, Token};
+use handover_runtime::{Shard, ShardConfig};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 

@@ -13,11 +13,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use handover_core::{Backoff, Config};
-use handover_discord::mock::{DEFAULT_TOKEN, MockConfig};
-use handover_discord::protocol::{
+use handover_mock::{DEFAULT_TOKEN, MockConfig};
+use handover_protocol::{
     CLOSE_RULES, GatewayConfig, IdentifyBudget, IdentifyQueueConfig, Intents, Token,
 };
-use handover_discord::runtime::{Shard, ShardConfig, ShardEvent, ShardEventKind, ShardStatus};
+use handover_runtime::{Shard, ShardConfig, ShardEvent, ShardEventKind, ShardStatus};
 
 /// Upper bound for any single wait in these tests. Generous: it only matters when a test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -76,7 +76,7 @@ pub fn gateway(url: &str, id: u32, count: u32) -> GatewayConfig {
     let token = Token::new(DEFAULT_TOKEN).expect("the mock's default token is well formed");
     let mut g = GatewayConfig::new(token, Intents::GUILDS | Intents::GUILD_MESSAGES);
     g.gateway_url = url.to_owned();
-    g.shard = handover_discord::protocol::ShardId::new(id, count).expect("id below count");
+    g.shard = handover_protocol::ShardId::new(id, count).expect("id below count");
     g
 }
 

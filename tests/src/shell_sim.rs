@@ -28,13 +28,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use handover_core::{Config, ConnectionId, Message, RestartReason, StopIntent};
-use handover_discord::mock::{
+use handover_mock::{
     MockConfig, MockGateway, ShardKey, StreamId, StreamRate, StreamSpec, Target,
 };
-use handover_discord::protocol::{
+use handover_protocol::{
     Command, IdentifyBudget, IdentifyQueueConfig, Status as PresenceStatus, UpdatePresence,
 };
-use handover_discord::runtime::{
+use handover_runtime::{
     Fleet, FleetConfig, Shard, ShardConfig, ShardEvent, ShardEventKind, ShardHandle, ShardSelection,
 };
 use handover_transport_ws::memory::{MemoryPeer, PeerAction};
@@ -1232,7 +1232,7 @@ async fn drive(scenario: &Scenario, plan: &ShellPlan, options: &ShellOptions) ->
     }
     let mut lifecycle = match p.timers {
         Timers::Production => Config {
-            close_rules: handover_discord::protocol::CLOSE_RULES,
+            close_rules: handover_protocol::CLOSE_RULES,
             ..Config::default()
         },
         Timers::Tight => crate::lifecycle(),

@@ -29,10 +29,10 @@ use handover_core::{
     Backoff, Codec, Config, ConnectionId, Decoded, Event, GiveUpReason, Message, OpenMode, Payload,
     Phase, RestartReason, Signal, State, StopIntent,
 };
-use handover_discord::mock::{
+use handover_mock::{
     Fault, Garbage, MockConfig, MockGateway, ShardKey, StreamId, StreamRate, StreamSpec, Target,
 };
-use handover_discord::protocol::{
+use handover_protocol::{
     CLOSE_RULES, Command, Compression, DiscordCodec, GatewayEvent, Status as PresenceStatus,
     UpdatePresence,
 };

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use handover_discord::mock::{Fault, Garbage, MockServer};
-use handover_discord::protocol::Compression;
-use handover_discord::runtime::{Shard, ShardEventKind};
+use handover_mock::{Fault, Garbage, MockServer};
+use handover_protocol::Compression;
+use handover_runtime::{Shard, ShardEventKind};
 use handover_tests::{Log, is_ready, is_resumed, mock_config, read_until, shard_config};
 use serde_json::json;
 

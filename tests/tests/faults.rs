@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use handover_core::StopIntent;
-use handover_discord::mock::{Fault, MockConfig, MockServer};
-use handover_discord::protocol::{IdentifyBudget, Token};
-use handover_discord::runtime::{Shard, ShardEventKind};
+use handover_mock::{Fault, MockConfig, MockServer};
+use handover_protocol::{IdentifyBudget, Token};
+use handover_runtime::{Shard, ShardEventKind};
 use handover_tests::{
     Log, WAIT, is_ready, is_resumed, mock_config, read_until, read_until_status, shard_config,
 };

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use handover_core::{RestartReason, StopIntent};
-use handover_discord::mock::{MockConfig, MockServer};
-use handover_discord::runtime::{Fleet, FleetConfig, ShardEventKind, ShardSelection};
+use handover_mock::{MockConfig, MockServer};
+use handover_runtime::{Fleet, FleetConfig, ShardEventKind, ShardSelection};
 use handover_tests::{WAIT, gateway, identify_queue, lifecycle, mock_config};
 
 const SHARDS: u32 = 16;
@@ -17,7 +17,7 @@ fn fleet_config(url: &str) -> FleetConfig {
     config.lifecycle = lifecycle();
     // A little over the gateway's window: a grant and the IDENTIFY it lets go are not the
     // same instant, and Discord enforces the window on arrival.
-    config.identify = handover_discord::protocol::IdentifyQueueConfig {
+    config.identify = handover_protocol::IdentifyQueueConfig {
         bucket_window: Duration::from_millis(120),
         ..identify_queue()
     };
@@ -40,7 +40,6 @@ async fn next_of_kind(fleet: &mut Fleet, pred: impl Fn(&ShardEventKind) -> bool)
 async fn sixteen_shards_identify_one_bucket_at_a_time() {
     let mock = MockServer::start(MockConfig {
         shards: SHARDS,
-        max_concurrency: 1,
         identify_window: Duration::from_millis(100),
         ..mock_config()
     })
@@ -169,7 +168,7 @@ async fn connect_asks_the_gateway_for_url_shards_and_limits() {
     let mut fleet = Fleet::connect(
         config,
         &mock.http_base(),
-        &handover_discord::http::HttpOptions::default(),
+        &handover_runtime::http::HttpOptions::default(),
     )
     .await
     .expect("lookup and start");
@@ -183,21 +182,19 @@ async fn connect_asks_the_gateway_for_url_shards_and_limits() {
 
     // A bad token fails the lookup with a typed error, before any socket opens.
     let mut bad = fleet_config(&mock.url());
-    bad.gateway.token = handover_discord::protocol::Token::new("wrong-token").expect("well formed");
+    bad.gateway.token = handover_protocol::Token::new("wrong-token").expect("well formed");
     bad.shards = ShardSelection::Recommended;
     let err = Fleet::connect(
         bad,
         &mock.http_base(),
-        &handover_discord::http::HttpOptions::default(),
+        &handover_runtime::http::HttpOptions::default(),
     )
     .await
     .expect_err("401");
     assert!(
         matches!(
             err,
-            handover_discord::runtime::FleetError::Lookup(
-                handover_discord::http::HttpError::InvalidToken
-            )
+            handover_runtime::FleetError::Lookup(handover_runtime::http::HttpError::InvalidToken)
         ),
         "{err}"
     );

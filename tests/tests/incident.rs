@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use handover_core::RestartReason;
-use handover_discord::mock::{Fault, MockServer, StreamRate, StreamSpec};
-use handover_discord::runtime::{Shard, ShardEventKind};
+use handover_mock::{Fault, MockServer, StreamRate, StreamSpec};
+use handover_runtime::{Shard, ShardEventKind};
 use handover_tests::{Log, WAIT, is_ready, is_resumed, mock_config, read_until, shard_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

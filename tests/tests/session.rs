@@ -2,9 +2,9 @@
 //! with the events written in between replayed; a stale saved session falls back to identify.
 
 use handover_core::StopIntent;
-use handover_discord::mock::MockServer;
-use handover_discord::protocol::Session;
-use handover_discord::runtime::{Shard, ShardEventKind};
+use handover_mock::MockServer;
+use handover_protocol::Session;
+use handover_runtime::{Shard, ShardEventKind};
 use handover_tests::{Log, is_ready, is_resumed, mock_config, read_until, shard_config};
 
 #[tokio::test]

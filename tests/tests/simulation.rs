@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use handover_core::{CloseRules, Codec, ConnectionId, Decoded, Message, OpenMode, Payload};
-use handover_discord::mock::Fault;
-use handover_discord::protocol::{CLOSE_RULES, Compression, GatewayEvent};
+use handover_mock::Fault;
+use handover_protocol::{CLOSE_RULES, Compression, GatewayEvent};
 use handover_tests::sim::{
     Action, DEFAULT_SEEDS, Options, Outcome, RunResult, Scenario, Timers, run, run_with, shrink,
 };

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use handover_core::{Backoff, RestartReason, StopIntent};
-use handover_discord::mock::{Fault, MockServer};
-use handover_discord::runtime::{Fleet, FleetConfig, Shard, ShardSelection, ShardStatus};
+use handover_mock::{Fault, MockServer};
+use handover_runtime::{Fleet, FleetConfig, Shard, ShardSelection, ShardStatus};
 use handover_tests::{
     Log, WAIT, gateway, identify_queue, is_ready, is_resumed, lifecycle, mock_config, read_until,
     read_until_status, shard_config,
@@ -35,7 +35,7 @@ async fn stop_and_check(shard: &Shard, phase_before: &str) -> ShardStatus {
     status
 }
 
-fn slow_config(url: &str) -> handover_discord::runtime::ShardConfig {
+fn slow_config(url: &str) -> handover_runtime::ShardConfig {
     let mut c = shard_config(url);
     c.lifecycle.drain_deadline = DRAIN;
     c.lifecycle.probe_grace = Duration::from_secs(2);
@@ -180,7 +180,7 @@ async fn stop_while_waiting_for_an_identify_permit() {
     let mut config = FleetConfig::new(gateway(&mock.url(), 0, 1), ShardSelection::All { total: 1 });
     config.lifecycle = lifecycle();
     config.identify = identify_queue();
-    config.session_start_limit = Some(handover_discord::protocol::SessionStartLimit {
+    config.session_start_limit = Some(handover_protocol::SessionStartLimit {
         total: 1000,
         remaining: 0,
         reset_after: Duration::from_secs(3600),

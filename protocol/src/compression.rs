@@ -1,0 +1,697 @@
+//! Transport compression: `zlib-stream` and `zstd-stream`, with a cap on decompressed bytes.
+//!
+//! Source: <https://discord.com/developers/docs/events/gateway#transport-compression>.
+//!
+//! - zlib-stream: one inflate context per connection; the data of a message may span several
+//!   WebSocket frames, and a message is complete when the received data ends with the
+//!   `Z_SYNC_FLUSH` suffix `00 00 FF FF`.
+//! - zstd-stream: one decompression context per connection; every WebSocket message is one
+//!   gateway message, flushed but not ending a zstd frame.
+//!
+//! A message that decompresses to more than the cap (a compression bomb), or buffers more
+//! compressed bytes than the cap without completing, is refused with
+//! [`ProtocolError::DecompressedTooLarge`] and nothing of it is delivered. Any error leaves the
+//! context unusable ([`ProtocolError::needs_reconnect`]).
+
+#[cfg(any(feature = "zlib", feature = "zstd"))]
+use std::fmt;
+
+#[cfg(feature = "zlib")]
+use flate2::{Compress, Decompress, FlushCompress, FlushDecompress, Status};
+use serde::{Deserialize, Serialize};
+#[cfg(feature = "zstd")]
+use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+
+use super::ProtocolError;
+
+/// The `Z_SYNC_FLUSH` suffix that ends every zlib-stream message.
+pub const ZLIB_SUFFIX: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Default cap on the decompressed size of one message: 32 MiB (a READY of a very large bot
+/// stays well below it).
+pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 32 << 20;
+
+#[cfg(any(feature = "zlib", feature = "zstd"))]
+const SCRATCH: usize = 32 * 1024;
+
+/// Which transport compression to ask for (the `compress` query parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    /// No transport compression (the default).
+    #[default]
+    None,
+    /// `compress=zlib-stream`.
+    ZlibStream,
+    /// `compress=zstd-stream`.
+    ZstdStream,
+}
+
+impl Compression {
+    /// The value of the `compress` query parameter, if any.
+    pub const fn query_value(self) -> Option<&'static str> {
+        match self {
+            Compression::None => None,
+            Compression::ZlibStream => Some("zlib-stream"),
+            Compression::ZstdStream => Some("zstd-stream"),
+        }
+    }
+
+    /// Whether this build can decompress it: `zlib-stream` needs the `zlib` feature of
+    /// `handover-protocol`, `zstd-stream` the `zstd` feature (both on by default). A codec
+    /// configured with an unavailable compression is refused at construction with
+    /// [`ProtocolError::CompressionUnavailable`].
+    pub const fn is_available(self) -> bool {
+        match self {
+            Compression::None => true,
+            Compression::ZlibStream => cfg!(feature = "zlib"),
+            Compression::ZstdStream => cfg!(feature = "zstd"),
+        }
+    }
+
+    /// The error for asking for this compression in a build without its feature.
+    fn unavailable_error(self) -> ProtocolError {
+        let feature = match self {
+            Compression::ZstdStream => "zstd",
+            _ => "zlib",
+        };
+        ProtocolError::CompressionUnavailable {
+            compression: self.query_value().unwrap_or("none"),
+            feature,
+        }
+    }
+}
+
+/// The receiving side of `zlib-stream` for one connection.
+#[cfg(feature = "zlib")]
+pub struct ZlibStreamDecoder {
+    inflate: Decompress,
+    buf: Vec<u8>,
+    scratch: Box<[u8]>,
+    max: usize,
+    poisoned: bool,
+}
+
+#[cfg(feature = "zlib")]
+impl ZlibStreamDecoder {
+    /// A fresh context; `max` caps the decompressed size of one message (and the compressed
+    /// bytes buffered while waiting for the suffix).
+    pub fn new(max: usize) -> Self {
+        ZlibStreamDecoder {
+            inflate: Decompress::new(true),
+            buf: Vec::new(),
+            scratch: vec![0; SCRATCH].into_boxed_slice(),
+            max,
+            poisoned: false,
+        }
+    }
+
+    /// Feeds one received frame. Returns the decompressed message once a frame ends with
+    /// [`ZLIB_SUFFIX`], `None` while the message is incomplete.
+    pub fn push(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, ProtocolError> {
+        if self.poisoned {
+            return Err(ProtocolError::StreamPoisoned);
+        }
+        let complete = frame.ends_with(&ZLIB_SUFFIX);
+        if !complete || !self.buf.is_empty() {
+            if self.buf.len().saturating_add(frame.len()) > self.max {
+                self.poisoned = true;
+                return Err(ProtocolError::DecompressedTooLarge { limit: self.max });
+            }
+            self.buf.extend_from_slice(frame);
+            if !self.buf.ends_with(&ZLIB_SUFFIX) {
+                return Ok(None);
+            }
+        }
+        let input = std::mem::take(&mut self.buf);
+        let data: &[u8] = if input.is_empty() { frame } else { &input };
+        let result = self.inflate_all(data);
+        // Keep the allocation for the next partial message.
+        self.buf = input;
+        self.buf.clear();
+        match result {
+            Ok(out) => Ok(Some(out)),
+            Err(e) => {
+                self.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn inflate_all(&mut self, mut input: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+        let mut out = Vec::with_capacity(input.len().saturating_mul(4).min(self.max));
+        loop {
+            let (in0, out0) = (self.inflate.total_in(), self.inflate.total_out());
+            let status = self
+                .inflate
+                .decompress(input, &mut self.scratch, FlushDecompress::Sync)
+                .map_err(|e| ProtocolError::DecompressionFailed {
+                    reason: format!("zlib: {e}"),
+                })?;
+            let consumed = usize::try_from(self.inflate.total_in() - in0).unwrap_or(usize::MAX);
+            let produced = usize::try_from(self.inflate.total_out() - out0).unwrap_or(usize::MAX);
+            input = input.get(consumed..).unwrap_or_default();
+            if out.len().saturating_add(produced) > self.max {
+                return Err(ProtocolError::DecompressedTooLarge { limit: self.max });
+            }
+            out.extend_from_slice(&self.scratch[..produced]);
+            if status == Status::StreamEnd && !input.is_empty() {
+                return Err(ProtocolError::DecompressionFailed {
+                    reason: "zlib: data after the end of the stream".into(),
+                });
+            }
+            if input.is_empty() && produced < self.scratch.len() {
+                return Ok(out);
+            }
+            if consumed == 0 && produced == 0 {
+                return Err(ProtocolError::DecompressionFailed {
+                    reason: "zlib: no progress".into(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(feature = "zlib")]
+impl fmt::Debug for ZlibStreamDecoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZlibStreamDecoder")
+            .field("buffered", &self.buf.len())
+            .field("total_in", &self.inflate.total_in())
+            .field("total_out", &self.inflate.total_out())
+            .field("max", &self.max)
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+/// The receiving side of `zstd-stream` for one connection.
+#[cfg(feature = "zstd")]
+pub struct ZstdStreamDecoder {
+    dctx: zstd::stream::raw::Decoder<'static>,
+    scratch: Box<[u8]>,
+    max: usize,
+    poisoned: bool,
+}
+
+#[cfg(feature = "zstd")]
+impl ZstdStreamDecoder {
+    /// A fresh context; `max` caps the decompressed size of one message.
+    pub fn new(max: usize) -> Result<Self, ProtocolError> {
+        let dctx =
+            zstd::stream::raw::Decoder::new().map_err(|e| ProtocolError::DecompressionFailed {
+                reason: format!("zstd: {e}"),
+            })?;
+        Ok(ZstdStreamDecoder {
+            dctx,
+            scratch: vec![0; SCRATCH].into_boxed_slice(),
+            max,
+            poisoned: false,
+        })
+    }
+
+    /// Feeds one received frame, which holds exactly one gateway message.
+    pub fn push(&mut self, frame: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+        if self.poisoned {
+            return Err(ProtocolError::StreamPoisoned);
+        }
+        let result = self.decompress(frame);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn decompress(&mut self, frame: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+        let mut out = Vec::with_capacity(frame.len().saturating_mul(4).min(self.max));
+        let mut input = InBuffer::around(frame);
+        loop {
+            let before = input.pos();
+            let mut output = OutBuffer::around(&mut self.scratch[..]);
+            self.dctx.run(&mut input, &mut output).map_err(|e| {
+                ProtocolError::DecompressionFailed {
+                    reason: format!("zstd: {e}"),
+                }
+            })?;
+            let produced = output.pos();
+            if out.len().saturating_add(produced) > self.max {
+                return Err(ProtocolError::DecompressedTooLarge { limit: self.max });
+            }
+            out.extend_from_slice(&self.scratch[..produced]);
+            let done = input.pos() == frame.len();
+            if done && produced < self.scratch.len() {
+                return Ok(out);
+            }
+            if input.pos() == before && produced == 0 {
+                return Err(ProtocolError::DecompressionFailed {
+                    reason: "zstd: no progress".into(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(feature = "zstd")]
+impl fmt::Debug for ZstdStreamDecoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZstdStreamDecoder")
+            .field("max", &self.max)
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+/// The sending side of `zlib-stream`, for mock gateways and tests: one deflate context, every
+/// message ends with a sync flush (and so with [`ZLIB_SUFFIX`]).
+#[cfg(feature = "zlib")]
+pub struct ZlibStreamEncoder {
+    deflate: Compress,
+}
+
+#[cfg(feature = "zlib")]
+impl ZlibStreamEncoder {
+    /// A fresh context at the default compression level.
+    pub fn new() -> Self {
+        ZlibStreamEncoder {
+            deflate: Compress::new(flate2::Compression::default(), true),
+        }
+    }
+
+    /// Compresses one message; the result ends with [`ZLIB_SUFFIX`].
+    pub fn compress(&mut self, msg: &[u8]) -> Vec<u8> {
+        // Room for deflate's worst case (stored blocks: 5 bytes per 16 KiB) plus the sync marker
+        // with margin, so one call finishes the flush with output space to spare. A flush that
+        // fills the buffer exactly cannot tell whether it is complete, and flushing again would
+        // append a second, empty marker (zlib's manual: keep more than six bytes free).
+        let mut out = Vec::with_capacity(msg.len() + msg.len() / 1024 + 128);
+        let mut input = msg;
+        loop {
+            if out.capacity() - out.len() < 64 {
+                out.reserve(out.capacity().max(64));
+            }
+            let (in0, out0) = (self.deflate.total_in(), self.deflate.total_out());
+            if self
+                .deflate
+                .compress_vec(input, &mut out, FlushCompress::Sync)
+                .is_err()
+            {
+                // Only a misuse of the stream state can fail; nothing more can be produced.
+                return out;
+            }
+            let consumed = usize::try_from(self.deflate.total_in() - in0).unwrap_or(0);
+            input = input.get(consumed..).unwrap_or_default();
+            let produced = self.deflate.total_out() - out0;
+            if input.is_empty() && out.ends_with(&ZLIB_SUFFIX) && out.len() < out.capacity() {
+                return out;
+            }
+            if consumed == 0 && produced == 0 && out.len() < out.capacity() {
+                return out;
+            }
+        }
+    }
+}
+
+#[cfg(feature = "zlib")]
+impl Default for ZlibStreamEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(feature = "zlib")]
+impl fmt::Debug for ZlibStreamEncoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZlibStreamEncoder")
+            .field("total_in", &self.deflate.total_in())
+            .finish()
+    }
+}
+
+/// The sending side of `zstd-stream`, for mock gateways and tests: one context, every message
+/// flushed without ending the frame.
+#[cfg(feature = "zstd")]
+pub struct ZstdStreamEncoder {
+    cctx: zstd::stream::raw::Encoder<'static>,
+}
+
+#[cfg(feature = "zstd")]
+impl ZstdStreamEncoder {
+    /// A fresh context at compression level 3.
+    pub fn new() -> Result<Self, ProtocolError> {
+        let cctx =
+            zstd::stream::raw::Encoder::new(3).map_err(|e| ProtocolError::DecompressionFailed {
+                reason: format!("zstd: {e}"),
+            })?;
+        Ok(ZstdStreamEncoder { cctx })
+    }
+
+    /// Compresses and flushes one message.
+    pub fn compress(&mut self, msg: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+        let err = |e: std::io::Error| ProtocolError::DecompressionFailed {
+            reason: format!("zstd: {e}"),
+        };
+        let mut out = Vec::new();
+        let mut scratch = vec![0u8; SCRATCH];
+        let mut input = InBuffer::around(msg);
+        while input.pos() < msg.len() {
+            let mut o = OutBuffer::around(&mut scratch[..]);
+            self.cctx.run(&mut input, &mut o).map_err(err)?;
+            let n = o.pos();
+            out.extend_from_slice(&scratch[..n]);
+        }
+        loop {
+            let mut o = OutBuffer::around(&mut scratch[..]);
+            let remaining = self.cctx.flush(&mut o).map_err(err)?;
+            let n = o.pos();
+            out.extend_from_slice(&scratch[..n]);
+            if remaining == 0 {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+#[cfg(feature = "zstd")]
+impl fmt::Debug for ZstdStreamEncoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ZstdStreamEncoder")
+    }
+}
+
+/// The per-connection decompressor the codec holds.
+// One per connection, built once and never moved on a hot path: boxing the decoder would buy
+// nothing (the lint fires only when a single compression feature is on).
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Decompressor {
+    None,
+    #[cfg(feature = "zlib")]
+    Zlib(ZlibStreamDecoder),
+    #[cfg(feature = "zstd")]
+    Zstd(ZstdStreamDecoder),
+    /// A context could not be created; every compressed message fails.
+    Failed,
+}
+
+impl Decompressor {
+    #[cfg_attr(not(any(feature = "zlib", feature = "zstd")), allow(unused_variables))]
+    pub(crate) fn new(kind: Compression, max: usize) -> Result<Self, ProtocolError> {
+        Ok(match kind {
+            Compression::None => Decompressor::None,
+            #[cfg(feature = "zlib")]
+            Compression::ZlibStream => Decompressor::Zlib(ZlibStreamDecoder::new(max)),
+            #[cfg(feature = "zstd")]
+            Compression::ZstdStream => Decompressor::Zstd(ZstdStreamDecoder::new(max)?),
+            #[allow(unreachable_patterns)] // reachable exactly when a feature is off
+            unavailable => return Err(unavailable.unavailable_error()),
+        })
+    }
+
+    /// Whether the stream is beyond repair: every later message on this connection fails.
+    pub(crate) fn is_poisoned(&self) -> bool {
+        match self {
+            Decompressor::None => false,
+            #[cfg(feature = "zlib")]
+            Decompressor::Zlib(z) => z.poisoned,
+            #[cfg(feature = "zstd")]
+            Decompressor::Zstd(z) => z.poisoned,
+            Decompressor::Failed => true,
+        }
+    }
+
+    /// A complete message from a binary frame, or `None` while one is incomplete. Binary
+    /// frames without compression are taken as JSON.
+    pub(crate) fn push(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, ProtocolError> {
+        match self {
+            Decompressor::None => Ok(Some(frame.to_vec())),
+            #[cfg(feature = "zlib")]
+            Decompressor::Zlib(z) => z.push(frame),
+            #[cfg(feature = "zstd")]
+            Decompressor::Zstd(z) => z.push(frame).map(Some),
+            Decompressor::Failed => Err(ProtocolError::StreamPoisoned),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(any(feature = "zlib", feature = "zstd"))]
+    fn messages() -> Vec<Vec<u8>> {
+        vec![
+            br#"{"op":10,"d":{"heartbeat_interval":41250}}"#.to_vec(),
+            br#"{"op":11,"d":null}"#.to_vec(),
+            format!(
+                r#"{{"op":0,"s":1,"t":"READY","d":{{"pad":"{}"}}}}"#,
+                "guild ".repeat(5000)
+            )
+            .into_bytes(),
+            br#"{"op":0,"s":2,"t":"MESSAGE_CREATE","d":{"content":"hi"}}"#.to_vec(),
+        ]
+    }
+
+    #[cfg(feature = "zlib")]
+    #[test]
+    fn zlib_round_trip_over_one_context() {
+        let mut enc = ZlibStreamEncoder::new();
+        let mut dec = ZlibStreamDecoder::new(DEFAULT_MAX_DECOMPRESSED_BYTES);
+        for m in messages() {
+            let c = enc.compress(&m);
+            assert!(c.ends_with(&ZLIB_SUFFIX));
+            assert_eq!(dec.push(&c).unwrap(), Some(m));
+        }
+    }
+
+    #[cfg(feature = "zlib")]
+    #[test]
+    fn zlib_encoder_emits_exactly_one_sync_marker_per_message() {
+        // Found by fuzzing: this message's compressed form used to end exactly at the output
+        // buffer's capacity, and a second flush appended another, empty marker.
+        let mut ready = br#"{"d":{"guilds":[{"id":"7","unavailable":true}],"resume_gateway_url":"wss://resume.example","session_id":"0123456789abcdef","shard":[0,1],"user":{"bot":true,"id":"42"},"v":10},"op":0,"s":1,"t":"READY"}"#.to_vec();
+        ready[1] ^= 0b100;
+        let mut inputs = vec![ready];
+        // And a spread of sizes and contents, compressible and not.
+        let mut rng = fastrand::Rng::with_seed(5);
+        for len in (0..3000).step_by(7) {
+            inputs.push((0..len).map(|_| rng.u8(b' '..=b'~')).collect());
+            inputs.push(vec![b'a'; len]);
+        }
+        for msg in inputs.iter().filter(|m| !m.is_empty()) {
+            let mut enc = ZlibStreamEncoder::new();
+            let c = enc.compress(msg);
+            let markers = c.windows(4).filter(|w| *w == ZLIB_SUFFIX).count();
+            assert!(c.ends_with(&ZLIB_SUFFIX));
+            assert_eq!(markers, 1, "{} bytes in: two sync markers", msg.len());
+            let mut dec = ZlibStreamDecoder::new(DEFAULT_MAX_DECOMPRESSED_BYTES);
+            assert_eq!(dec.push(&c).unwrap().as_deref(), Some(&msg[..]));
+        }
+    }
+
+    #[cfg(feature = "zlib")]
+    #[test]
+    fn zlib_later_messages_need_the_shared_context() {
+        let mut enc = ZlibStreamEncoder::new();
+        let msgs = messages();
+        let _first = enc.compress(&msgs[2]);
+        let second = enc.compress(&msgs[2]);
+        // A fresh context cannot read the second message: it refers back to the first.
+        let mut fresh = ZlibStreamDecoder::new(DEFAULT_MAX_DECOMPRESSED_BYTES);
+        assert!(fresh.push(&second).is_err());
+    }
+
+    #[cfg(feature = "zlib")]
+    #[test]
+    fn zlib_message_split_across_frames() {
+        let mut enc = ZlibStreamEncoder::new();
+        let mut dec = ZlibStreamDecoder::new(DEFAULT_MAX_DECOMPRESSED_BYTES);
+        for m in messages() {
+            let c = enc.compress(&m);
+            let cuts = [c.len() / 3, c.len() / 2, c.len() - 2];
+            let mut last = 0;
+            for &cut in &cuts {
+                if cut > last {
+                    assert_eq!(dec.push(&c[last..cut]).unwrap(), None);
+                    last = cut;
+                }
+            }
+            assert_eq!(dec.push(&c[last..]).unwrap(), Some(m));
+        }
+    }
+
+    #[cfg(feature = "zlib")]
+    #[test]
+    fn zlib_corrupted_stream_is_typed_and_poisons() {
+        let mut enc = ZlibStreamEncoder::new();
+        let mut dec = ZlibStreamDecoder::new(DEFAULT_MAX_DECOMPRESSED_BYTES);
+        let msgs = messages();
+        assert!(dec.push(&enc.compress(&msgs[0])).unwrap().is_some());
+        let mut bad = enc.compress(&msgs[2]);
+        for b in bad.iter_mut().take(12).skip(2) {
+            *b ^= 0x5a;
+        }
+        let err = dec.push(&bad).unwrap_err();
+        assert!(err.needs_reconnect(), "{err:?}");
+        assert!(matches!(
+            err,
+            ProtocolError::DecompressionFailed { .. } | ProtocolError::DecompressedTooLarge { .. }
+        ));
+        let next = enc.compress(&msgs[3]);
+        assert_eq!(dec.push(&next), Err(ProtocolError::StreamPoisoned));
+    }
+
+    #[cfg(feature = "zlib")]
+    #[test]
+    fn zlib_garbage_header_fails() {
+        let mut dec = ZlibStreamDecoder::new(1024);
+        let mut junk = b"this is not zlib at all".to_vec();
+        junk.extend_from_slice(&ZLIB_SUFFIX);
+        assert!(matches!(
+            dec.push(&junk),
+            Err(ProtocolError::DecompressionFailed { .. })
+        ));
+    }
+
+    #[cfg(feature = "zlib")]
+    #[test]
+    fn zlib_bomb_is_refused() {
+        let cap = 1 << 20;
+        let mut enc = ZlibStreamEncoder::new();
+        let bomb = vec![b'a'; 16 << 20];
+        let c = enc.compress(&bomb);
+        assert!(c.len() < 64 * 1024, "bomb should be small: {}", c.len());
+        let mut dec = ZlibStreamDecoder::new(cap);
+        assert_eq!(
+            dec.push(&c),
+            Err(ProtocolError::DecompressedTooLarge { limit: cap })
+        );
+    }
+
+    #[cfg(feature = "zlib")]
+    #[test]
+    fn zlib_unterminated_buffering_is_capped() {
+        let mut dec = ZlibStreamDecoder::new(1000);
+        assert_eq!(dec.push(&[1u8; 600]), Ok(None));
+        assert_eq!(
+            dec.push(&[1u8; 600]),
+            Err(ProtocolError::DecompressedTooLarge { limit: 1000 })
+        );
+    }
+
+    #[cfg(feature = "zlib")]
+    #[test]
+    fn zlib_exactly_at_cap_passes() {
+        let msg = vec![b'x'; 100_000];
+        let mut enc = ZlibStreamEncoder::new();
+        let mut dec = ZlibStreamDecoder::new(100_000);
+        assert_eq!(dec.push(&enc.compress(&msg)).unwrap(), Some(msg.clone()));
+        let mut dec = ZlibStreamDecoder::new(99_999);
+        let mut enc = ZlibStreamEncoder::new();
+        assert!(dec.push(&enc.compress(&msg)).is_err());
+    }
+
+    #[cfg(feature = "zstd")]
+    #[test]
+    fn zstd_round_trip_over_one_context() {
+        let mut enc = ZstdStreamEncoder::new().unwrap();
+        let mut dec = ZstdStreamDecoder::new(DEFAULT_MAX_DECOMPRESSED_BYTES).unwrap();
+        for m in messages() {
+            let c = enc.compress(&m).unwrap();
+            assert_eq!(dec.push(&c).unwrap(), m);
+        }
+    }
+
+    #[cfg(feature = "zstd")]
+    #[test]
+    fn zstd_accepts_complete_frames_too() {
+        let mut dec = ZstdStreamDecoder::new(DEFAULT_MAX_DECOMPRESSED_BYTES).unwrap();
+        for m in messages() {
+            let c = zstd::bulk::compress(&m, 3).unwrap();
+            assert_eq!(dec.push(&c).unwrap(), m);
+        }
+    }
+
+    #[cfg(feature = "zstd")]
+    #[test]
+    fn zstd_corrupted_stream_is_typed_and_poisons() {
+        let mut enc = ZstdStreamEncoder::new().unwrap();
+        let mut dec = ZstdStreamDecoder::new(DEFAULT_MAX_DECOMPRESSED_BYTES).unwrap();
+        let msgs = messages();
+        dec.push(&enc.compress(&msgs[0]).unwrap()).unwrap();
+        // Mid-frame, most bytes read as some block; a block header of the reserved type
+        // (3) cannot be.
+        let err = dec.push(b"\x06\x00\x00garbage").unwrap_err();
+        assert!(matches!(err, ProtocolError::DecompressionFailed { .. }));
+        assert!(err.needs_reconnect());
+        assert_eq!(
+            dec.push(&enc.compress(&msgs[1]).unwrap()),
+            Err(ProtocolError::StreamPoisoned)
+        );
+    }
+
+    #[cfg(feature = "zstd")]
+    #[test]
+    fn zstd_bomb_is_refused() {
+        let cap = 1 << 20;
+        let mut enc = ZstdStreamEncoder::new().unwrap();
+        let c = enc.compress(&vec![0u8; 16 << 20]).unwrap();
+        assert!(c.len() < 64 * 1024);
+        let mut dec = ZstdStreamDecoder::new(cap).unwrap();
+        assert_eq!(
+            dec.push(&c),
+            Err(ProtocolError::DecompressedTooLarge { limit: cap })
+        );
+    }
+
+    #[test]
+    fn query_values() {
+        assert_eq!(Compression::None.query_value(), None);
+        assert_eq!(Compression::ZlibStream.query_value(), Some("zlib-stream"));
+        assert_eq!(Compression::ZstdStream.query_value(), Some("zstd-stream"));
+    }
+
+    #[test]
+    fn availability_follows_the_features() {
+        assert!(Compression::None.is_available());
+        assert_eq!(
+            Compression::ZlibStream.is_available(),
+            cfg!(feature = "zlib")
+        );
+        assert_eq!(
+            Compression::ZstdStream.is_available(),
+            cfg!(feature = "zstd")
+        );
+        assert!(matches!(
+            Decompressor::new(Compression::None, 1024),
+            Ok(Decompressor::None)
+        ));
+    }
+
+    #[cfg(not(feature = "zlib"))]
+    #[test]
+    fn zlib_without_its_feature_is_a_typed_error() {
+        let err = Decompressor::new(Compression::ZlibStream, 1024).unwrap_err();
+        assert_eq!(
+            err,
+            ProtocolError::CompressionUnavailable {
+                compression: "zlib-stream",
+                feature: "zlib",
+            }
+        );
+        assert!(err.to_string().contains("`zlib` feature"), "{err}");
+    }
+
+    #[cfg(not(feature = "zstd"))]
+    #[test]
+    fn zstd_without_its_feature_is_a_typed_error() {
+        let err = Decompressor::new(Compression::ZstdStream, 1024).unwrap_err();
+        assert_eq!(
+            err,
+            ProtocolError::CompressionUnavailable {
+                compression: "zstd-stream",
+                feature: "zstd",
+            }
+        );
+        assert!(err.to_string().contains("`zstd` feature"), "{err}");
+    }
+}
