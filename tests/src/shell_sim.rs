@@ -28,9 +28,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use handover_core::{Config, ConnectionId, Message, RestartReason, StopIntent};
-use handover_mock::{
-    MockConfig, MockGateway, ShardKey, StreamId, StreamRate, StreamSpec, Target,
-};
+use handover_mock::{MockConfig, MockGateway, ShardKey, StreamId, StreamRate, StreamSpec, Target};
 use handover_protocol::{
     Command, IdentifyBudget, IdentifyQueueConfig, Status as PresenceStatus, UpdatePresence,
 };
