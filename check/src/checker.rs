@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use handover_core::{Config, Connection, ConnectionId, Input, Output};
+use handover_core::{Config, Connection, Input, Output, TransportId};
 
 use crate::observer::{Machine, Observer};
 use crate::violation::{Invariant, Step, Violation};
@@ -57,9 +57,9 @@ pub struct Checker<M: Machine = Connection> {
     /// Whether the driver reports its sockets.
     sockets_reported: bool,
     /// The socket the driver holds, if any.
-    socket: Option<ConnectionId>,
+    socket: Option<TransportId>,
     /// The latest `Open` the driver took from [`Checker::poll_output`].
-    open_taken: Option<ConnectionId>,
+    open_taken: Option<TransportId>,
     violation: Option<Violation>,
 }
 
@@ -173,7 +173,7 @@ impl<M: Machine> Checker<M> {
 
     /// The driver created the socket of transport `conn` (call it before reporting
     /// `Opened`). From the first call on, the checker holds the driver to its sockets.
-    pub fn socket_opened(&mut self, conn: ConnectionId) -> Result<(), Violation> {
+    pub fn socket_opened(&mut self, conn: TransportId) -> Result<(), Violation> {
         self.check_sticky()?;
         self.sockets_reported = true;
         let step = Step::SocketOpened(conn);
@@ -200,7 +200,7 @@ impl<M: Machine> Checker<M> {
 
     /// The driver dropped the socket of transport `conn`: nothing of it is left (call it
     /// before reporting `Closed` or `OpenFailed`).
-    pub fn socket_dropped(&mut self, conn: ConnectionId) -> Result<(), Violation> {
+    pub fn socket_dropped(&mut self, conn: TransportId) -> Result<(), Violation> {
         self.check_sticky()?;
         self.sockets_reported = true;
         let step = Step::SocketDropped(conn);

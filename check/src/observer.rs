@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant};
 
 use handover_core::{
-    CloseClass, Config, ConnectingPhase, Connection, ConnectionId, Event, GiveUpReason, Input,
-    OpenMode, Output, Payload, Phase, RejectedInput, Rejection, RestartReason, Signal, State,
-    StopIntent,
+    CloseClass, Config, ConnectingPhase, Connection, Event, GiveUpReason, Input, OpenMode, Output,
+    Payload, Phase, RejectedInput, Rejection, RestartReason, Signal, State, StopIntent,
+    TransportId,
 };
 
 use crate::violation::{Invariant, Step, Violation};
@@ -30,8 +30,8 @@ pub trait Machine: Clone + PartialEq {
     fn state(&self) -> State;
     /// [`Connection::phase`].
     fn phase(&self) -> Phase;
-    /// [`Connection::live_connection`].
-    fn live_connection(&self) -> Option<ConnectionId>;
+    /// [`Connection::live_transport`].
+    fn live_transport(&self) -> Option<TransportId>;
     /// [`Connection::is_resumable`].
     fn is_resumable(&self) -> bool;
     /// [`Connection::rejected_inputs`], if the machine counts them (`None`, the default:
@@ -60,8 +60,8 @@ impl Machine for Connection {
     fn phase(&self) -> Phase {
         Connection::phase(self)
     }
-    fn live_connection(&self) -> Option<ConnectionId> {
-        Connection::live_connection(self)
+    fn live_transport(&self) -> Option<TransportId> {
+        Connection::live_transport(self)
     }
     fn is_resumable(&self) -> bool {
         Connection::is_resumable(self)
@@ -83,7 +83,7 @@ impl Machine for Connection {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Observer {
     /// The transport that is live (from its `Open` until `Closed`/`OpenFailed`).
-    live: Option<ConnectionId>,
+    live: Option<TransportId>,
     /// Highest id ever opened.
     last_id: u64,
     /// Mode of the live transport's `Open`.
@@ -137,14 +137,14 @@ fn beating(state: State) -> bool {
 }
 
 /// The transport an input names, if it names one.
-pub(crate) fn tagged(input: Input) -> Option<ConnectionId> {
+pub(crate) fn tagged(input: Input) -> Option<TransportId> {
     input.conn()
 }
 
 /// Whether the core must reject `input`, which names `conn`, a transport that is not live,
 /// given that ids `1..=last_id` were opened: the driver contract, restated independently of
 /// the machine. Every opened id but the live one has ended.
-fn contract_breach(input: Input, conn: ConnectionId, last_id: u64) -> Option<Rejection> {
+fn contract_breach(input: Input, conn: TransportId, last_id: u64) -> Option<Rejection> {
     if conn.0 == 0 || conn.0 > last_id {
         Some(Rejection::NeverOpened)
     } else if matches!(input, Input::Closed { .. } | Input::OpenFailed(_)) {
@@ -172,7 +172,7 @@ impl Observer {
 
     /// The transport the observer believes live (from its `Open` until the driver reported it
     /// gone).
-    pub fn live(&self) -> Option<ConnectionId> {
+    pub fn live(&self) -> Option<TransportId> {
         self.live
     }
 
@@ -776,12 +776,12 @@ impl Observer {
         use Invariant::*;
         let obs = self;
         let state = sut.state();
-        if sut.live_connection() != obs.live || state.has_transport() != obs.live.is_some() {
+        if sut.live_transport() != obs.live || state.has_transport() != obs.live.is_some() {
             return Err((
                 OneTransport,
                 format!(
                     "machine says {:?} ({state:?}) is live, observer says {:?}",
-                    sut.live_connection(),
+                    sut.live_transport(),
                     obs.live
                 ),
             ));

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use handover_core::{ConnectionId, Input, Output};
+use handover_core::{Input, Output, TransportId};
 
 /// The rule a step broke. Variants 1 to 8 are the numbered invariants of
 /// `docs/architecture.md`; the others are the checks that keep the observer's picture and the
@@ -99,9 +99,9 @@ pub enum Step {
         at: Instant,
     },
     /// The driver created the socket for transport `conn`.
-    SocketOpened(ConnectionId),
+    SocketOpened(TransportId),
     /// The driver dropped the socket of transport `conn`: nothing of it is left.
-    SocketDropped(ConnectionId),
+    SocketDropped(TransportId),
 }
 
 /// A broken rule: which one, what was seen, on which step, the outputs of that step, and the

@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 
 use handover_check::{Checker, Invariant, Step};
 use handover_core::{
-    Config, ConnectionId, Event, Input, InputKind, Output, RejectedInput, Rejection, Signal,
-    StopIntent,
+    Config, Event, Input, InputKind, Output, RejectedInput, Rejection, Signal, StopIntent,
+    TransportId,
 };
 
 /// Starts a checked machine and takes its first `Open`, as a driver would.
-fn started(now: Instant) -> (Checker, ConnectionId) {
+fn started(now: Instant) -> (Checker, TransportId) {
     let mut core = Checker::new(Config::default(), 7);
     core.handle_input(now, Input::Start).expect("start");
     let mut open = None;
@@ -123,7 +123,7 @@ fn an_id_never_opened_is_named_as_the_drivers_fault() {
     )
     .expect("hello");
     drain(&mut core);
-    let made_up = ConnectionId(conn.0 + 1);
+    let made_up = TransportId(conn.0 + 1);
     let violation = core
         .handle_input(
             now,
@@ -145,5 +145,5 @@ fn an_id_never_opened_is_named_as_the_drivers_fault() {
         })]
     );
     // The machine carries on with its live transport untouched.
-    assert_eq!(core.machine().live_connection(), Some(conn));
+    assert_eq!(core.machine().live_transport(), Some(conn));
 }

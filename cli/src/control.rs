@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use handover_core::RestartReason;
+use handover_core::{Phase, RestartReason};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
@@ -31,22 +31,6 @@ use tokio::net::TcpListener;
 use tracing::{debug, info};
 
 use handover_runtime::{ShardHandle, ShardStatus};
-
-/// Every phase a shard can report, for the labelled phase gauge.
-pub const PHASES: [&str; 12] = [
-    "not_connected",
-    "connecting",
-    "awaiting_hello",
-    "awaiting_permit",
-    "identifying",
-    "resuming",
-    "receiving",
-    "stale",
-    "draining",
-    "backing_off",
-    "stopped",
-    "failed",
-];
 
 /// A per-shard metric family: name, type, help, and the value of one shard (if known).
 type Family = (
@@ -243,7 +227,7 @@ pub fn metrics_text(statuses: &[ShardStatus], counters: &AdapterCounters) -> Str
         "lifecycle phase of the shard (1 for the current phase)",
     );
     for s in statuses {
-        for phase in PHASES {
+        for phase in Phase::ALL.map(|p| p.name()) {
             let v = u8::from(s.phase == phase);
             let _ = writeln!(
                 out,

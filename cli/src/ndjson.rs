@@ -15,8 +15,8 @@ use serde_json::value::RawValue;
 
 use handover_core::OpenMode;
 use handover_protocol::{
-    Activity, Command, ProtocolError, RawJson, RequestGuildMembers, RequestSoundboardSounds,
-    Snowflake, Status, UpdatePresence, UpdateVoiceState,
+    Activity, Command, PresenceStatus, ProtocolError, RawJson, RequestGuildMembers,
+    RequestSoundboardSounds, Snowflake, UpdatePresence, UpdateVoiceState,
 };
 use handover_runtime::{ShardEvent, ShardEventKind, ShardStatus};
 
@@ -365,7 +365,7 @@ struct Head<'a> {
 
 #[derive(Deserialize)]
 struct Presence {
-    status: Status,
+    status: PresenceStatus,
     #[serde(default)]
     activities: Vec<Activity>,
     #[serde(default)]
@@ -632,7 +632,7 @@ mod tests {
             StdinCommand::Send {
                 route: Route::All,
                 command: Command::UpdatePresence(u),
-            } => assert_eq!(u, UpdatePresence::status(Status::Idle)),
+            } => assert_eq!(u, UpdatePresence::status(PresenceStatus::Idle)),
             other => panic!("{other:?}"),
         }
         let p = parse_command(r#"{"shard":2,"op":"presence","status":"dnd","id":"p1"}"#);

@@ -8,11 +8,11 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use handover_core::{Config, Connection, ConnectionId, Input, Output, Signal, State, StopIntent};
+use handover_core::{Config, Connection, Input, Output, Signal, State, StopIntent, TransportId};
 
 const INTERVAL: Duration = Duration::from_millis(41_250);
 
-fn drain(conn: &mut Connection) -> Option<ConnectionId> {
+fn drain(conn: &mut Connection) -> Option<TransportId> {
     let mut opened = None;
     while let Some(out) = conn.poll_output() {
         if let Output::Open { conn, .. } = out {
@@ -24,7 +24,7 @@ fn drain(conn: &mut Connection) -> Option<ConnectionId> {
 }
 
 /// A connection in `Identified`, and its transport id.
-fn identified(now: Instant) -> (Connection, ConnectionId) {
+fn identified(now: Instant) -> (Connection, TransportId) {
     let mut conn = Connection::new(Config::default(), 1);
     conn.handle_input(now, Input::Start);
     let id = drain(&mut conn).expect("open");

@@ -24,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use handover_core::{
-    Config, Connection, ConnectionId, Input, OpenMode, Output, Payload, Phase, Signal, StopIntent,
+    Config, Connection, Input, OpenMode, Output, Payload, Phase, Signal, StopIntent, TransportId,
 };
 
 /// What the driver needs from the core. The bare machine never fails; a checker wrapping it
@@ -38,11 +38,11 @@ trait Core {
     fn poll_timeout(&self) -> Option<Instant>;
     fn phase(&self) -> Phase;
     /// The driver created the socket of `conn` (a checker holds it to its sockets).
-    fn socket_opened(&mut self, _conn: ConnectionId) -> Result<(), Self::Error> {
+    fn socket_opened(&mut self, _conn: TransportId) -> Result<(), Self::Error> {
         Ok(())
     }
     /// The driver dropped the socket of `conn`.
-    fn socket_dropped(&mut self, _conn: ConnectionId) -> Result<(), Self::Error> {
+    fn socket_dropped(&mut self, _conn: TransportId) -> Result<(), Self::Error> {
         Ok(())
     }
 }
@@ -90,7 +90,7 @@ enum Peer {
 /// A fake transport: answers like a gateway would, reports back as core inputs. Its last act
 /// is to report the transport gone; after that nothing of it is left.
 fn transport(
-    conn: ConnectionId,
+    conn: TransportId,
     peer: Peer,
     interval: Duration,
     down: Receiver<Down>,
@@ -165,7 +165,7 @@ fn run<C: Core>(
 ) -> Result<Report, C::Error> {
     let (up_tx, up_rx) = mpsc::channel::<Input>();
     // The one transport that may be live, as the core's outputs describe it.
-    let mut socket: Option<(ConnectionId, Sender<Down>)> = None;
+    let mut socket: Option<(TransportId, Sender<Down>)> = None;
     let mut report = Report::default();
     let mut restarted = false;
     let mut stopping = false;
@@ -259,7 +259,7 @@ fn run<C: Core>(
 }
 
 /// Hands a command to the transport `id`, if it is the live one.
-fn down(socket: &Option<(ConnectionId, Sender<Down>)>, id: ConnectionId, msg: Down) {
+fn down(socket: &Option<(TransportId, Sender<Down>)>, id: TransportId, msg: Down) {
     if let Some((live, tx)) = socket
         && *live == id
     {
@@ -312,10 +312,10 @@ mod tests {
         fn phase(&self) -> Phase {
             self.machine().phase()
         }
-        fn socket_opened(&mut self, conn: ConnectionId) -> Result<(), Violation> {
+        fn socket_opened(&mut self, conn: TransportId) -> Result<(), Violation> {
             Checker::socket_opened(self, conn)
         }
-        fn socket_dropped(&mut self, conn: ConnectionId) -> Result<(), Violation> {
+        fn socket_dropped(&mut self, conn: TransportId) -> Result<(), Violation> {
             Checker::socket_dropped(self, conn)
         }
     }

@@ -14,8 +14,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use handover_core::{
-    CloseRules, Config, Connection, ConnectionId, Event, Input, OpenMode, Output, Payload, Phase,
-    RestartReason, Signal,
+    CloseRules, Config, Connection, Event, Input, OpenMode, Output, Payload, Phase, RestartReason,
+    Signal, TransportId,
 };
 
 const FATAL: u16 = 4004;
@@ -33,7 +33,7 @@ struct World {
     acks: bool,
     answers_close: bool,
     /// What the driver saw.
-    live: BTreeSet<ConnectionId>,
+    live: BTreeSet<TransportId>,
     max_live: usize,
     opens: u32,
     identifies: u32,
@@ -188,9 +188,9 @@ fn main() -> ExitCode {
 
     println!("\n== 2. the peer stops acknowledging heartbeats (a zombie)");
     w.acks = false;
-    let zombie = w.conn.live_connection();
+    let zombie = w.conn.live_transport();
     for _ in 0..10_000 {
-        if w.conn.live_connection() != zombie {
+        if w.conn.live_transport() != zombie {
             break;
         }
         w.run(Duration::from_millis(100));
@@ -221,7 +221,7 @@ fn main() -> ExitCode {
 
     println!("\n== 5. the peer closes with fatal code {FATAL}");
     let opens_before = w.opens;
-    if let Some(conn) = w.conn.live_connection() {
+    if let Some(conn) = w.conn.live_transport() {
         w.input(Input::Closed {
             conn,
             code: Some(FATAL),

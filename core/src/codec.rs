@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::io::{Payload, Signal};
-use crate::types::{ConnectionId, OpenMode};
+use crate::types::{OpenMode, TransportId};
 
 /// One WebSocket data message, owned by this crate so no transport type leaks into public APIs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -61,7 +61,7 @@ impl<T> Decoded<T> {
 /// [`decode`](Codec::decode) for every received data message, [`encode`](Codec::encode) for
 /// every [`Output::Send`](crate::Output::Send) and [`encode_command`](Codec::encode_command) for
 /// every application command (only while
-/// [`Connection::sendable_connection`](crate::Connection::sendable_connection) is `Some`).
+/// [`Connection::sendable_transport`](crate::Connection::sendable_transport) is `Some`).
 pub trait Codec {
     /// What the codec hands to the application.
     type Item;
@@ -75,7 +75,7 @@ pub trait Codec {
 
     /// A new transport `conn` is about to open: drop all per-connection state (compression
     /// contexts, send-rate windows, half-received messages).
-    fn reset(&mut self, conn: ConnectionId, mode: OpenMode);
+    fn reset(&mut self, conn: TransportId, mode: OpenMode);
 
     /// Decode one received message.
     ///

@@ -8,7 +8,7 @@ use statig::blocking::{IntoStateMachineExt, StateMachine};
 use crate::config::Config;
 use crate::io::{Event, Input, Output, RejectedInput, Rejection};
 use crate::machine::{Ctx, Ev, Machine, Next, State as Inner, Stats};
-use crate::types::{ConnectionId, OpenMode, Phase, State, Status};
+use crate::types::{ConnectionStatus, OpenMode, Phase, State, TransportId};
 
 /// Room reserved in the output queue at construction so the steady state never allocates.
 const OUTPUT_CAPACITY: usize = 16;
@@ -130,7 +130,7 @@ impl Connection {
     }
 
     /// Why an input naming `conn`, which is not live, breaks the driver contract, if it does.
-    fn rejection(&self, conn: ConnectionId, input: Input) -> Option<Rejection> {
+    fn rejection(&self, conn: TransportId, input: Input) -> Option<Rejection> {
         // Issued ids are exactly `1..next_id` (see `Machine::next_id`).
         if conn.0 == 0 || conn.0 >= self.sm.inner().next_id {
             Some(Rejection::NeverOpened)
@@ -190,14 +190,14 @@ impl Connection {
 
     /// The transport that may be live now (from its `Open` until its `Closed`).
     #[must_use]
-    pub fn live_connection(&self) -> Option<ConnectionId> {
+    pub fn live_transport(&self) -> Option<TransportId> {
         self.sm.state().conn()
     }
 
     /// The transport on which application payloads may be sent now: only once the handshake was
     /// accepted and while the connection is healthy or probing.
     #[must_use]
-    pub fn sendable_connection(&self) -> Option<ConnectionId> {
+    pub fn sendable_transport(&self) -> Option<TransportId> {
         match self.sm.state() {
             Inner::Identified { conn, .. } | Inner::Stale { conn, .. } => Some(*conn),
             _ => None,
@@ -241,13 +241,13 @@ impl Connection {
 
     /// A snapshot for status pages and metrics.
     #[must_use]
-    pub fn status(&self) -> Status {
+    pub fn status(&self) -> ConnectionStatus {
         let m = self.sm.inner();
         let s = &self.stats;
-        Status {
+        ConnectionStatus {
             state: self.state(),
             phase: self.phase(),
-            connection: self.live_connection(),
+            connection: self.live_transport(),
             resumable: m.session,
             attempts: m.attempts,
             identified_since: match self.sm.state() {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::types::{ConnectionId, GiveUpReason, OpenMode, RestartReason, State, StopIntent};
+use crate::types::{GiveUpReason, OpenMode, RestartReason, State, StopIntent, TransportId};
 
 /// A fact fed to [`Connection::handle_input`](crate::Connection::handle_input).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,22 +22,22 @@ pub enum Input {
     /// still connecting.
     Restart(RestartReason),
     /// The driver opened the transport it was asked to open.
-    Opened(ConnectionId),
+    Opened(TransportId),
     /// The driver could not open the transport. The transport is not live any more.
-    OpenFailed(ConnectionId),
+    OpenFailed(TransportId),
     /// The transport is gone: the close handshake finished, the peer dropped it, or it was
     /// aborted. `code` is the peer's close code, if it sent a close frame.
     Closed {
         /// Which transport.
-        conn: ConnectionId,
+        conn: TransportId,
         /// The peer's close code, if any.
         code: Option<u16>,
     },
     /// The permit asked for with [`Output::AcquirePermit`] was granted: send the handshake.
-    PermitGranted(ConnectionId),
+    PermitGranted(TransportId),
     /// The permit was refused (for example an identify budget guard tripped). The machine
     /// closes the transport and gives up until the next `Start`.
-    PermitDenied(ConnectionId),
+    PermitDenied(TransportId),
     /// The driver stopped (`paused: true`) or resumed (`paused: false`) reading transport
     /// `conn` because the application is behind on events.
     ///
@@ -47,14 +47,14 @@ pub enum Input {
     /// connection dead. Repeating the current value changes nothing.
     Backpressure {
         /// Which transport.
-        conn: ConnectionId,
+        conn: TransportId,
         /// Whether reading is paused from now on.
         paused: bool,
     },
     /// A protocol-level fact derived by the protocol layer from a received frame.
     Signal {
         /// The transport the frame came from.
-        conn: ConnectionId,
+        conn: TransportId,
         /// What it meant.
         signal: Signal,
     },
@@ -63,7 +63,7 @@ pub enum Input {
 impl Input {
     /// The transport this input names, if it names one (`Start`, `Stop` and `Restart` do not).
     #[must_use]
-    pub fn conn(&self) -> Option<ConnectionId> {
+    pub fn conn(&self) -> Option<TransportId> {
         match *self {
             Input::Start | Input::Stop(_) | Input::Restart(_) => None,
             Input::Opened(c)
@@ -132,7 +132,7 @@ pub struct RejectedInput {
     /// Which kind of input.
     pub kind: InputKind,
     /// The transport it named.
-    pub conn: ConnectionId,
+    pub conn: TransportId,
 }
 
 /// Why [`Connection::handle_input`](crate::Connection::handle_input) rejected an input: the
@@ -190,7 +190,7 @@ pub enum Output {
     /// `Opened`, exactly one `Closed`, all tagged with `conn`.
     Open {
         /// Fresh id for this transport.
-        conn: ConnectionId,
+        conn: TransportId,
         /// What the handshake on it must do.
         mode: OpenMode,
     },
@@ -200,12 +200,12 @@ pub enum Output {
     /// flowing meanwhile; the handshake timeout starts when the permit is granted.
     AcquirePermit {
         /// The transport waiting for the permit.
-        conn: ConnectionId,
+        conn: TransportId,
     },
     /// Send a payload on the transport.
     Send {
         /// The transport.
-        conn: ConnectionId,
+        conn: TransportId,
         /// What to send; the protocol layer builds the bytes.
         payload: Payload,
     },
@@ -213,7 +213,7 @@ pub enum Output {
     /// then report `Closed`.
     Close {
         /// The transport.
-        conn: ConnectionId,
+        conn: TransportId,
         /// WebSocket close code to send.
         code: u16,
     },
@@ -225,7 +225,7 @@ pub enum Output {
     /// effort), and must not wait for any answer.
     Abort {
         /// The transport.
-        conn: ConnectionId,
+        conn: TransportId,
     },
     /// Something the application may want to know.
     Event(Event),
@@ -254,12 +254,12 @@ pub enum Event {
     /// A new session started on `conn`.
     Ready {
         /// The transport.
-        conn: ConnectionId,
+        conn: TransportId,
     },
     /// The held session was resumed on `conn`.
     Resumed {
         /// The transport.
-        conn: ConnectionId,
+        conn: TransportId,
     },
     /// A reconnect is scheduled.
     ReconnectScheduled {

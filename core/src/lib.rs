@@ -30,6 +30,6 @@ pub use config::{Backoff, Config};
 pub use connection::Connection;
 pub use io::{Event, Input, InputKind, Output, Payload, RejectedInput, Rejection, Signal};
 pub use types::{
-    CloseClass, CloseRules, ConnectingPhase, ConnectionId, GiveUpReason, OpenMode, Phase,
-    RestartReason, State, Status, StopIntent,
+    CloseClass, CloseRules, ConnectingPhase, ConnectionStatus, GiveUpReason, OpenMode, Phase,
+    RestartReason, State, StopIntent, TransportId,
 };

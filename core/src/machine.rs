@@ -13,8 +13,8 @@ use statig::prelude::*;
 use crate::config::Config;
 use crate::io::{Event, Input, Output, Payload, Signal};
 use crate::types::{
-    CloseClass, ConnectingPhase, ConnectionId, GiveUpReason, OpenMode, RestartReason,
-    State as View, StopIntent,
+    CloseClass, ConnectingPhase, GiveUpReason, OpenMode, RestartReason, State as View, StopIntent,
+    TransportId,
 };
 
 /// What the machine handles: an input, or "time has passed" (checked against deadlines).
@@ -97,7 +97,7 @@ impl Heartbeat {
         }
     }
 
-    fn beat(&mut self, conn: ConnectionId, ctx: &mut Ctx<'_>) {
+    fn beat(&mut self, conn: TransportId, ctx: &mut Ctx<'_>) {
         ctx.out.push_back(Output::Send {
             conn,
             payload: Payload::Heartbeat,
@@ -238,7 +238,7 @@ impl Machine {
     fn opening(
         &mut self,
         context: &mut Ctx<'_>,
-        conn: &mut ConnectionId,
+        conn: &mut TransportId,
         mode: &mut OpenMode,
         deadline: &mut Instant,
         paused: &mut bool,
@@ -286,7 +286,7 @@ impl Machine {
     fn live(
         &mut self,
         context: &mut Ctx<'_>,
-        conn: &mut ConnectionId,
+        conn: &mut TransportId,
         event: &Ev,
     ) -> Outcome<State> {
         let conn = *conn;
@@ -331,7 +331,7 @@ impl Machine {
     fn beating(
         &mut self,
         context: &mut Ctx<'_>,
-        conn: &mut ConnectionId,
+        conn: &mut TransportId,
         hb: &mut Heartbeat,
         event: &Ev,
     ) -> Outcome<State> {
@@ -375,7 +375,7 @@ impl Machine {
     fn awaiting_hello(
         &mut self,
         context: &mut Ctx<'_>,
-        conn: &mut ConnectionId,
+        conn: &mut TransportId,
         mode: &mut OpenMode,
         deadline: &mut Instant,
         paused: &mut bool,
@@ -423,7 +423,7 @@ impl Machine {
     fn awaiting_permit(
         &mut self,
         context: &mut Ctx<'_>,
-        conn: &mut ConnectionId,
+        conn: &mut TransportId,
         hb: &mut Heartbeat,
         event: &Ev,
     ) -> Outcome<State> {
@@ -453,7 +453,7 @@ impl Machine {
     fn handshaking(
         &mut self,
         context: &mut Ctx<'_>,
-        conn: &mut ConnectionId,
+        conn: &mut TransportId,
         mode: &mut OpenMode,
         deadline: &mut Instant,
         hb: &mut Heartbeat,
@@ -498,7 +498,7 @@ impl Machine {
     fn identified(
         &mut self,
         context: &mut Ctx<'_>,
-        conn: &mut ConnectionId,
+        conn: &mut TransportId,
         hb: &mut Heartbeat,
         event: &Ev,
     ) -> Outcome<State> {
@@ -533,7 +533,7 @@ impl Machine {
     fn stale(
         &mut self,
         context: &mut Ctx<'_>,
-        conn: &mut ConnectionId,
+        conn: &mut TransportId,
         hb: &mut Heartbeat,
         event: &Ev,
     ) -> Outcome<State> {
@@ -562,7 +562,7 @@ impl Machine {
     fn draining(
         &mut self,
         context: &mut Ctx<'_>,
-        conn: &mut ConnectionId,
+        conn: &mut TransportId,
         deadline: &mut Option<Instant>,
         after: &mut After,
         event: &Ev,
@@ -636,7 +636,7 @@ impl Machine {
     }
 
     fn open(&mut self, ctx: &mut Ctx<'_>) -> Outcome<State> {
-        let conn = ConnectionId(self.next_id);
+        let conn = TransportId(self.next_id);
         self.next_id += 1;
         self.new_session_at = None;
         ctx.stats.beat_sent_at = None;
@@ -658,7 +658,7 @@ impl Machine {
     fn handshake(
         &mut self,
         ctx: &mut Ctx<'_>,
-        conn: ConnectionId,
+        conn: TransportId,
         mode: OpenMode,
         hb: Heartbeat,
     ) -> Outcome<State> {
@@ -677,7 +677,7 @@ impl Machine {
     fn drain(
         &mut self,
         ctx: &mut Ctx<'_>,
-        conn: ConnectionId,
+        conn: TransportId,
         code: u16,
         after: After,
     ) -> Outcome<State> {
@@ -689,13 +689,13 @@ impl Machine {
     /// The connection is judged dead (no ACK within one interval of a counted heartbeat):
     /// nothing will answer a close, so the close frame is only offered to the driver (best
     /// effort, keeping the session resumable) and the transport is aborted at once.
-    fn kill(&mut self, ctx: &mut Ctx<'_>, conn: ConnectionId) -> Outcome<State> {
+    fn kill(&mut self, ctx: &mut Ctx<'_>, conn: TransportId) -> Outcome<State> {
         let code = self.cfg.close_rules.keep_resumable_code;
         ctx.out.push_back(Output::Close { conn, code });
         self.abort(ctx, conn, After::Reconnect)
     }
 
-    fn abort(&mut self, ctx: &mut Ctx<'_>, conn: ConnectionId, after: After) -> Outcome<State> {
+    fn abort(&mut self, ctx: &mut Ctx<'_>, conn: TransportId, after: After) -> Outcome<State> {
         ctx.out.push_back(Output::Abort { conn });
         Transition(State::draining(conn, None, after))
     }
@@ -800,7 +800,7 @@ impl State {
     }
 
     /// The transport that may be live in this state.
-    pub fn conn(&self) -> Option<ConnectionId> {
+    pub fn conn(&self) -> Option<TransportId> {
         match self {
             State::Closed { .. } => None,
             State::Opening { conn, .. }

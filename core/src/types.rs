@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 /// end report for a dead socket, or an id never opened, is also refused with an
 /// [`Event::InputRejected`](crate::Event::InputRejected).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(pub u64);
+pub struct TransportId(pub u64);
 
-impl std::fmt::Display for ConnectionId {
+impl std::fmt::Display for TransportId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "conn#{}", self.0)
     }
@@ -229,6 +229,23 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order of [`name`](Self::name)'s match: for status pages and metrics
+    /// that list each one (the binary's `handover_shard_phase` gauge).
+    pub const ALL: [Phase; 12] = [
+        Phase::NotConnected,
+        Phase::Connecting,
+        Phase::AwaitingHello,
+        Phase::AwaitingPermit,
+        Phase::Identifying,
+        Phase::Resuming,
+        Phase::Receiving,
+        Phase::Stale,
+        Phase::Draining,
+        Phase::BackingOff,
+        Phase::Stopped,
+        Phase::Failed,
+    ];
+
     /// Short lowercase name, e.g. for metrics labels.
     pub fn name(&self) -> &'static str {
         match self {
@@ -250,13 +267,13 @@ impl Phase {
 
 /// A snapshot of the machine for status pages. Cheap to take; no allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
+pub struct ConnectionStatus {
     /// Current lifecycle state.
     pub state: State,
     /// Finer-grained phase.
     pub phase: Phase,
     /// The transport that may be live now, if any.
-    pub connection: Option<ConnectionId>,
+    pub connection: Option<TransportId>,
     /// Whether a session is held that the next connection would resume.
     pub resumable: bool,
     /// Consecutive failed connections since the last successful session.
@@ -286,4 +303,39 @@ pub struct Status {
     pub resumed: u64,
     /// Reconnects scheduled (every Closed that leads to a later Open).
     pub reconnects: u64,
+}
+
+#[cfg(test)]
+mod phase_tests {
+    use super::Phase;
+
+    /// Position in `Phase::ALL`, by an exhaustive match: a new variant fails to compile here
+    /// until it is placed.
+    fn index(p: Phase) -> usize {
+        match p {
+            Phase::NotConnected => 0,
+            Phase::Connecting => 1,
+            Phase::AwaitingHello => 2,
+            Phase::AwaitingPermit => 3,
+            Phase::Identifying => 4,
+            Phase::Resuming => 5,
+            Phase::Receiving => 6,
+            Phase::Stale => 7,
+            Phase::Draining => 8,
+            Phase::BackingOff => 9,
+            Phase::Stopped => 10,
+            Phase::Failed => 11,
+        }
+    }
+
+    #[test]
+    fn all_lists_every_phase_once() {
+        for (i, p) in Phase::ALL.iter().enumerate() {
+            assert_eq!(index(*p), i, "{p:?}");
+        }
+        let mut names: Vec<&str> = Phase::ALL.iter().map(Phase::name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Phase::ALL.len());
+    }
 }

@@ -1,4 +1,4 @@
-//! The read side of `Connection`, pinned state by state: `sendable_connection`, `status`,
+//! The read side of `Connection`, pinned state by state: `sendable_transport`, `status`,
 //! `phase`, `is_resumable`, `Debug`, and the equality and hashing that model checkers rely on to
 //! deduplicate states. Also the timeout contract at the edge: a deadline fires at its instant,
 //! never a nanosecond before, and one late call fires everything that came due.
@@ -11,8 +11,8 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use handover_core::{
-    CloseRules, Config, Connection, ConnectionId, Event, Input, OpenMode, Output, Phase, Signal,
-    State, StopIntent,
+    CloseRules, Config, Connection, Event, Input, OpenMode, Output, Phase, Signal, State,
+    StopIntent, TransportId,
 };
 
 const INTERVAL: Duration = Duration::from_secs(40);
@@ -37,7 +37,7 @@ fn hash_of(conn: &Connection) -> u64 {
     h.finish()
 }
 
-fn open_id(outputs: &[Output]) -> ConnectionId {
+fn open_id(outputs: &[Output]) -> TransportId {
     outputs
         .iter()
         .find_map(|o| match o {
@@ -48,7 +48,7 @@ fn open_id(outputs: &[Output]) -> ConnectionId {
 }
 
 /// Start, open, hello: the handshake is sent, the connection is handshaking.
-fn handshaking(conn: &mut Connection, now: Instant) -> ConnectionId {
+fn handshaking(conn: &mut Connection, now: Instant) -> TransportId {
     conn.handle_input(now, Input::Start);
     let id = open_id(&drain(conn));
     conn.handle_input(now, Input::Opened(id));
@@ -68,7 +68,7 @@ fn handshaking(conn: &mut Connection, now: Instant) -> ConnectionId {
 }
 
 /// Up to an accepted handshake at `now`.
-fn identified(conn: &mut Connection, now: Instant) -> ConnectionId {
+fn identified(conn: &mut Connection, now: Instant) -> TransportId {
     let id = handshaking(conn, now);
     conn.handle_input(
         now,
@@ -99,11 +99,11 @@ fn run_until(conn: &mut Connection, want: State) -> Instant {
 fn only_an_accepted_handshake_makes_a_connection_sendable() {
     let now = Instant::now();
     let mut conn = Connection::new(config(), 1);
-    assert_eq!(conn.sendable_connection(), None);
+    assert_eq!(conn.sendable_transport(), None);
     let id = handshaking(&mut conn, now);
-    assert_eq!(conn.live_connection(), Some(id));
+    assert_eq!(conn.live_transport(), Some(id));
     assert_eq!(
-        conn.sendable_connection(),
+        conn.sendable_transport(),
         None,
         "not before the handshake is accepted"
     );
@@ -115,15 +115,15 @@ fn only_an_accepted_handshake_makes_a_connection_sendable() {
         },
     );
     drain(&mut conn);
-    assert_eq!(conn.sendable_connection(), Some(id), "identified");
+    assert_eq!(conn.sendable_transport(), Some(id), "identified");
     // No ACK: after the probe grace the connection shows stale and stays sendable.
     run_until(&mut conn, State::Stale);
-    assert_eq!(conn.sendable_connection(), Some(id), "stale");
+    assert_eq!(conn.sendable_transport(), Some(id), "stale");
     conn.handle_input(now, Input::Stop(StopIntent::KeepResumable));
     drain(&mut conn);
     assert_eq!(conn.state(), State::Draining);
-    assert_eq!(conn.live_connection(), Some(id));
-    assert_eq!(conn.sendable_connection(), None, "draining");
+    assert_eq!(conn.live_transport(), Some(id));
+    assert_eq!(conn.sendable_transport(), None, "draining");
     conn.handle_input(
         now,
         Input::Closed {
@@ -132,7 +132,7 @@ fn only_an_accepted_handshake_makes_a_connection_sendable() {
         },
     );
     drain(&mut conn);
-    assert_eq!(conn.sendable_connection(), None, "closed");
+    assert_eq!(conn.sendable_transport(), None, "closed");
 }
 
 #[test]
@@ -243,7 +243,7 @@ fn is_resumable_follows_the_session() {
     let outputs = drain(&mut restored);
     assert!(
         outputs.contains(&Output::Open {
-            conn: ConnectionId(1),
+            conn: TransportId(1),
             mode: OpenMode::Resume
         }),
         "{outputs:?}"
@@ -398,7 +398,7 @@ fn one_late_timeout_call_fires_every_deadline_that_came_due() {
                     c.status()
                 );
                 // Confirm whatever was closed or aborted, as a driver must.
-                match (c.state(), c.live_connection()) {
+                match (c.state(), c.live_transport()) {
                     (State::Draining, Some(id)) => {
                         c.handle_input(
                             now,
@@ -507,7 +507,7 @@ fn restart_opens_from_idle_but_not_from_failed_or_backing_off() {
     // Never started: a restart connects, like a start.
     let mut conn = Connection::new(config(), 14);
     conn.handle_input(t0, restart);
-    assert_eq!(open_id(&drain(&mut conn)), ConnectionId(1));
+    assert_eq!(open_id(&drain(&mut conn)), TransportId(1));
 
     // Stopped: "stay closed until the next Start or Restart".
     let mut conn = Connection::new(config(), 14);
@@ -526,7 +526,7 @@ fn restart_opens_from_idle_but_not_from_failed_or_backing_off() {
     let outputs = drain(&mut conn);
     assert!(
         outputs.contains(&Output::Open {
-            conn: ConnectionId(2),
+            conn: TransportId(2),
             mode: OpenMode::Resume
         }),
         "{outputs:?}"

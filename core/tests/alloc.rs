@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use handover_core::{
-    Config, Connection, ConnectionId, Event, Input, Output, Payload, Signal, State,
+    Config, Connection, Event, Input, Output, Payload, Signal, State, TransportId,
 };
 
 /// Counts allocations made by the current thread (the test harness runs other threads).
@@ -154,7 +154,7 @@ fn rejecting_inputs_allocates_nothing() {
         panic!("open expected")
     };
     while conn.poll_output().is_some() {}
-    let never = ConnectionId(id.0 + 1);
+    let never = TransportId(id.0 + 1);
     let before = allocations();
     for _ in 0..10_000 {
         conn.handle_input(
@@ -176,5 +176,5 @@ fn rejecting_inputs_allocates_nothing() {
         "allocations while rejecting inputs"
     );
     assert_eq!(conn.rejected_inputs(), 10_000);
-    assert_eq!(conn.live_connection(), Some(id));
+    assert_eq!(conn.live_transport(), Some(id));
 }

@@ -10,7 +10,7 @@
 //!
 //! - an `Open` is never emitted while a transport is live, and carries a fresh, greater id;
 //! - `Draining` leaves only to `Closed`;
-//! - inputs naming an id other than `live_connection()` change nothing, and emit nothing
+//! - inputs naming an id other than `live_transport()` change nothing, and emit nothing
 //!   unless they break the driver contract: a second `Closed`/`OpenFailed` for a transport
 //!   the driver already reported gone, or any input for an id no `Open` carried, emits exactly
 //!   one `InputRejected` with that reason and counts in `rejected_inputs()`; no other input
@@ -32,8 +32,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use handover_core::{
-    Backoff, Config, ConnectingPhase, Connection, ConnectionId, Event, Input, Output, Phase,
-    RejectedInput, Rejection, RestartReason, Signal, State, StopIntent,
+    Backoff, Config, ConnectingPhase, Connection, Event, Input, Output, Phase, RejectedInput,
+    Rejection, RestartReason, Signal, State, StopIntent, TransportId,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, RngSeed};
@@ -212,7 +212,7 @@ struct Driver {
     /// Virtual time of the last call.
     now: Duration,
     /// Transports from their `Open` until `Closed`/`OpenFailed` was reported for them.
-    live: BTreeSet<ConnectionId>,
+    live: BTreeSet<TransportId>,
     /// Highest id an `Open` carried.
     last_id: u64,
     /// A `Stop` (or a give-up) came after the last `Start`/`Restart`.
@@ -238,8 +238,8 @@ impl Driver {
         }
     }
 
-    fn id(&self, pick: IdPick) -> ConnectionId {
-        ConnectionId(match pick {
+    fn id(&self, pick: IdPick) -> TransportId {
+        TransportId(match pick {
             IdPick::Previous => self.last_id.saturating_sub(1),
             IdPick::Current => self.last_id,
             IdPick::Next => self.last_id + 1,
@@ -336,7 +336,7 @@ impl Driver {
     }
 }
 
-fn tagged(input: Input) -> Option<ConnectionId> {
+fn tagged(input: Input) -> Option<TransportId> {
     match input {
         Input::Start | Input::Stop(_) | Input::Restart(_) => None,
         Input::Opened(c)
@@ -378,14 +378,14 @@ fn apply(d: &mut Driver, conn: &mut Connection, step: Step) -> Result<(), String
             match input {
                 Input::Start | Input::Restart(_) => d.held = false,
                 Input::Stop(_) => d.held = true,
-                Input::Backpressure { conn: c, paused } if Some(c) == before.live_connection() => {
+                Input::Backpressure { conn: c, paused } if Some(c) == before.live_transport() => {
                     d.paused = paused;
                 }
                 _ => {}
             }
             conn.handle_input(d.base + d.now, input);
             if let Some(c) = tagged(input)
-                && Some(c) != before.live_connection()
+                && Some(c) != before.live_transport()
             {
                 stale = Some((input, c));
             }
@@ -407,7 +407,7 @@ fn apply(d: &mut Driver, conn: &mut Connection, step: Step) -> Result<(), String
     {
         return Err(format!(
             "{input:?} names {c}, not the live {:?}, yet changed the machine",
-            before.live_connection()
+            before.live_transport()
         ));
     }
     let rejections: Vec<Output> = d
@@ -504,15 +504,15 @@ fn apply(d: &mut Driver, conn: &mut Connection, step: Step) -> Result<(), String
     if d.live.len() > 1 {
         return Err(format!("two transports live: {:?}", d.live));
     }
-    if let Some(c) = conn.live_connection()
+    if let Some(c) = conn.live_transport()
         && c.0 > d.last_id
     {
         return Err(format!("live connection {c} was never opened"));
     }
-    if (after_state == State::Closed) != conn.live_connection().is_none() {
+    if (after_state == State::Closed) != conn.live_transport().is_none() {
         return Err(format!(
             "state {after_state:?} with live connection {:?}",
-            conn.live_connection()
+            conn.live_transport()
         ));
     }
     Ok(())
@@ -631,7 +631,7 @@ fn the_checker_rejects_an_overlapping_open() {
     assert_eq!(d.live.len(), 1);
     // Pretend the driver forgot to report the first transport gone: the machine thinks it is
     // closed (it was told `Closed` for it), so a later `Open` must be flagged by the model.
-    d.live.insert(ConnectionId(99));
+    d.live.insert(TransportId(99));
     let err = apply(
         &mut d,
         &mut conn,

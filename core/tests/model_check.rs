@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use handover_check::{self as check, Invariant, Machine, Observer, Violation};
 use handover_core::{
-    Backoff, Config, Connection, ConnectionId, Event, GiveUpReason, Input, OpenMode, Output,
-    Payload, Phase, RejectedInput, Rejection, RestartReason, Signal, State, StopIntent,
+    Backoff, Config, Connection, Event, GiveUpReason, Input, OpenMode, Output, Payload, Phase,
+    RejectedInput, Rejection, RestartReason, Signal, State, StopIntent, TransportId,
 };
 
 use common::{FATAL_CODE, NEW_SESSION_CODE, RESUME_CODE, RULES};
@@ -216,9 +216,9 @@ fn steps<S: Machine>(node: &Node<S>, base: Instant, bounds: Bounds) -> Vec<Step>
         Step::Input(Input::Restart(RestartReason::TransportFault)),
     ];
     let last = node.obs.last_id();
-    let mut ids = vec![ConnectionId(last), ConnectionId(last + 1)];
+    let mut ids = vec![TransportId(last), TransportId(last + 1)];
     if last > 1 {
-        ids.push(ConnectionId(last - 1));
+        ids.push(TransportId(last - 1));
     }
     for conn in ids.into_iter().filter(|c| c.0 > 0) {
         steps.extend(
@@ -644,7 +644,7 @@ impl Machine for OpensOnDrainDeadline {
         });
         if let (true, Some(conn)) = (draining, aborted) {
             self.out.push_back(Output::Open {
-                conn: ConnectionId(conn.0 + 100),
+                conn: TransportId(conn.0 + 100),
                 mode: OpenMode::Identify,
             });
         }
@@ -661,8 +661,8 @@ impl Machine for OpensOnDrainDeadline {
     fn phase(&self) -> Phase {
         self.inner.phase()
     }
-    fn live_connection(&self) -> Option<ConnectionId> {
-        self.inner.live_connection()
+    fn live_transport(&self) -> Option<TransportId> {
+        self.inner.live_transport()
     }
     fn is_resumable(&self) -> bool {
         self.inner.is_resumable()

@@ -7,8 +7,8 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use handover_core::{
-    Backoff, Config, Connection, ConnectionId, Event, GiveUpReason, Input, InputKind, OpenMode,
-    Output, Payload, Phase, RejectedInput, Rejection, RestartReason, Signal, State, StopIntent,
+    Backoff, Config, Connection, Event, GiveUpReason, Input, InputKind, OpenMode, Output, Payload,
+    Phase, RejectedInput, Rejection, RestartReason, Signal, State, StopIntent, TransportId,
 };
 
 use common::{FATAL_CODE as FATAL, NEW_SESSION_CODE as NEW_SESSION, RULES};
@@ -66,11 +66,11 @@ struct Sim {
     /// Every output, with the virtual time it was drained at.
     log: Vec<(Duration, Output)>,
     /// Transports opened and not yet reported gone (the driver's view).
-    live: BTreeSet<ConnectionId>,
+    live: BTreeSet<TransportId>,
     max_live: usize,
     /// Each transport the driver reported gone, with the length of `log` at that moment (so
     /// its place among the outputs is known).
-    gone: Vec<(usize, ConnectionId)>,
+    gone: Vec<(usize, TransportId)>,
     /// ACKs that arrived while reading was paused, unread in the socket.
     unread: Vec<Input>,
     /// The test feeds inputs that break the driver contract on purpose; otherwise an
@@ -100,7 +100,7 @@ impl Sim {
     /// waited in the socket are read at once.
     fn set_paused(&mut self, paused: bool) {
         self.peer.paused = paused;
-        if let Some(conn) = self.conn.live_connection() {
+        if let Some(conn) = self.conn.live_transport() {
             self.input(Input::Backpressure { conn, paused });
         }
         if !paused {
@@ -262,7 +262,7 @@ impl Sim {
         self.log.iter().copied().filter(move |(at, _)| *at >= t)
     }
 
-    fn opens(&self) -> Vec<(Duration, ConnectionId, OpenMode)> {
+    fn opens(&self) -> Vec<(Duration, TransportId, OpenMode)> {
         self.log
             .iter()
             .filter_map(|(t, o)| match o {
@@ -314,7 +314,7 @@ fn a_zombie_is_aborted_one_interval_after_its_unanswered_heartbeat_and_resumed_a
     sim.input(Input::Start);
     sim.run_until_identified();
     sim.run_for(INTERVAL * 3);
-    let first = sim.conn.live_connection().expect("live");
+    let first = sim.conn.live_transport().expect("live");
 
     sim.peer.ack = false;
     let stopped_acking = sim.at();
@@ -418,7 +418,7 @@ fn a_drain_deadline_aborts_and_only_the_drivers_confirmation_closes() {
     let mut sim = Sim::new(cfg, 2);
     sim.input(Input::Start);
     sim.run_until_identified();
-    let first = sim.conn.live_connection().expect("live");
+    let first = sim.conn.live_transport().expect("live");
 
     sim.peer.answer_close = false;
     sim.peer.abort_confirm = Duration::from_secs(30);
@@ -475,11 +475,11 @@ fn late_frames_from_an_old_connection_change_nothing() {
     let mut sim = Sim::new(config(), 3);
     sim.input(Input::Start);
     sim.run_until_identified();
-    let old = sim.conn.live_connection().expect("live");
+    let old = sim.conn.live_transport().expect("live");
     sim.input(Input::Restart(RestartReason::Requested));
     sim.run_for(Duration::from_millis(1));
     sim.run_until_identified();
-    let new = sim.conn.live_connection().expect("live");
+    let new = sim.conn.live_transport().expect("live");
     assert!(new > old);
 
     let before = sim.conn.clone();
@@ -569,34 +569,34 @@ fn inputs_for_a_transport_never_opened_are_rejected_and_change_nothing() {
     };
     // Before the first `Open`, every id is unissued (the first one will be 1).
     let fresh = sim.conn.clone();
-    sim.input(Input::Opened(ConnectionId(1)));
+    sim.input(Input::Opened(TransportId(1)));
     sim.input(Input::Signal {
-        conn: ConnectionId(1),
+        conn: TransportId(1),
         signal: Signal::Hello { interval: INTERVAL },
     });
     assert_eq!(sim.conn, fresh);
     assert_eq!(
         sim.log.iter().map(|(_, o)| *o).collect::<Vec<_>>(),
         [
-            never(InputKind::Opened, ConnectionId(1)),
-            never(InputKind::Signal, ConnectionId(1)),
+            never(InputKind::Opened, TransportId(1)),
+            never(InputKind::Signal, TransportId(1)),
         ]
     );
 
     sim.breaks_contract = false;
     sim.input(Input::Start);
     sim.run_until_identified();
-    let live = sim.conn.live_connection().expect("live");
-    assert_eq!(live, ConnectionId(1), "the first id issued is 1");
+    let live = sim.conn.live_transport().expect("live");
+    assert_eq!(live, TransportId(1), "the first id issued is 1");
     let before = sim.conn.clone();
     let status = sim.conn.status();
     let log_len = sim.log.len();
     sim.breaks_contract = true;
     // Id 0 is never issued; the next id is not issued yet, whatever the input.
-    let next = ConnectionId(live.0 + 1);
+    let next = TransportId(live.0 + 1);
     for input in [
         Input::Closed {
-            conn: ConnectionId(0),
+            conn: TransportId(0),
             code: None,
         },
         Input::Signal {
@@ -608,7 +608,7 @@ fn inputs_for_a_transport_never_opened_are_rejected_and_change_nothing() {
             code: Some(FATAL),
         },
         Input::Backpressure {
-            conn: ConnectionId(u64::MAX),
+            conn: TransportId(u64::MAX),
             paused: true,
         },
     ] {
@@ -616,17 +616,17 @@ fn inputs_for_a_transport_never_opened_are_rejected_and_change_nothing() {
     }
     assert_eq!(sim.conn, before);
     assert_eq!(sim.conn.status(), status);
-    assert_eq!(sim.conn.live_connection(), Some(live));
+    assert_eq!(sim.conn.live_transport(), Some(live));
     assert_eq!(
         sim.log[log_len..]
             .iter()
             .map(|(_, o)| *o)
             .collect::<Vec<_>>(),
         [
-            never(InputKind::Closed, ConnectionId(0)),
+            never(InputKind::Closed, TransportId(0)),
             never(InputKind::Signal, next),
             never(InputKind::Closed, next),
-            never(InputKind::Backpressure, ConnectionId(u64::MAX)),
+            never(InputKind::Backpressure, TransportId(u64::MAX)),
         ]
     );
     assert_eq!(sim.conn.rejected_inputs(), 6);
@@ -708,7 +708,7 @@ fn a_fatal_close_ends_in_closed_with_a_reason_and_no_further_open() {
     let mut sim = Sim::new(config(), 5);
     sim.input(Input::Start);
     sim.run_until_identified();
-    let conn = sim.conn.live_connection().expect("live");
+    let conn = sim.conn.live_transport().expect("live");
     sim.input(Input::Closed {
         conn,
         code: Some(FATAL),
@@ -752,7 +752,7 @@ fn a_fatal_code_answering_our_own_close_is_not_retried() {
     let mut sim = Sim::new(config(), 6);
     sim.input(Input::Start);
     sim.run_until_identified();
-    let conn = sim.conn.live_connection().expect("live");
+    let conn = sim.conn.live_transport().expect("live");
     sim.peer.answer_close = false;
     sim.input(Input::Restart(RestartReason::HealthMonitor));
     // The peer's fatal close crossed our close frame.
@@ -768,7 +768,7 @@ fn a_fatal_code_answering_our_own_close_is_not_retried() {
 #[test]
 fn resumable_cases_resume_and_the_others_identify() {
     // (what happens on an identified connection, expected mode of the next open)
-    type Case = (&'static str, fn(ConnectionId) -> Input, OpenMode);
+    type Case = (&'static str, fn(TransportId) -> Input, OpenMode);
     let cases: [Case; 8] = [
         (
             "reconnect requested",
@@ -830,7 +830,7 @@ fn resumable_cases_resume_and_the_others_identify() {
         let mut sim = Sim::new(config(), 7);
         sim.input(Input::Start);
         sim.run_until_identified();
-        let conn = sim.conn.live_connection().expect("live");
+        let conn = sim.conn.live_transport().expect("live");
         sim.input(input(conn));
         sim.run_for(Duration::from_secs(1));
         if sim.conn.phase() == Phase::Stopped {
@@ -898,13 +898,13 @@ fn backoff_grows_to_its_cap_and_a_stable_session_resets_it() {
     sim.peer.accept_open = true;
     sim.run_until_identified();
     sim.run_for(cfg.stable_after / 2);
-    let conn = sim.conn.live_connection().expect("live");
+    let conn = sim.conn.live_transport().expect("live");
     sim.input(Input::Closed { conn, code: None });
     assert_eq!(sim.conn.status().attempts, failed_attempts + 1);
     // ...a stable one does.
     sim.run_until_identified();
     sim.run_for(cfg.stable_after);
-    let conn = sim.conn.live_connection().expect("live");
+    let conn = sim.conn.live_transport().expect("live");
     sim.input(Input::Closed { conn, code: None });
     assert_eq!(sim.conn.status().attempts, 0);
     let delay = sim.log.iter().rev().find_map(|(_, o)| match o {
@@ -924,7 +924,7 @@ fn the_first_reconnect_after_a_session_goes_at_once_and_backoff_starts_at_the_se
     // goes out within the spread, however close together the drops are.
     for _ in 0..10 {
         sim.run_for(Duration::from_secs(3));
-        let conn = sim.conn.live_connection().expect("live");
+        let conn = sim.conn.live_transport().expect("live");
         let dropped_at = sim.at();
         sim.input(Input::Closed { conn, code: None });
         assert_eq!(sim.conn.status().attempts, 0);
@@ -935,7 +935,7 @@ fn the_first_reconnect_after_a_session_goes_at_once_and_backoff_starts_at_the_se
     }
     // A drop, then a reconnect that fails: the first waits nothing, the second is backed off,
     // and they grow from there.
-    let conn = sim.conn.live_connection().expect("live");
+    let conn = sim.conn.live_transport().expect("live");
     sim.peer.accept_open = false;
     sim.input(Input::Closed { conn, code: None });
     sim.run_for(Duration::from_secs(30));
@@ -961,7 +961,7 @@ fn the_first_reconnect_after_a_session_goes_at_once_and_backoff_starts_at_the_se
     sim.peer.accept_open = true;
     sim.run_for(cfg.backoff.cap);
     sim.run_until_identified();
-    let conn = sim.conn.live_connection().expect("live");
+    let conn = sim.conn.live_transport().expect("live");
     sim.input(Input::Closed { conn, code: None });
     assert_eq!(sim.conn.status().attempts, 0);
 }
@@ -973,7 +973,7 @@ fn a_non_resumable_invalid_session_waits_one_to_five_seconds_before_identifying(
         let mut sim = Sim::new(cfg, 100 + seed);
         sim.input(Input::Start);
         sim.run_until_identified();
-        let conn = sim.conn.live_connection().expect("live");
+        let conn = sim.conn.live_transport().expect("live");
         let invalidated_at = sim.at();
         sim.input(Input::Signal {
             conn,
@@ -1001,7 +1001,7 @@ fn a_reconnect_request_or_a_resumable_invalid_session_resumes_at_once() {
         let mut sim = Sim::new(cfg, 23);
         sim.input(Input::Start);
         sim.run_until_identified();
-        let conn = sim.conn.live_connection().expect("live");
+        let conn = sim.conn.live_transport().expect("live");
         sim.input(Input::Signal { conn, signal });
         sim.run_for(Duration::from_secs(1));
         let (closed_at, _) = *sim.gone.last().expect("closed");
@@ -1026,7 +1026,7 @@ fn a_reconnect_request_or_a_resumable_invalid_session_resumes_at_once() {
         sim.input(Input::Start);
         sim.run_until_identified();
         sim.peer.answer_close = false;
-        let conn = sim.conn.live_connection().expect("live");
+        let conn = sim.conn.live_transport().expect("live");
         let at = sim.at();
         sim.input(Input::Signal { conn, signal });
         sim.run_for(Duration::from_secs(2));
@@ -1297,7 +1297,7 @@ fn the_permit_gate_holds_identifies_but_not_resumes() {
     assert_eq!(sim.count(|o| matches!(o, Output::AcquirePermit { .. })), 1);
 
     // A refused permit closes with the end-session code and gives up.
-    let conn = sim.conn.live_connection().expect("live");
+    let conn = sim.conn.live_transport().expect("live");
     sim.input(Input::Signal {
         conn,
         signal: Signal::SessionInvalidated { resumable: false },
@@ -1421,7 +1421,7 @@ fn a_restored_session_resumes_first_and_identifies_only_if_refused() {
     );
 
     // The peer forgot the session: invalid, not resumable. The next connection identifies.
-    let conn = sim.conn.live_connection().expect("live");
+    let conn = sim.conn.live_transport().expect("live");
     sim.input(Input::Signal {
         conn,
         signal: Signal::SessionInvalidated { resumable: false },

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use handover_core::ConnectionId;
+use handover_core::TransportId;
 
 /// One shard of one token: the key of every per-shard counter and the address of dispatches.
 ///
@@ -49,7 +49,7 @@ pub enum Target {
     /// [`MockConfig::tokens`](crate::MockConfig::tokens)).
     Token(usize),
     /// One connection.
-    Connection(ConnectionId),
+    Connection(TransportId),
     /// Every open connection, identified or not.
     All,
 }
@@ -67,8 +67,8 @@ impl From<u32> for Target {
     }
 }
 
-impl From<ConnectionId> for Target {
-    fn from(conn: ConnectionId) -> Target {
+impl From<TransportId> for Target {
+    fn from(conn: TransportId) -> Target {
         Target::Connection(conn)
     }
 }

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use handover_core::{ConnectionId, Message};
+use handover_core::{Message, TransportId};
 use handover_protocol::{CloseCode, Compression, OpCode};
 use handover_transport_ws::memory::{MemoryPeer, PeerAction};
 use serde_json::{Value, json};
@@ -61,7 +61,7 @@ pub struct HttpReply {
 #[non_exhaustive]
 pub struct ConnectionInfo {
     /// The connection.
-    pub id: ConnectionId,
+    pub id: TransportId,
     /// The URL (or request target) the client connected to.
     pub url: String,
     /// Transport compression in use ([`Compression::None`] for none).
@@ -103,7 +103,7 @@ struct Session {
     key: ShardKey,
     seq: u64,
     buffer: VecDeque<(u64, Bytes)>,
-    attached: Option<ConnectionId>,
+    attached: Option<TransportId>,
     resumable_until: Option<Instant>,
 }
 
@@ -148,7 +148,7 @@ pub struct MockGateway {
     url: String,
     rng: fastrand::Rng,
     now: Option<Instant>,
-    conns: BTreeMap<ConnectionId, Conn>,
+    conns: BTreeMap<TransportId, Conn>,
     sessions: BTreeMap<String, Session>,
     session_index: BTreeMap<String, ShardKey>,
     tokens: Vec<TokenState>,
@@ -156,9 +156,9 @@ pub struct MockGateway {
     streams: BTreeMap<StreamId, ActiveStream>,
     next_stream: u64,
     driver_pulls_streams: bool,
-    delay_line: BTreeMap<(Instant, u64), (ConnectionId, PeerAction)>,
+    delay_line: BTreeMap<(Instant, u64), (TransportId, PeerAction)>,
     delay_seq: u64,
-    actions: VecDeque<(ConnectionId, PeerAction)>,
+    actions: VecDeque<(TransportId, PeerAction)>,
     counters: Counters,
 }
 
@@ -260,7 +260,7 @@ impl MockGateway {
     /// reply): true for a zombie, and for a connection told to ignore close frames once the
     /// client's close frame arrived. A socket driver MUST honour it; the in-memory harness has
     /// nothing automatic to suppress.
-    pub fn socket_muted(&self, conn: ConnectionId) -> bool {
+    pub fn socket_muted(&self, conn: TransportId) -> bool {
         self.conns
             .get(&conn)
             .is_some_and(|c| c.zombie || (c.ignore_close && c.close_received))
@@ -284,7 +284,7 @@ impl MockGateway {
     /// Apply `fault` to every connection in `target` now. Returns how many connections it hit.
     pub fn inject(&mut self, now: Instant, target: impl Into<Target>, fault: Fault) -> usize {
         self.advance(now);
-        let ids: Vec<ConnectionId> = match target.into() {
+        let ids: Vec<TransportId> = match target.into() {
             Target::Shard(key) => self
                 .conns
                 .iter()
@@ -346,7 +346,7 @@ impl MockGateway {
 
     /// The driver's outbound queue for `conn` ran empty: emit the next batch of every
     /// as-fast-as-read stream for its shard. Returns how many dispatches were emitted.
-    pub fn pull_stream(&mut self, now: Instant, conn: ConnectionId) -> usize {
+    pub fn pull_stream(&mut self, now: Instant, conn: TransportId) -> usize {
         self.advance(now);
         let Some(key) = self
             .conns
@@ -427,7 +427,7 @@ impl MockGateway {
     /// sessions become resumable, as after a drop.
     pub fn disconnect_all(&mut self, now: Instant) {
         self.advance(now);
-        let ids: Vec<ConnectionId> = self.conns.keys().copied().collect();
+        let ids: Vec<TransportId> = self.conns.keys().copied().collect();
         for id in ids {
             self.finalize(now, id);
         }
@@ -491,7 +491,7 @@ impl MockGateway {
 
     /// Queue `action` for `id`, through the connection's delay line if it has one. Returns when
     /// the action leaves the mock.
-    fn enqueue(&mut self, now: Instant, id: ConnectionId, action: PeerAction) -> Instant {
+    fn enqueue(&mut self, now: Instant, id: TransportId, action: PeerAction) -> Instant {
         let Some(conn) = self.conns.get_mut(&id) else {
             return now;
         };
@@ -512,7 +512,7 @@ impl MockGateway {
 
     /// Send one payload (compressed if the connection asked for it). Returns whether it was
     /// queued.
-    fn send_payload(&mut self, now: Instant, id: ConnectionId, text: Bytes) -> bool {
+    fn send_payload(&mut self, now: Instant, id: TransportId, text: Bytes) -> bool {
         let Some(conn) = self.conns.get_mut(&id) else {
             return false;
         };
@@ -534,12 +534,12 @@ impl MockGateway {
         true
     }
 
-    fn send_op(&mut self, now: Instant, id: ConnectionId, op: OpCode, d: Value) -> bool {
+    fn send_op(&mut self, now: Instant, id: TransportId, op: OpCode, d: Value) -> bool {
         let text = json!({ "op": op.code(), "d": d, "s": null, "t": null }).to_string();
         self.send_payload(now, id, Bytes::from(text))
     }
 
-    fn send_invalid_session(&mut self, now: Instant, id: ConnectionId, resumable: bool) {
+    fn send_invalid_session(&mut self, now: Instant, id: TransportId, resumable: bool) {
         if self.send_op(now, id, OpCode::InvalidSession, Value::Bool(resumable))
             && let Some(key) = self.conns.get(&id).and_then(|c| c.shard)
         {
@@ -548,7 +548,7 @@ impl MockGateway {
     }
 
     /// The mock closes `id` with `code` (unless it is a zombie or already closing).
-    fn close_conn(&mut self, now: Instant, id: ConnectionId, code: u16) {
+    fn close_conn(&mut self, now: Instant, id: TransportId, code: u16) {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
@@ -573,7 +573,7 @@ impl MockGateway {
     }
 
     /// Drop TCP now: anything delayed is discarded and the connection is gone.
-    fn drop_conn(&mut self, now: Instant, id: ConnectionId) {
+    fn drop_conn(&mut self, now: Instant, id: TransportId) {
         if !self.conns.contains_key(&id) {
             return;
         }
@@ -583,7 +583,7 @@ impl MockGateway {
     }
 
     /// The transport of `id` is gone.
-    fn finalize(&mut self, now: Instant, id: ConnectionId) {
+    fn finalize(&mut self, now: Instant, id: TransportId) {
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
@@ -615,7 +615,7 @@ impl MockGateway {
     }
 
     /// Count `id` for `key` from now on.
-    fn count_for_shard(&mut self, id: ConnectionId, key: ShardKey) {
+    fn count_for_shard(&mut self, id: TransportId, key: ShardKey) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -688,7 +688,7 @@ impl MockGateway {
         format!("{:016x}{:016x}", self.rng.u64(..), self.rng.u64(..))
     }
 
-    fn apply_fault(&mut self, now: Instant, id: ConnectionId, fault: Fault) {
+    fn apply_fault(&mut self, now: Instant, id: TransportId, fault: Fault) {
         debug!(conn = id.0, ?fault, "fault");
         match fault {
             Fault::Zombie => {
@@ -824,7 +824,7 @@ impl MockGateway {
 
     // ---- client payloads -------------------------------------------------------------------
 
-    fn on_payload(&mut self, now: Instant, id: ConnectionId, bytes: &[u8]) {
+    fn on_payload(&mut self, now: Instant, id: TransportId, bytes: &[u8]) {
         let (limit, window, max_payload) = (
             self.config.send_limit as usize,
             self.config.send_window,
@@ -894,7 +894,7 @@ impl MockGateway {
         }
     }
 
-    fn on_heartbeat(&mut self, now: Instant, id: ConnectionId) {
+    fn on_heartbeat(&mut self, now: Instant, id: TransportId) {
         let next = self
             .config
             .heartbeat_grace
@@ -918,7 +918,7 @@ impl MockGateway {
         }
     }
 
-    fn on_identify(&mut self, now: Instant, id: ConnectionId, d: &Value) {
+    fn on_identify(&mut self, now: Instant, id: TransportId, d: &Value) {
         if self.conns.get(&id).is_some_and(|c| c.identified) {
             return self.close_conn(now, id, CloseCode::AlreadyAuthenticated.code());
         }
@@ -1025,10 +1025,10 @@ impl MockGateway {
     /// The session-start budget ran out: Discord resets the token. Every connection of the token
     /// (and `tripping`, whose IDENTIFY hit the limit) is closed with 4004, its sessions end, and
     /// the token is refused from now on.
-    fn revoke_token(&mut self, now: Instant, token: usize, tripping: ConnectionId) {
+    fn revoke_token(&mut self, now: Instant, token: usize, tripping: TransportId) {
         debug!(token, "session-start budget exhausted, token revoked");
         self.tokens[token].revoked = true;
-        let victims: Vec<ConnectionId> = self
+        let victims: Vec<TransportId> = self
             .conns
             .iter()
             .filter(|(id, c)| **id == tripping || c.shard.is_some_and(|k| k.token == token))
@@ -1040,7 +1040,7 @@ impl MockGateway {
         self.sessions.retain(|_, s| s.key.token != token);
     }
 
-    fn on_resume(&mut self, now: Instant, id: ConnectionId, d: &Value) {
+    fn on_resume(&mut self, now: Instant, id: TransportId, d: &Value) {
         if self.conns.get(&id).is_some_and(|c| c.identified) {
             return self.close_conn(now, id, CloseCode::AlreadyAuthenticated.code());
         }
@@ -1126,7 +1126,7 @@ impl MockGateway {
         self.push_dispatch(now, &sid, "RESUMED", &resumed);
     }
 
-    fn send_invalid_session_for(&mut self, now: Instant, id: ConnectionId, key: ShardKey) {
+    fn send_invalid_session_for(&mut self, now: Instant, id: TransportId, key: ShardKey) {
         if self.send_op(now, id, OpCode::InvalidSession, Value::Bool(false)) {
             self.shard_counters(key).invalid_sessions_sent += 1;
         }
@@ -1166,7 +1166,7 @@ fn parse_url(url: &str) -> UrlParams {
 }
 
 impl MemoryPeer for MockGateway {
-    fn on_connect(&mut self, now: Instant, conn: ConnectionId, url: &str) -> bool {
+    fn on_connect(&mut self, now: Instant, conn: TransportId, url: &str) -> bool {
         self.advance(now);
         if self.conns.contains_key(&conn) {
             return false;
@@ -1225,12 +1225,12 @@ impl MemoryPeer for MockGateway {
         true
     }
 
-    fn on_message(&mut self, now: Instant, conn: ConnectionId, msg: Message) {
+    fn on_message(&mut self, now: Instant, conn: TransportId, msg: Message) {
         self.advance(now);
         self.on_payload(now, conn, msg.as_bytes());
     }
 
-    fn on_close_frame(&mut self, now: Instant, conn: ConnectionId, code: u16) {
+    fn on_close_frame(&mut self, now: Instant, conn: TransportId, code: u16) {
         self.advance(now);
         self.counters.close_frames.push(code);
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -1268,13 +1268,13 @@ impl MemoryPeer for MockGateway {
         }
     }
 
-    fn on_disconnect(&mut self, now: Instant, conn: ConnectionId) {
+    fn on_disconnect(&mut self, now: Instant, conn: TransportId) {
         self.advance(now);
         debug!(conn = conn.0, "disconnected");
         self.finalize(now, conn);
     }
 
-    fn poll_action(&mut self) -> Option<(ConnectionId, PeerAction)> {
+    fn poll_action(&mut self) -> Option<(TransportId, PeerAction)> {
         self.actions.pop_front()
     }
 
@@ -1328,7 +1328,7 @@ impl MemoryPeer for MockGateway {
                 }
             }
         }
-        let ids: Vec<ConnectionId> = self.conns.keys().copied().collect();
+        let ids: Vec<TransportId> = self.conns.keys().copied().collect();
         for id in ids {
             let Some(c) = self.conns.get(&id) else {
                 continue;
@@ -1391,7 +1391,7 @@ mod tests {
             }
         }
 
-        fn drain(&mut self) -> Vec<(ConnectionId, Out)> {
+        fn drain(&mut self) -> Vec<(TransportId, Out)> {
             let mut out = Vec::new();
             while let Some((c, a)) = self.gw.poll_action() {
                 out.push((
@@ -1410,9 +1410,9 @@ mod tests {
             out
         }
 
-        fn connect(&mut self) -> ConnectionId {
+        fn connect(&mut self) -> TransportId {
             self.next_conn += 1;
-            let id = ConnectionId(self.next_conn);
+            let id = TransportId(self.next_conn);
             assert!(
                 self.gw
                     .on_connect(self.now, id, "ws://x/?v=10&encoding=json")
@@ -1422,13 +1422,13 @@ mod tests {
             id
         }
 
-        fn send(&mut self, id: ConnectionId, v: Value) -> Vec<Out> {
+        fn send(&mut self, id: TransportId, v: Value) -> Vec<Out> {
             self.gw
                 .on_message(self.now, id, Message::text(v.to_string()));
             self.drain().into_iter().map(|(_, o)| o).collect()
         }
 
-        fn advance(&mut self, by: Duration) -> Vec<(ConnectionId, Out)> {
+        fn advance(&mut self, by: Duration) -> Vec<(TransportId, Out)> {
             let end = self.now + by;
             let mut out = Vec::new();
             loop {
@@ -1445,7 +1445,7 @@ mod tests {
             out
         }
 
-        fn identify(&mut self, id: ConnectionId, shard: [u32; 2]) -> Vec<Out> {
+        fn identify(&mut self, id: TransportId, shard: [u32; 2]) -> Vec<Out> {
             self.send(
                 id,
                 json!({"op": 2, "d": {"token": "mock-token", "intents": 513,
@@ -1784,7 +1784,7 @@ mod tests {
         );
         assert_eq!(out.len(), 1);
         assert_eq!(sim.gw.dispatch(sim.now, 0, "MESSAGE_CREATE", &json!({})), 2);
-        let to: Vec<ConnectionId> = sim.drain().into_iter().map(|(c, _)| c).collect();
+        let to: Vec<TransportId> = sim.drain().into_iter().map(|(c, _)| c).collect();
         assert_eq!(to, vec![b, c3]);
         assert_eq!(sim.gw.counters().shard(0).live_sockets, 3);
     }
@@ -1816,7 +1816,7 @@ mod tests {
         assert!(sim.gw.streams.is_empty());
     }
 
-    fn script(seed: u64) -> Vec<(ConnectionId, Out)> {
+    fn script(seed: u64) -> Vec<(TransportId, Out)> {
         let mut sim = Sim::new(MockConfig {
             seed,
             ..Sim::fast()

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use futures_util::stream::{SplitSink, StreamExt};
-use handover_core::{ConnectionId, Message};
+use handover_core::{Message, TransportId};
 use handover_transport_ws::memory::{MemoryPeer, PeerAction};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -69,7 +69,7 @@ struct Route {
 
 struct Shared {
     model: MockGateway,
-    routes: HashMap<ConnectionId, Route>,
+    routes: HashMap<TransportId, Route>,
     next_conn: u64,
 }
 
@@ -460,7 +460,7 @@ async fn run_websocket(tcp: Arc<TcpStream>, head: Head, inner: Arc<Inner>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let registered = inner.with(|s, now| {
         s.next_conn += 1;
-        let id = ConnectionId(s.next_conn);
+        let id = TransportId(s.next_conn);
         s.routes.insert(
             id,
             Route {

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use handover_core::{ConnectionId, Message};
+use handover_core::{Message, TransportId};
 use handover_mock::{
     DEFAULT_TOKEN, Fault, Garbage, MockConfig, MockGateway, SessionStartLimit, ShardKey, Target,
 };
@@ -318,7 +318,7 @@ struct Harness {
     base: Instant,
     now: Duration,
     next_id: u64,
-    conns: BTreeMap<ConnectionId, Side>,
+    conns: BTreeMap<TransportId, Side>,
     sessions: Vec<String>,
     log: Vec<String>,
 }
@@ -340,10 +340,10 @@ impl Harness {
         self.base + self.now
     }
 
-    fn pick(&self, p: ConnPick) -> ConnectionId {
-        let ids: Vec<ConnectionId> = self.conns.keys().copied().collect();
+    fn pick(&self, p: ConnPick) -> TransportId {
+        let ids: Vec<TransportId> = self.conns.keys().copied().collect();
         match p {
-            _ if ids.is_empty() => ConnectionId(self.next_id + 1000),
+            _ if ids.is_empty() => TransportId(self.next_id + 1000),
             ConnPick::Made(i) => *i.get(&ids),
             ConnPick::Latest => self
                 .conns
@@ -351,12 +351,12 @@ impl Harness {
                 .rev()
                 .find(|(_, s)| s.accepted && !s.gone && !s.client_closed && !s.server_closed)
                 .map_or(ids[ids.len() - 1], |(id, _)| *id),
-            ConnPick::Unknown => ConnectionId(self.next_id + 1000),
+            ConnPick::Unknown => TransportId(self.next_id + 1000),
         }
     }
 
     /// A connection the client may still use (accepted, not closed by it, not gone).
-    fn usable(&self, id: ConnectionId) -> bool {
+    fn usable(&self, id: TransportId) -> bool {
         self.conns
             .get(&id)
             .is_some_and(|s| s.accepted && !s.client_closed && !s.gone)
@@ -534,7 +534,7 @@ impl Harness {
         let now = self.at();
         match op {
             Op::Connect(url) => {
-                let id = ConnectionId(self.next_id);
+                let id = TransportId(self.next_id);
                 self.next_id += 1;
                 let url = URLS[url.unwrap_or(self.next_id as usize % URLS.len())];
                 let accepted = self.gw.on_connect(now, id, url);
@@ -673,7 +673,7 @@ fn run(seed: u64, ops: &[Op]) -> Result<Harness, TestCaseError> {
             .map_err(|e| TestCaseError::fail(format!("step {i} ({op:?}): {e}")))?;
     }
     // Everything ends: the client goes away from every open socket.
-    let open: Vec<ConnectionId> = h
+    let open: Vec<TransportId> = h
         .conns
         .iter()
         .filter(|(_, s)| s.accepted && !s.gone)
@@ -743,7 +743,7 @@ fn the_harness_reports_a_frame_on_a_closed_socket() {
     let mut h = Harness::new(7);
     h.apply(&Op::Connect(Some(0)))
         .expect("a good url is accepted");
-    let id = ConnectionId(1);
+    let id = TransportId(1);
     assert!(h.usable(id));
     // Pretend the socket went away without telling the mock: its next frame is a violation.
     if let Some(s) = h.conns.get_mut(&id) {

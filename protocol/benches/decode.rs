@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use handover_core::{Codec, ConnectionId, Message, OpenMode};
+use handover_core::{Codec, Message, OpenMode, TransportId};
 use handover_protocol::{
     Compression, DiscordCodec, Envelope, GatewayConfig, GatewayEvent, Intents, Token,
     ZlibStreamEncoder, ZstdStreamEncoder,
@@ -69,7 +69,7 @@ fn codec(compression: Compression) -> DiscordCodec {
     cfg.gateway_url = "ws://127.0.0.1:1".to_owned();
     cfg.compression = compression;
     let mut codec = DiscordCodec::new(cfg).expect("valid config");
-    codec.reset(ConnectionId(1), OpenMode::Identify);
+    codec.reset(TransportId(1), OpenMode::Identify);
     codec
 }
 

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use handover_core::{Codec, ConnectionId, Decoded, Message, OpenMode, Payload, Signal};
+use handover_core::{Codec, Decoded, Message, OpenMode, Payload, Signal, TransportId};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -184,7 +184,7 @@ pub struct DiscordCodec {
     tracker: Tracker,
     decompressor: Decompressor,
     limiter: SendLimiter,
-    conn: Option<ConnectionId>,
+    conn: Option<TransportId>,
     mode: OpenMode,
     /// A RESUMED already accepted the handshake on the current connection.
     resumed_here: bool,
@@ -260,7 +260,7 @@ impl DiscordCodec {
     }
 
     /// The connection the codec was last reset for.
-    pub fn connection(&self) -> Option<ConnectionId> {
+    pub fn connection(&self) -> Option<TransportId> {
         self.conn
     }
 
@@ -476,7 +476,7 @@ impl Codec for DiscordCodec {
         gateway_url(base, self.cfg.compression)
     }
 
-    fn reset(&mut self, conn: ConnectionId, mode: OpenMode) {
+    fn reset(&mut self, conn: TransportId, mode: OpenMode) {
         self.conn = Some(conn);
         self.mode = mode;
         self.resumed_here = false;

@@ -131,7 +131,7 @@ impl Default for ConnectionProperties {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
-pub enum Status {
+pub enum PresenceStatus {
     /// Online.
     Online,
     /// Do not disturb.
@@ -172,14 +172,14 @@ pub struct UpdatePresence {
     /// Activities.
     pub activities: Vec<Activity>,
     /// The new status.
-    pub status: Status,
+    pub status: PresenceStatus,
     /// Whether the client is away.
     pub afk: bool,
 }
 
 impl UpdatePresence {
     /// A presence with a status and no activity.
-    pub fn status(status: Status) -> Self {
+    pub fn status(status: PresenceStatus) -> Self {
         UpdatePresence {
             since: None,
             activities: Vec::new(),
@@ -399,7 +399,7 @@ mod tests {
                 url: None,
                 state: None,
             }],
-            status: Status::Online,
+            status: PresenceStatus::Online,
             afk: false,
         });
         assert_eq!(

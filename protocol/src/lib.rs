@@ -27,8 +27,8 @@ pub use codec::{
     MIN_HEARTBEAT_INTERVAL, Ready, Resumed, gateway_url,
 };
 pub use commands::{
-    Activity, Command, ConnectionProperties, RequestGuildMembers, RequestSoundboardSounds, ShardId,
-    Snowflake, Status, UpdatePresence, UpdateVoiceState,
+    Activity, Command, ConnectionProperties, PresenceStatus, RequestGuildMembers,
+    RequestSoundboardSounds, ShardId, Snowflake, UpdatePresence, UpdateVoiceState,
 };
 pub use compression::{Compression, DEFAULT_MAX_DECOMPRESSED_BYTES, ZLIB_SUFFIX};
 #[cfg(feature = "zlib")]

@@ -121,8 +121,8 @@ mod tests {
     #[test]
     fn the_longest_token_still_fits_in_an_identify() {
         use crate::{
-            Activity, DiscordCodec, GatewayConfig, Intents, MAX_PAYLOAD_BYTES, ShardId, Status,
-            UpdatePresence,
+            Activity, DiscordCodec, GatewayConfig, Intents, MAX_PAYLOAD_BYTES, PresenceStatus,
+            ShardId, UpdatePresence,
         };
         use handover_core::{Codec, Message, OpenMode, Payload};
 
@@ -133,7 +133,7 @@ mod tests {
             count: u32::MAX,
         };
         cfg.large_threshold = Some(250);
-        let mut presence = UpdatePresence::status(Status::Online);
+        let mut presence = UpdatePresence::status(PresenceStatus::Online);
         presence.activities = vec![Activity {
             name: "x".repeat(128),
             kind: 0,

@@ -23,7 +23,7 @@ mod fuzz_common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use handover_core::{Codec, ConnectionId, Message, OpenMode, Signal};
+use handover_core::{Codec, Message, OpenMode, Signal, TransportId};
 use handover_protocol::{
     Compression, DiscordCodec, Envelope, GatewayConfig, GatewayEvent, Intents, ProtocolError,
     Token, ZLIB_SUFFIX, ZlibStreamDecoder, ZlibStreamEncoder, ZstdStreamDecoder, ZstdStreamEncoder,
@@ -51,7 +51,7 @@ fn codec(compression: Compression) -> DiscordCodec {
     cfg.compression = compression;
     cfg.max_decompressed_bytes = CAP;
     let mut codec = DiscordCodec::new(cfg).expect("a valid configuration");
-    codec.reset(ConnectionId(1), OpenMode::Identify);
+    codec.reset(TransportId(1), OpenMode::Identify);
     codec
 }
 
@@ -636,7 +636,7 @@ fn run_damaged(compression: Compression, frames: &[Vec<u8>]) -> Result<(), TestC
     }
     // A text message never touches the decompressor.
     check_probe(codec.decode(now, Message::Text(Bytes::from_static(PROBE))))?;
-    codec.reset(ConnectionId(2), OpenMode::Identify);
+    codec.reset(TransportId(2), OpenMode::Identify);
     let probe = match compression {
         Compression::ZlibStream => ZlibStreamEncoder::new().compress(PROBE),
         _ => ZstdStreamEncoder::new()

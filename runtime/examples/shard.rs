@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use handover_core::{RestartReason, StopIntent};
 use handover_mock::{DEFAULT_TOKEN, MockConfig, MockServer};
-use handover_protocol::{Command, GatewayConfig, Intents, Status, Token, UpdatePresence};
+use handover_protocol::{Command, GatewayConfig, Intents, PresenceStatus, Token, UpdatePresence};
 use handover_runtime::{Shard, ShardConfig, ShardEventKind};
 
 #[tokio::main]
@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 //    bytes, over the send rate, or while not identified.
                 shard
                     .send(Command::UpdatePresence(UpdatePresence::status(
-                        Status::Idle,
+                        PresenceStatus::Idle,
                     )))
                     .await?;
                 mock.handle().dispatch(

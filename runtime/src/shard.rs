@@ -6,14 +6,14 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use handover_core::{
-    Codec, Config, Connection, ConnectionId, Decoded, Event, Message, OpenMode, Payload,
-    RestartReason, State, StopIntent,
+    Codec, Config, Connection, Decoded, Event, Message, OpenMode, Payload, RestartReason, State,
+    StopIntent, TransportId,
 };
 use handover_transport_ws::{
     DriverEvent, DriverEvents, DriverGone, DriverHandle, PermitSource, SendError, TransportConfig,
     TransportEvent,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::delivery::{Delivery, Entry, Ledger, Receipt, resumable_session};
 use super::queue::IdentifyGate;
@@ -489,6 +489,17 @@ fn to_kind(
                 debug!(shard, ?code, "socket gone");
                 ShardEventKind::SocketClosed { code }
             }
+            // The shipped driver never breaks the core's contract; if it ever does, that is a
+            // bug worth an operator's attention, not a silent drop.
+            DriverEvent::Core(Event::InputRejected { input, reason }) => {
+                let message = format!(
+                    "driver bug: the core refused {:?} for transport {}: {reason}",
+                    input.kind, input.conn
+                );
+                error!(shard, %message, "core contract broken");
+                observed.set_error(message.clone());
+                ShardEventKind::Warning { message }
+            }
             DriverEvent::Core(_) | DriverEvent::Transport(_) => return None,
             DriverEvent::Error(e) => {
                 let message = e.to_string();
@@ -517,7 +528,7 @@ impl Codec for ObservedCodec {
         self.inner.url(mode)
     }
 
-    fn reset(&mut self, conn: ConnectionId, mode: OpenMode) {
+    fn reset(&mut self, conn: TransportId, mode: OpenMode) {
         self.inner.reset(conn, mode)
     }
 

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use handover_core::Status;
+use handover_core::ConnectionStatus;
 use serde::Serialize;
 
 use super::delivery::Taken;
@@ -166,7 +166,7 @@ pub struct ShardStatus {
 impl ShardStatus {
     pub(crate) fn build(
         shard: u32,
-        core: &Status,
+        core: &ConnectionStatus,
         observed: &Observed,
         taken: &Taken,
         live: usize,

@@ -27,10 +27,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use handover_core::{Config, ConnectionId, Message, RestartReason, StopIntent};
+use handover_core::{Config, Message, RestartReason, StopIntent, TransportId};
 use handover_mock::{MockConfig, MockGateway, ShardKey, StreamId, StreamRate, StreamSpec, Target};
 use handover_protocol::{
-    Command, IdentifyBudget, IdentifyQueueConfig, Status as PresenceStatus, UpdatePresence,
+    Command, IdentifyBudget, IdentifyQueueConfig, PresenceStatus, UpdatePresence,
 };
 use handover_runtime::{
     Fleet, FleetConfig, Shard, ShardConfig, ShardEvent, ShardEventKind, ShardHandle, ShardSelection,
@@ -303,8 +303,8 @@ struct Route {
 /// The host's state: the mock, the routes to the socket tasks, and the server-side checks.
 struct HostState {
     mock: MockGateway,
-    routes: BTreeMap<ConnectionId, Route>,
-    sockets: BTreeMap<ConnectionId, SocketRec>,
+    routes: BTreeMap<TransportId, Route>,
+    sockets: BTreeMap<TransportId, SocketRec>,
     next_conn: u64,
     clock: u64,
     single_shard: bool,
@@ -317,7 +317,7 @@ struct HostState {
     stopped: BTreeSet<u32>,
     /// Sockets on which the server wrote a session-ending signal: what the client sends on
     /// them afterwards was sent before it could know.
-    lost_conns: BTreeSet<ConnectionId>,
+    lost_conns: BTreeSet<TransportId>,
     record: Shared<Record>,
 }
 
@@ -372,7 +372,7 @@ impl HostState {
     }
 
     /// Socket `id` belongs to `shard`: it must not overlap another socket of that shard.
-    fn assign(&mut self, id: ConnectionId, shard: u32) {
+    fn assign(&mut self, id: TransportId, shard: u32) {
         let Some(rec) = self.sockets.get_mut(&id) else {
             return;
         };
@@ -419,7 +419,7 @@ impl HostState {
         }
     }
 
-    fn closed(&mut self, id: ConnectionId, by: &str) {
+    fn closed(&mut self, id: TransportId, by: &str) {
         let t = self.tick();
         let Some(rec) = self.sockets.get_mut(&id) else {
             return;
@@ -435,13 +435,13 @@ impl HostState {
         self.line(format!("host: socket#{} closed by the {by}", id.0));
     }
 
-    fn shard_of(&self, conn: ConnectionId) -> Option<u32> {
+    fn shard_of(&self, conn: TransportId) -> Option<u32> {
         self.sockets.get(&conn).and_then(|r| r.shard)
     }
 
     /// What the server writes: session-ending signals clear the oracle; handshake acceptance
     /// fires armed actions.
-    fn watch_server(&mut self, conn: ConnectionId, action: &PeerAction) {
+    fn watch_server(&mut self, conn: TransportId, action: &PeerAction) {
         let shard = self.shard_of(conn);
         match action {
             PeerAction::Close(code) => {
@@ -488,7 +488,7 @@ impl HostState {
     }
 
     /// What the client writes: handshakes are checked against the oracle.
-    fn watch_client(&mut self, conn: ConnectionId, text: &[u8]) {
+    fn watch_client(&mut self, conn: TransportId, text: &[u8]) {
         let Ok(v) = serde_json::from_slice::<Value>(text) else {
             return;
         };
@@ -540,7 +540,7 @@ impl HostState {
     }
 
     /// A client close frame of 1000 or 1001 ends the session (Discord's rule, the mock's too).
-    fn watch_client_close(&mut self, conn: ConnectionId, code: u16) {
+    fn watch_client_close(&mut self, conn: TransportId, code: u16) {
         self.line(format!(
             "host: client close frame {code} on socket#{}",
             conn.0
@@ -552,7 +552,7 @@ impl HostState {
         }
     }
 
-    fn fire(&mut self, on: Trigger, conn: ConnectionId) {
+    fn fire(&mut self, on: Trigger, conn: TransportId) {
         let mut keep = Vec::new();
         for (t, action) in std::mem::take(&mut self.armed) {
             if t != on {
@@ -653,7 +653,7 @@ impl PeerHost {
 
     // tungstenite's header callback returns its own (large) error type.
     #[allow(clippy::result_large_err)]
-    async fn serve(self, far: ServerEnd, id: ConnectionId) {
+    async fn serve(self, far: ServerEnd, id: TransportId) {
         let mute = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let io = Arc::new(Mutex::new(far));
         let gate = Gate {
@@ -821,12 +821,12 @@ async fn hold_open(io: &Arc<Mutex<ServerEnd>>, dropped: &Notify) {
 }
 
 impl Connector for PeerHost {
-    fn connect(&self, _conn: ConnectionId, _host: &str, _port: u16) -> ConnectorFuture {
+    fn connect(&self, _conn: TransportId, _host: &str, _port: u16) -> ConnectorFuture {
         let (client, far) = tokio::io::duplex(64 << 10);
         let id = {
             let mut s = lock(&self.state);
             s.next_conn += 1;
-            let id = ConnectionId(s.next_conn);
+            let id = TransportId(s.next_conn);
             let t = s.tick();
             s.sockets.insert(
                 id,
@@ -862,7 +862,7 @@ impl Connector for PeerHost {
 struct ClientEnd {
     io: DuplexStream,
     host: std::sync::Weak<Mutex<HostState>>,
-    id: ConnectionId,
+    id: TransportId,
 }
 
 impl Drop for ClientEnd {
@@ -905,7 +905,7 @@ impl AsyncWrite for ClientEnd {
 struct ServerEnd {
     io: DuplexStream,
     host: std::sync::Weak<Mutex<HostState>>,
-    id: ConnectionId,
+    id: TransportId,
 }
 
 impl Drop for ServerEnd {

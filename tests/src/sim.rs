@@ -26,15 +26,14 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use handover_core::{
-    Backoff, Codec, Config, ConnectionId, Decoded, Event, GiveUpReason, Message, OpenMode, Payload,
-    Phase, RestartReason, Signal, State, StopIntent,
+    Backoff, Codec, Config, Decoded, Event, GiveUpReason, Message, OpenMode, Payload, Phase,
+    RestartReason, Signal, State, StopIntent, TransportId,
 };
 use handover_mock::{
     Fault, Garbage, MockConfig, MockGateway, ShardKey, StreamId, StreamRate, StreamSpec, Target,
 };
 use handover_protocol::{
-    CLOSE_RULES, Command, Compression, DiscordCodec, GatewayEvent, Status as PresenceStatus,
-    UpdatePresence,
+    CLOSE_RULES, Command, Compression, DiscordCodec, GatewayEvent, PresenceStatus, UpdatePresence,
 };
 use handover_transport_ws::memory::{
     MemoryConfig, MemoryDriver, MemoryPeer, PeerAction, PermitDecision,
@@ -794,7 +793,7 @@ where
 /// Facts the observing codec sees, in the order the core sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Obs {
-    Reset(ConnectionId, OpenMode),
+    Reset(TransportId, OpenMode),
     Signal(Signal),
     Handshake(OpenMode),
     StopEndsSession,
@@ -805,15 +804,15 @@ enum Rec {
     Act(Action, usize),
     Arm(Action),
     State(State, State),
-    Ready(ConnectionId),
-    Resumed(ConnectionId),
+    Ready(TransportId),
+    Resumed(TransportId),
     Reconnect(OpenMode, Duration),
     GaveUp(GiveUpReason),
     CoreOther,
-    Opening(ConnectionId),
-    Opened(ConnectionId),
-    OpenFailed(ConnectionId),
-    Closed(ConnectionId, Option<u16>),
+    Opening(TransportId),
+    Opened(TransportId),
+    OpenFailed(TransportId),
+    Closed(TransportId, Option<u16>),
     Error(&'static str),
     ItemReady(usize, Option<u64>),
     ItemResumed(usize, Option<u64>),
@@ -902,7 +901,7 @@ impl<C: Codec> Codec for Observed<C> {
         self.inner.url(mode)
     }
 
-    fn reset(&mut self, conn: ConnectionId, mode: OpenMode) {
+    fn reset(&mut self, conn: TransportId, mode: OpenMode) {
         self.log.borrow_mut().push(Obs::Reset(conn, mode));
         self.inner.reset(conn, mode);
     }
@@ -936,23 +935,23 @@ struct SimPeer {
 }
 
 impl MemoryPeer for SimPeer {
-    fn on_connect(&mut self, now: Instant, conn: ConnectionId, url: &str) -> bool {
+    fn on_connect(&mut self, now: Instant, conn: TransportId, url: &str) -> bool {
         self.mock.on_connect(now, conn, url)
     }
 
-    fn on_message(&mut self, now: Instant, conn: ConnectionId, msg: Message) {
+    fn on_message(&mut self, now: Instant, conn: TransportId, msg: Message) {
         self.mock.on_message(now, conn, msg);
     }
 
-    fn on_close_frame(&mut self, now: Instant, conn: ConnectionId, code: u16) {
+    fn on_close_frame(&mut self, now: Instant, conn: TransportId, code: u16) {
         self.mock.on_close_frame(now, conn, code);
     }
 
-    fn on_disconnect(&mut self, now: Instant, conn: ConnectionId) {
+    fn on_disconnect(&mut self, now: Instant, conn: TransportId) {
         self.mock.on_disconnect(now, conn);
     }
 
-    fn poll_action(&mut self) -> Option<(ConnectionId, PeerAction)> {
+    fn poll_action(&mut self) -> Option<(TransportId, PeerAction)> {
         self.mock.poll_action()
     }
 
@@ -1040,19 +1039,19 @@ struct Sim<'a, C: Codec<Item = GatewayEvent, Command = Command>> {
     runaway: bool,
     faults_hit: u64,
     // transports
-    live: Option<ConnectionId>,
-    ends: BTreeMap<ConnectionId, Option<u16>>,
+    live: Option<TransportId>,
+    ends: BTreeMap<TransportId, Option<u16>>,
     stopped: bool,
     stop_deadline: Option<Instant>,
     failed: bool,
     fatal_in_batch: bool,
     gave_up_in_batch: bool,
-    zombie_watch: Option<(ConnectionId, Instant)>,
+    zombie_watch: Option<(TransportId, Instant)>,
     conn_delay: Duration,
     injected_closes: BTreeMap<u16, u64>,
     // the session oracle
     held: bool,
-    open: Option<(ConnectionId, OpenMode)>,
+    open: Option<(TransportId, OpenMode)>,
     identify_handshakes: u64,
     // delivery
     sessions: Vec<String>,
@@ -1672,7 +1671,7 @@ impl<'a, C: Codec<Item = GatewayEvent, Command = Command>> Sim<'a, C> {
         }
     }
 
-    fn transport_gone(&mut self, conn: ConnectionId, code: Option<u16>) {
+    fn transport_gone(&mut self, conn: TransportId, code: Option<u16>) {
         if self.live != Some(conn) {
             self.violate(format!("{conn} reported gone but is not the live one"));
         }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use handover_core::{CloseRules, Codec, ConnectionId, Decoded, Message, OpenMode, Payload};
+use handover_core::{CloseRules, Codec, Decoded, Message, OpenMode, Payload, TransportId};
 use handover_mock::Fault;
 use handover_protocol::{CLOSE_RULES, Compression, GatewayEvent};
 use handover_tests::sim::{
@@ -185,7 +185,7 @@ macro_rules! forward_codec {
                 self.inner.url(mode)
             }
 
-            fn reset(&mut self, conn: ConnectionId, mode: OpenMode) {
+            fn reset(&mut self, conn: TransportId, mode: OpenMode) {
                 self.inner.reset(conn, mode);
             }
 

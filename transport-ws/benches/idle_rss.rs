@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use handover_core::{
-    Config, Connection, ConnectionId, Decoded, Message, OpenMode, Payload, Signal, State,
+    Config, Connection, Decoded, Message, OpenMode, Payload, Signal, State, TransportId,
 };
 use handover_transport_ws::{Codec, Driver, TransportConfig};
 use tokio::net::{TcpListener, TcpStream};
@@ -241,7 +241,7 @@ impl Codec for LineCodec {
         self.0.clone()
     }
 
-    fn reset(&mut self, _conn: ConnectionId, _mode: OpenMode) {}
+    fn reset(&mut self, _conn: TransportId, _mode: OpenMode) {}
 
     fn decode(&mut self, _now: Instant, msg: Message) -> Result<Decoded<()>, Unknown> {
         let text = std::str::from_utf8(msg.as_bytes()).map_err(|_| Unknown)?;

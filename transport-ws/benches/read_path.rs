@@ -28,9 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use handover_core::{
-    Config, Connection, ConnectionId, Decoded, Message, OpenMode, Payload, Signal,
-};
+use handover_core::{Config, Connection, Decoded, Message, OpenMode, Payload, Signal, TransportId};
 use handover_transport_ws::{Codec, Driver, DriverEvent, TransportConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -315,7 +313,7 @@ impl Codec for HoldCodec {
         self.0.clone()
     }
 
-    fn reset(&mut self, _conn: ConnectionId, _mode: OpenMode) {}
+    fn reset(&mut self, _conn: TransportId, _mode: OpenMode) {}
 
     fn decode(&mut self, _now: Instant, msg: Message) -> Result<Decoded<Bytes>, Unknown> {
         let Message::Text(bytes) = msg else {

@@ -14,7 +14,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use handover_core::ConnectionId;
+use handover_core::TransportId;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// A bidirectional byte stream a WebSocket can run over.
@@ -37,7 +37,7 @@ pub type ConnectorFuture = Pin<Box<dyn Future<Output = io::Result<BoxByteStream>
 /// it would for a TCP stream.
 pub trait Connector: Send + Sync + 'static {
     /// Open a stream to `host:port` for socket `conn`.
-    fn connect(&self, conn: ConnectionId, host: &str, port: u16) -> ConnectorFuture;
+    fn connect(&self, conn: TransportId, host: &str, port: u16) -> ConnectorFuture;
 }
 
 /// A shared [`Connector`] in a [`TransportConfig`](crate::TransportConfig).

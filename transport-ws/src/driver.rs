@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Instant;
 
-use handover_core::{Codec, Connection, ConnectionId, RestartReason, Status, StopIntent};
+use handover_core::{Codec, Connection, ConnectionStatus, RestartReason, StopIntent, TransportId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug;
 
@@ -119,7 +119,7 @@ enum Command<C: Codec> {
 /// the command unsent or lets the task finish applying it, never half of it.
 pub struct DriverHandle<C: Codec> {
     commands: mpsc::Sender<Command<C>>,
-    status: watch::Receiver<Status>,
+    status: watch::Receiver<ConnectionStatus>,
     live: Arc<AtomicUsize>,
 }
 
@@ -180,12 +180,12 @@ impl<C: Codec> DriverHandle<C> {
     }
 
     /// The core's status, as of the driver's last step. Never blocks.
-    pub fn status(&self) -> Status {
+    pub fn status(&self) -> ConnectionStatus {
         self.status.borrow().clone()
     }
 
     /// A receiver that is notified after every status change (for health pages or waits).
-    pub fn watch_status(&self) -> watch::Receiver<Status> {
+    pub fn watch_status(&self) -> watch::Receiver<ConnectionStatus> {
         self.status.clone()
     }
 
@@ -260,7 +260,7 @@ impl<C: Codec> DriverEvents<C> {
 }
 
 struct PendingPermit {
-    conn: ConnectionId,
+    conn: TransportId,
     future: PermitFuture,
 }
 
@@ -268,7 +268,7 @@ enum Wake<C: Codec> {
     Command(Option<Command<C>>),
     Transport(TransportWake),
     Timer,
-    Permit(ConnectionId, Result<(), PermitDenied>),
+    Permit(TransportId, Result<(), PermitDenied>),
     EventSent,
 }
 
@@ -284,7 +284,7 @@ struct Task<C: Codec> {
     transport: Option<Transport>,
     permit: Option<PendingPermit>,
     events: mpsc::Sender<DriverEvent<C::Item>>,
-    status: watch::Sender<Status>,
+    status: watch::Sender<ConnectionStatus>,
     stop_waiters: Vec<oneshot::Sender<()>>,
     exiting: bool,
     live: Arc<AtomicUsize>,
@@ -512,7 +512,7 @@ where
 
     /// Drops the transport of `conn` (socket or connect attempt), then tells the core, which
     /// makes its one end report.
-    fn drop_transport(&mut self, conn: ConnectionId) {
+    fn drop_transport(&mut self, conn: TransportId) {
         if let Some(transport) = self.transport.take_if(|t| t.conn() == conn) {
             #[cfg(feature = "planted-faults")]
             if self.planted == Some(crate::config::PlantedFault::ReportGoneBeforeDrop) {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use handover_core::ConnectionId;
+use handover_core::TransportId;
 
 /// A boxed error from a layer below (I/O, TLS, WebSocket, codec), kept as a source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -21,7 +21,7 @@ pub enum TransportError {
     #[error("invalid url for {conn}: {reason}")]
     InvalidUrl {
         /// The transport that could not open.
-        conn: ConnectionId,
+        conn: TransportId,
         /// What is wrong with it.
         reason: &'static str,
     },
@@ -30,7 +30,7 @@ pub enum TransportError {
     #[error("connect timed out for {conn} after {after:?}")]
     ConnectTimeout {
         /// The transport that could not open.
-        conn: ConnectionId,
+        conn: TransportId,
         /// The configured timeout.
         after: Duration,
     },
@@ -38,7 +38,7 @@ pub enum TransportError {
     #[error("tcp connect failed for {conn}")]
     Connect {
         /// The transport that could not open.
-        conn: ConnectionId,
+        conn: TransportId,
         /// The I/O error.
         #[source]
         source: std::io::Error,
@@ -55,7 +55,7 @@ pub enum TransportError {
     #[error("tls handshake failed for {conn}")]
     Tls {
         /// The transport that could not open.
-        conn: ConnectionId,
+        conn: TransportId,
         /// The TLS error as reported by the stream.
         #[source]
         source: std::io::Error,
@@ -64,7 +64,7 @@ pub enum TransportError {
     #[error("websocket handshake failed for {conn}")]
     Handshake {
         /// The transport that could not open.
-        conn: ConnectionId,
+        conn: TransportId,
         /// The WebSocket error.
         #[source]
         source: BoxError,
@@ -75,7 +75,7 @@ pub enum TransportError {
     #[error("message too large on {conn}: {size} bytes, limit {max}")]
     TooLarge {
         /// The transport.
-        conn: ConnectionId,
+        conn: TransportId,
         /// The announced or accumulated size.
         size: usize,
         /// The configured limit.
@@ -85,7 +85,7 @@ pub enum TransportError {
     #[error("socket i/o failed on {conn}")]
     Io {
         /// The transport.
-        conn: ConnectionId,
+        conn: TransportId,
         /// The I/O error.
         #[source]
         source: std::io::Error,
@@ -95,7 +95,7 @@ pub enum TransportError {
     #[error("websocket protocol error on {conn}")]
     Protocol {
         /// The transport.
-        conn: ConnectionId,
+        conn: TransportId,
         /// The WebSocket error.
         #[source]
         source: BoxError,
@@ -105,7 +105,7 @@ pub enum TransportError {
     #[error("could not decode a message on {conn}")]
     Decode {
         /// The transport.
-        conn: ConnectionId,
+        conn: TransportId,
         /// The codec's error.
         #[source]
         source: BoxError,
@@ -115,7 +115,7 @@ pub enum TransportError {
     #[error("could not encode a payload on {conn}")]
     Encode {
         /// The transport.
-        conn: ConnectionId,
+        conn: TransportId,
         /// The codec's error.
         #[source]
         source: BoxError,
@@ -124,7 +124,7 @@ pub enum TransportError {
 
 impl TransportError {
     /// The transport the error concerns, if it concerns one.
-    pub fn connection(&self) -> Option<ConnectionId> {
+    pub fn connection(&self) -> Option<TransportId> {
         match self {
             TransportError::InvalidUrl { conn, .. }
             | TransportError::ConnectTimeout { conn, .. }

@@ -1,6 +1,6 @@
 //! What a driver hands to the application.
 
-use handover_core::{ConnectionId, Event};
+use handover_core::{Event, TransportId};
 
 use crate::error::TransportError;
 
@@ -33,22 +33,22 @@ pub enum TransportEvent {
     /// The core asked for a transport and the driver started to open it.
     Opening {
         /// The transport.
-        conn: ConnectionId,
+        conn: TransportId,
     },
     /// The WebSocket is open (TCP, TLS and upgrade done).
     Opened {
         /// The transport.
-        conn: ConnectionId,
+        conn: TransportId,
     },
     /// The transport never opened (error, timeout, or aborted while connecting). It is gone.
     OpenFailed {
         /// The transport.
-        conn: ConnectionId,
+        conn: TransportId,
     },
     /// The open transport is gone: the socket has been dropped.
     Closed {
         /// The transport.
-        conn: ConnectionId,
+        conn: TransportId,
         /// The peer's close code, if it sent a close frame.
         code: Option<u16>,
     },
@@ -56,7 +56,7 @@ pub enum TransportEvent {
 
 impl TransportEvent {
     /// The transport this fact is about.
-    pub fn connection(&self) -> ConnectionId {
+    pub fn connection(&self) -> TransportId {
         match self {
             TransportEvent::Opening { conn }
             | TransportEvent::Opened { conn }

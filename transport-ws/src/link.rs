@@ -18,8 +18,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use handover_core::{
-    Codec, Connection, ConnectionId, Input, Message, Output, RestartReason, State, Status,
-    StopIntent,
+    Codec, Connection, ConnectionStatus, Input, Message, Output, RestartReason, State, StopIntent,
+    TransportId,
 };
 use tracing::{debug, trace, warn};
 
@@ -30,23 +30,23 @@ use crate::event::{DriverEvent, TransportEvent};
 #[derive(Debug)]
 pub(crate) enum Action {
     /// Open a socket to `url` as transport `conn`; then call `opened` or `open_failed`.
-    Connect { conn: ConnectionId, url: String },
+    Connect { conn: TransportId, url: String },
     /// Queue a data message on the open socket.
-    Write { conn: ConnectionId, msg: Message },
+    Write { conn: TransportId, msg: Message },
     /// Queue our close frame with `code` (the core no longer hands over data messages).
-    SendClose { conn: ConnectionId, code: u16 },
+    SendClose { conn: TransportId, code: u16 },
     /// The peer's close frame arrived: send the reply (the peer's code, if it gave one) and keep
     /// the socket until EOF or the linger deadline.
     AnswerClose {
-        conn: ConnectionId,
+        conn: TransportId,
         code: Option<u16>,
     },
     /// Drop the socket (or the connect attempt) now, then call `dropped`.
-    Drop { conn: ConnectionId },
+    Drop { conn: TransportId },
     /// Ask the permit source for a permit; call `permit_result` when it answers.
-    AcquirePermit { conn: ConnectionId },
+    AcquirePermit { conn: TransportId },
     /// Forget the permit asked for `conn`: its socket ended first.
-    CancelPermit { conn: ConnectionId },
+    CancelPermit { conn: TransportId },
 }
 
 /// How the shell should read the socket now.
@@ -78,7 +78,7 @@ enum SocketState {
 
 #[derive(Debug, Clone, Copy)]
 struct Socket {
-    conn: ConnectionId,
+    conn: TransportId,
     state: SocketState,
 }
 
@@ -94,7 +94,7 @@ impl Socket {
 /// A socket the shell was told to drop, with the input that reports its end.
 #[derive(Debug, Clone, Copy)]
 struct Ending {
-    conn: ConnectionId,
+    conn: TransportId,
     report: Input,
 }
 
@@ -125,9 +125,9 @@ pub(crate) struct DriverCore<C: Codec> {
     pending: VecDeque<DriverEvent<C::Item>>,
     events_open: bool,
     /// The socket whose reading was last reported paused to the core, if any.
-    paused: Option<ConnectionId>,
+    paused: Option<TransportId>,
     /// The socket a permit was asked for and not yet answered.
-    permit: Option<ConnectionId>,
+    permit: Option<TransportId>,
     /// Most sockets that existed at once, counting one asked for while another existed.
     max_live: usize,
 }
@@ -172,7 +172,7 @@ impl<C: Codec> DriverCore<C> {
         &self.codec
     }
 
-    pub(crate) fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> ConnectionStatus {
         self.core.status()
     }
 
@@ -219,7 +219,7 @@ impl<C: Codec> DriverCore<C> {
     }
 
     /// How the shell should read the socket of `conn` now.
-    pub(crate) fn read_mode(&self, conn: ConnectionId) -> ReadMode {
+    pub(crate) fn read_mode(&self, conn: TransportId) -> ReadMode {
         match self.socket.filter(|s| s.conn == conn).map(|s| s.state) {
             Some(SocketState::Open) if self.has_room() => ReadMode::Data,
             Some(SocketState::Open) => ReadMode::Paused,
@@ -281,10 +281,10 @@ impl<C: Codec> DriverCore<C> {
         &mut self,
         now: Instant,
         command: C::Command,
-    ) -> Result<(ConnectionId, Message), SendError> {
+    ) -> Result<(TransportId, Message), SendError> {
         let conn = self
             .core
-            .sendable_connection()
+            .sendable_transport()
             .ok_or(SendError::NotIdentified)?;
         if !self.is_open(conn) {
             return Err(SendError::NotIdentified);
@@ -299,7 +299,7 @@ impl<C: Codec> DriverCore<C> {
     // ---- what the socket did ----
 
     /// The socket of `conn` opened.
-    pub(crate) fn opened(&mut self, now: Instant, conn: ConnectionId) {
+    pub(crate) fn opened(&mut self, now: Instant, conn: TransportId) {
         let Some(s) = self.socket.as_mut().filter(|s| s.conn == conn) else {
             return;
         };
@@ -316,7 +316,7 @@ impl<C: Codec> DriverCore<C> {
     pub(crate) fn open_failed(
         &mut self,
         now: Instant,
-        conn: ConnectionId,
+        conn: TransportId,
         error: Option<TransportError>,
     ) {
         if !self
@@ -337,7 +337,7 @@ impl<C: Codec> DriverCore<C> {
     pub(crate) fn socket_gone(
         &mut self,
         now: Instant,
-        conn: ConnectionId,
+        conn: TransportId,
         error: Option<TransportError>,
     ) {
         let Some(s) = self.socket.filter(|s| s.conn == conn) else {
@@ -352,7 +352,7 @@ impl<C: Codec> DriverCore<C> {
     }
 
     /// The peer's close frame (with its code, if any) arrived on `conn`.
-    pub(crate) fn peer_close(&mut self, now: Instant, conn: ConnectionId, code: Option<u16>) {
+    pub(crate) fn peer_close(&mut self, now: Instant, conn: TransportId, code: Option<u16>) {
         let Some(s) = self.socket.as_mut().filter(|s| s.conn == conn) else {
             return;
         };
@@ -376,7 +376,7 @@ impl<C: Codec> DriverCore<C> {
 
     /// The shell dropped the socket of `conn` as [`Action::Drop`] asked: the one report of
     /// its end is made now. Any other call is ignored.
-    pub(crate) fn dropped(&mut self, now: Instant, conn: ConnectionId) {
+    pub(crate) fn dropped(&mut self, now: Instant, conn: TransportId) {
         let Some(ending) = self.ending.filter(|e| e.conn == conn) else {
             trace!(%conn, "drop of a socket that is not ending; ignored");
             return;
@@ -394,7 +394,7 @@ impl<C: Codec> DriverCore<C> {
 
     /// A data message arrived on `conn`. Discarded unless the socket is open with no close
     /// frame either way.
-    pub(crate) fn message(&mut self, now: Instant, conn: ConnectionId, msg: Message) {
+    pub(crate) fn message(&mut self, now: Instant, conn: TransportId, msg: Message) {
         if !self.is_open(conn) {
             return;
         }
@@ -428,7 +428,7 @@ impl<C: Codec> DriverCore<C> {
     pub(crate) fn permit_result(
         &mut self,
         now: Instant,
-        conn: ConnectionId,
+        conn: TransportId,
         result: Result<(), PermitDenied>,
     ) {
         if self.permit != Some(conn) {
@@ -493,7 +493,7 @@ impl<C: Codec> DriverCore<C> {
 
     // ---- inside ----
 
-    fn is_open(&self, conn: ConnectionId) -> bool {
+    fn is_open(&self, conn: TransportId) -> bool {
         self.socket
             .is_some_and(|s| s.conn == conn && s.state == SocketState::Open)
     }
@@ -634,7 +634,7 @@ impl<C: Codec> DriverCore<C> {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use handover_core::{Config, Connection, ConnectionId, Decoded, Message, OpenMode, Payload};
+    use handover_core::{Config, Connection, Decoded, Message, OpenMode, Payload, TransportId};
     use handover_core::{Signal, StopIntent};
 
     use super::{Action, CoreSettings, DriverCore, ReadMode};
@@ -657,7 +657,7 @@ mod tests {
             "ws://127.0.0.1:9/".to_owned()
         }
 
-        fn reset(&mut self, _conn: ConnectionId, _mode: OpenMode) {}
+        fn reset(&mut self, _conn: TransportId, _mode: OpenMode) {}
 
         fn decode(&mut self, _now: Instant, msg: Message) -> Result<Decoded<String>, Unknown> {
             let text = std::str::from_utf8(msg.as_bytes()).map_err(|_| Unknown)?;
@@ -705,7 +705,7 @@ mod tests {
     }
 
     /// The connect the core asked for.
-    fn connect(d: &mut DriverCore<Lines>, now: Instant) -> ConnectionId {
+    fn connect(d: &mut DriverCore<Lines>, now: Instant) -> TransportId {
         d.start(now);
         match actions(d).as_slice() {
             [Action::Connect { conn, .. }] => *conn,
@@ -714,17 +714,17 @@ mod tests {
     }
 
     /// A socket that is open and identified.
-    fn identified(d: &mut DriverCore<Lines>, now: Instant) -> ConnectionId {
+    fn identified(d: &mut DriverCore<Lines>, now: Instant) -> TransportId {
         let conn = connect(d, now);
         d.opened(now, conn);
         d.message(now, conn, Message::text("hello"));
         d.message(now, conn, Message::text("ready"));
-        assert!(d.connection().sendable_connection() == Some(conn));
+        assert!(d.connection().sendable_transport() == Some(conn));
         actions(d);
         conn
     }
 
-    fn drops(actions: &[Action]) -> Vec<ConnectionId> {
+    fn drops(actions: &[Action]) -> Vec<TransportId> {
         actions
             .iter()
             .filter_map(|a| match a {

@@ -46,7 +46,9 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use handover_core::{Codec, Connection, ConnectionId, Message, RestartReason, Status, StopIntent};
+use handover_core::{
+    Codec, Connection, ConnectionStatus, Message, RestartReason, StopIntent, TransportId,
+};
 
 use crate::error::{PermitDenied, SendError, TransportError};
 use crate::event::DriverEvent;
@@ -74,20 +76,20 @@ pub enum PeerAction {
 pub trait MemoryPeer {
     /// A client connects to `url` with transport `conn`. Return `false` to refuse (the client
     /// sees an open failure).
-    fn on_connect(&mut self, now: Instant, conn: ConnectionId, url: &str) -> bool;
+    fn on_connect(&mut self, now: Instant, conn: TransportId, url: &str) -> bool;
     /// A data message from the client.
-    fn on_message(&mut self, now: Instant, conn: ConnectionId, msg: Message);
+    fn on_message(&mut self, now: Instant, conn: TransportId, msg: Message);
     /// The client sent a close frame with `code`. A well-behaved server answers with
     /// [`PeerAction::Close`]; a faulty one may never answer.
-    fn on_close_frame(&mut self, now: Instant, conn: ConnectionId, code: u16);
+    fn on_close_frame(&mut self, now: Instant, conn: TransportId, code: u16);
     /// The client's socket is gone (it aborted, or the close handshake finished).
     ///
     /// The harness calls this exactly once for every connection the peer accepted, including
     /// right after the peer's own [`PeerAction::Drop`], so a peer can keep all its socket
     /// bookkeeping (live counts) here.
-    fn on_disconnect(&mut self, now: Instant, conn: ConnectionId);
+    fn on_disconnect(&mut self, now: Instant, conn: TransportId);
     /// The next thing the server does, if any.
-    fn poll_action(&mut self) -> Option<(ConnectionId, PeerAction)>;
+    fn poll_action(&mut self) -> Option<(TransportId, PeerAction)>;
     /// When the server next needs [`handle_timeout`](MemoryPeer::handle_timeout).
     fn poll_timeout(&self) -> Option<Instant>;
     /// Let server time pass up to `now`.
@@ -171,12 +173,12 @@ enum ToClient {
 /// The client's end of the link: the virtual socket of one transport.
 #[derive(Debug, Clone, Copy)]
 struct Link {
-    conn: ConnectionId,
+    conn: TransportId,
     /// The peer already knows the socket is gone (it refused or dropped it).
     peer_gone: bool,
 }
 
-type PermitPolicy = Box<dyn FnMut(ConnectionId) -> PermitDecision>;
+type PermitPolicy = Box<dyn FnMut(TransportId) -> PermitDecision>;
 
 /// The client side of an in-memory link: a core connection, a codec and a peer in virtual time.
 ///
@@ -193,15 +195,15 @@ pub struct MemoryDriver<C: Codec, P: MemoryPeer> {
     origin: Instant,
     now: Instant,
     link: Option<Link>,
-    to_peer: VecDeque<(Instant, ConnectionId, ToPeer)>,
-    to_client: VecDeque<(Instant, ConnectionId, ToClient)>,
+    to_peer: VecDeque<(Instant, TransportId, ToPeer)>,
+    to_client: VecDeque<(Instant, TransportId, ToClient)>,
     /// Connections the peer accepted and has not yet been told are gone.
-    peer_open: BTreeSet<ConnectionId>,
+    peer_open: BTreeSet<TransportId>,
     /// Accepted connections on which the peer sent a close frame: its WebSocket layer closes
     /// TCP when the client's close frame arrives.
-    peer_closing: BTreeSet<ConnectionId>,
+    peer_closing: BTreeSet<TransportId>,
     permits: Option<PermitPolicy>,
-    permit: Option<(ConnectionId, Instant)>,
+    permit: Option<(TransportId, Instant)>,
     max_peer_open: usize,
 }
 
@@ -245,7 +247,7 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
     }
 
     /// Decide permits with `policy` instead of granting every one at once.
-    pub fn set_permits(&mut self, policy: impl FnMut(ConnectionId) -> PermitDecision + 'static) {
+    pub fn set_permits(&mut self, policy: impl FnMut(TransportId) -> PermitDecision + 'static) {
         self.permits = Some(Box::new(policy));
         self.core.set_external_permits(true);
     }
@@ -266,7 +268,7 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
     }
 
     /// The core's status.
-    pub fn status(&self) -> Status {
+    pub fn status(&self) -> ConnectionStatus {
         self.core.status()
     }
 
@@ -511,26 +513,26 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
         }
     }
 
-    fn push_to_peer(&mut self, conn: ConnectionId, what: ToPeer) {
+    fn push_to_peer(&mut self, conn: TransportId, what: ToPeer) {
         let at = self.now + self.config.latency;
         self.to_peer.push_back((at, conn, what));
     }
 
-    fn push_to_client(&mut self, conn: ConnectionId, what: ToClient) {
+    fn push_to_client(&mut self, conn: TransportId, what: ToClient) {
         let at = self.now + self.config.latency;
         self.to_client.push_back((at, conn, what));
     }
 
     /// The peer's side of a connection is gone: it hears so once, and the client sees EOF one
     /// latency later.
-    fn peer_side_gone(&mut self, conn: ConnectionId) {
+    fn peer_side_gone(&mut self, conn: TransportId) {
         self.peer_open.remove(&conn);
         self.peer_closing.remove(&conn);
         self.peer.on_disconnect(self.now, conn);
         self.push_to_client(conn, ToClient::Dropped);
     }
 
-    fn deliver_to_peer(&mut self, conn: ConnectionId, what: ToPeer) {
+    fn deliver_to_peer(&mut self, conn: TransportId, what: ToPeer) {
         let now = self.now;
         match what {
             ToPeer::Connect(url) => {
@@ -580,7 +582,7 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
         }
     }
 
-    fn deliver_to_client(&mut self, conn: ConnectionId, what: ToClient) {
+    fn deliver_to_client(&mut self, conn: TransportId, what: ToClient) {
         let now = self.now;
         let Some(link) = self.link.as_mut().filter(|l| l.conn == conn) else {
             // Late delivery for a transport that is already gone.
@@ -611,7 +613,7 @@ impl<C: Codec, P: MemoryPeer> MemoryDriver<C, P> {
     }
 
     /// What the WebSocket layer would refuse in a received message.
-    fn check(&self, conn: ConnectionId, msg: &Message) -> Option<TransportError> {
+    fn check(&self, conn: TransportId, msg: &Message) -> Option<TransportError> {
         let size = msg.as_bytes().len();
         if size > self.config.max_message_size {
             Some(TransportError::TooLarge {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
-use handover_core::{ConnectionId, Message};
+use handover_core::{Message, TransportId};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -196,7 +196,7 @@ fn build_client_config(
 /// `wss://`) and the WebSocket upgrade, bounded by the connect timeout. Dropping it cancels the
 /// attempt and closes whatever was opened so far.
 pub(crate) fn connect(
-    conn: ConnectionId,
+    conn: TransportId,
     url: String,
     settings: &ConnectSettings,
     tls: &mut TlsSetup,
@@ -238,7 +238,7 @@ struct Target {
 }
 
 impl Target {
-    fn parse(conn: ConnectionId, url: &str) -> Result<Target, TransportError> {
+    fn parse(conn: TransportId, url: &str) -> Result<Target, TransportError> {
         let invalid = |reason| TransportError::InvalidUrl { conn, reason };
         let uri: tungstenite::http::Uri = url.parse().map_err(|_| invalid("not a uri"))?;
         let secure = match uri.scheme_str() {
@@ -260,7 +260,7 @@ impl Target {
 }
 
 async fn connect_inner(
-    conn: ConnectionId,
+    conn: TransportId,
     url: String,
     target: Target,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -316,7 +316,7 @@ async fn connect_inner(
     Ok(ws)
 }
 
-fn server_name(conn: ConnectionId, target: &Target) -> Result<ServerName<'static>, TransportError> {
+fn server_name(conn: TransportId, target: &Target) -> Result<ServerName<'static>, TransportError> {
     ServerName::try_from(target.host.clone()).map_err(|_| TransportError::InvalidUrl {
         conn,
         reason: "host is not a valid tls server name",
@@ -365,7 +365,7 @@ struct Socket {
 impl Socket {
     fn poll(
         &mut self,
-        conn: ConnectionId,
+        conn: TransportId,
         cx: &mut Context<'_>,
         mode: ReadMode,
     ) -> Poll<SocketEvent> {
@@ -437,7 +437,7 @@ impl Socket {
 }
 
 /// The end of a socket that broke, as the driver core should hear it.
-fn gone(conn: ConnectionId, e: tungstenite::Error) -> SocketEvent {
+fn gone(conn: TransportId, e: tungstenite::Error) -> SocketEvent {
     use tungstenite::Error as E;
     let error = match e {
         E::ConnectionClosed | E::AlreadyClosed => None,
@@ -487,7 +487,7 @@ pub(crate) enum QueueError {
 /// The I/O half of one transport, from `Connect` to `Drop`. The driver core keeps its state
 /// (open, closing, lingering) and decides its end; this owns the connect attempt or the socket.
 pub(crate) struct Transport {
-    conn: ConnectionId,
+    conn: TransportId,
     phase: Phase,
     max_write_queue: usize,
     _live: LiveGuard,
@@ -495,7 +495,7 @@ pub(crate) struct Transport {
 
 impl Transport {
     pub(crate) fn connecting(
-        conn: ConnectionId,
+        conn: TransportId,
         future: ConnectFuture,
         max_write_queue: usize,
         live: &Arc<AtomicUsize>,
@@ -508,7 +508,7 @@ impl Transport {
         }
     }
 
-    pub(crate) fn conn(&self) -> ConnectionId {
+    pub(crate) fn conn(&self) -> TransportId {
         self.conn
     }
 

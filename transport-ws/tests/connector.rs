@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::LineCodec;
 use futures_util::{SinkExt, StreamExt};
-use handover_core::{Config, Connection, ConnectionId, State};
+use handover_core::{Config, Connection, State, TransportId};
 use handover_transport_ws::{
     Connector, ConnectorFuture, Driver, DriverEvent, SharedConnector, TransportConfig,
     TransportEvent,
@@ -31,7 +31,7 @@ struct MemoryNet {
 }
 
 impl Connector for MemoryNet {
-    fn connect(&self, conn: ConnectionId, host: &str, port: u16) -> ConnectorFuture {
+    fn connect(&self, conn: TransportId, host: &str, port: u16) -> ConnectorFuture {
         self.dialed
             .lock()
             .expect("lock")
@@ -61,7 +61,7 @@ impl Connector for MemoryNet {
 }
 
 /// What the connector was asked to dial: socket, host, port.
-type Dialed = Arc<Mutex<Vec<(ConnectionId, String, u16)>>>;
+type Dialed = Arc<Mutex<Vec<(TransportId, String, u16)>>>;
 
 fn spawn(
     server: Server,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use common::peer::LinePeer;
 use common::{LineCodec, check_one_end_per_transport, ends_of, transport_events};
 use handover_core::{
-    Config, Connection, ConnectionId, Event, GiveUpReason, RestartReason, State, StopIntent,
+    Config, Connection, Event, GiveUpReason, RestartReason, State, StopIntent, TransportId,
 };
 use handover_transport_ws::memory::{MemoryConfig, MemoryDriver, PeerAction, PermitDecision};
 use handover_transport_ws::{DriverEvent, Message, SendError, TransportError, TransportEvent};
@@ -59,12 +59,12 @@ fn clean_close_handshake_reports_the_peer_code_once() {
     assert_eq!(
         facts.last(),
         Some(&TransportEvent::Closed {
-            conn: ConnectionId(1),
+            conn: TransportId(1),
             code: Some(1000)
         })
     );
-    assert_eq!(s.peer().close_frames, vec![(ConnectionId(1), 1000)]);
-    assert_eq!(s.peer().disconnects, vec![ConnectionId(1)]);
+    assert_eq!(s.peer().close_frames, vec![(TransportId(1), 1000)]);
+    assert_eq!(s.peer().disconnects, vec![TransportId(1)]);
     assert_eq!(s.max_live_transports(), 1);
     assert_eq!(s.max_peer_connections(), 1);
     assert_eq!(s.live_transports(), 0);
@@ -102,16 +102,16 @@ fn unanswered_close_is_aborted_at_the_drain_deadline() {
     );
     let facts = transport_events(&events);
     assert_eq!(check_one_end_per_transport(&facts), 1);
-    assert_eq!(ends_of(&facts, ConnectionId(1)), 1);
+    assert_eq!(ends_of(&facts, TransportId(1)), 1);
     assert_eq!(
         facts.last(),
         Some(&TransportEvent::Closed {
-            conn: ConnectionId(1),
+            conn: TransportId(1),
             code: None
         })
     );
-    assert_eq!(s.peer().close_frames, vec![(ConnectionId(1), 4000)]);
-    assert_eq!(s.peer().disconnects, vec![ConnectionId(1)]);
+    assert_eq!(s.peer().close_frames, vec![(TransportId(1), 4000)]);
+    assert_eq!(s.peer().disconnects, vec![TransportId(1)]);
 }
 
 #[test]
@@ -126,7 +126,7 @@ fn peer_drop_without_close_resumes_on_a_new_transport() {
     s.step().unwrap();
     assert!(
         s.run_until_condition(Duration::from_secs(30), |s| {
-            identified(s) && s.core().live_connection() == Some(ConnectionId(2))
+            identified(s) && s.core().live_transport() == Some(TransportId(2))
         })
         .unwrap()
     );
@@ -135,17 +135,17 @@ fn peer_drop_without_close_resumes_on_a_new_transport() {
     let facts = transport_events(&events);
     assert_eq!(check_one_end_per_transport(&facts), 1);
     assert!(facts.contains(&TransportEvent::Closed {
-        conn: ConnectionId(1),
+        conn: TransportId(1),
         code: None
     }));
     assert!(events.iter().any(|e| matches!(
         e,
         DriverEvent::Core(Event::Resumed {
-            conn: ConnectionId(2)
+            conn: TransportId(2)
         })
     )));
     assert_eq!((s.peer().identifies, s.peer().resumes), (1, 1));
-    assert_eq!(s.peer().disconnects, vec![ConnectionId(1)]);
+    assert_eq!(s.peer().disconnects, vec![TransportId(1)]);
     assert_eq!(s.max_peer_connections(), 1);
 }
 
@@ -164,7 +164,7 @@ fn a_fault_injected_between_steps_acts_at_once_not_at_the_next_deadline() {
     let facts = transport_events(&s.take_events());
     assert!(
         facts.contains(&TransportEvent::Closed {
-            conn: ConnectionId(1),
+            conn: TransportId(1),
             code: None
         }),
         "{facts:?}"
@@ -185,14 +185,14 @@ fn peer_close_frame_is_answered_and_reported_with_its_code() {
     assert_eq!(
         facts.last(),
         Some(&TransportEvent::Closed {
-            conn: ConnectionId(1),
+            conn: TransportId(1),
             code: Some(4009)
         })
     );
     // The peer got our close reply, then the disconnect.
     s.run_for(Duration::ZERO).unwrap();
-    assert_eq!(s.peer().close_frames, vec![(ConnectionId(1), 4009)]);
-    assert_eq!(s.peer().disconnects, vec![ConnectionId(1)]);
+    assert_eq!(s.peer().close_frames, vec![(TransportId(1), 4009)]);
+    assert_eq!(s.peer().disconnects, vec![TransportId(1)]);
     assert_eq!(s.status().last_close_code, Some(4009));
 }
 
@@ -310,16 +310,16 @@ fn abort_while_connecting_reports_open_failed_and_the_peer_sees_it_gone() {
         facts,
         vec![
             TransportEvent::Opening {
-                conn: ConnectionId(1)
+                conn: TransportId(1)
             },
             TransportEvent::OpenFailed {
-                conn: ConnectionId(1)
+                conn: TransportId(1)
             }
         ]
     );
     // The connect had reached the peer; the disconnect follows one latency after the abort.
     s.run_for(Duration::from_millis(200)).unwrap();
-    assert_eq!(s.peer().disconnects, vec![ConnectionId(1)]);
+    assert_eq!(s.peer().disconnects, vec![TransportId(1)]);
     assert!(s.peer().live.is_empty());
 }
 
@@ -354,7 +354,7 @@ fn oversize_message_is_a_typed_error_and_ends_the_transport() {
     assert_eq!(
         facts.last(),
         Some(&TransportEvent::Closed {
-            conn: ConnectionId(1),
+            conn: TransportId(1),
             code: None
         })
     );
@@ -540,7 +540,7 @@ fn peer_closes(mem: MemoryConfig) -> (Sim, Instant) {
         "the client lingers for the peer's EOF"
     );
     assert_eq!(
-        ends_of(&transport_events(&s.take_events()), ConnectionId(1)),
+        ends_of(&transport_events(&s.take_events()), TransportId(1)),
         0
     );
     (s, t0)
@@ -559,7 +559,7 @@ fn after_a_peer_close_the_link_lingers_until_the_peer_eof() {
     );
     // Frame out (50 ms), reply back (100 ms: the peer closes TCP), EOF in (150 ms).
     assert_eq!(s.now() - t0, Duration::from_millis(150));
-    let conn = ConnectionId(1);
+    let conn = TransportId(1);
     let facts = transport_events(&s.take_events());
     let code = Some(4009);
     assert_eq!(facts.first(), Some(&TransportEvent::Closed { conn, code }));
@@ -579,7 +579,7 @@ fn after_a_peer_close_the_link_is_dropped_at_close_timeout_without_eof() {
     // Frame in at 50 ms, linger deadline at 80 ms; the EOF would come at 150 ms.
     assert_eq!(s.live_transports(), 0);
     assert_eq!(s.now() - t0, Duration::from_millis(80));
-    let conn = ConnectionId(1);
+    let conn = TransportId(1);
     let facts = transport_events(&s.take_events());
     let code = Some(4009);
     assert_eq!(facts, vec![TransportEvent::Closed { conn, code }]);

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use common::server::{Action, Behavior, TestServer};
 use common::{LineCodec, check_one_end_per_transport, ends_of, transport_events};
 use handover_core::{
-    Backoff, Config, Connection, ConnectionId, Event, GiveUpReason, Phase, RestartReason, State,
-    Status, StopIntent,
+    Backoff, Config, Connection, ConnectionStatus, Event, GiveUpReason, Phase, RestartReason,
+    State, StopIntent, TransportId,
 };
 use handover_transport_ws::{
     Driver, DriverEvent, DriverEvents, DriverGone, DriverHandle, PermitDenied, PermitSource,
@@ -135,7 +135,10 @@ impl Client {
     }
 }
 
-async fn wait_status(handle: &DriverHandle<LineCodec>, pred: impl Fn(&Status) -> bool) -> bool {
+async fn wait_status(
+    handle: &DriverHandle<LineCodec>,
+    pred: impl Fn(&ConnectionStatus) -> bool,
+) -> bool {
     let mut rx = handle.watch_status();
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
@@ -169,7 +172,7 @@ async fn clean_close_handshake() {
     assert_eq!(
         facts.last(),
         Some(&TransportEvent::Closed {
-            conn: ConnectionId(1),
+            conn: TransportId(1),
             code: Some(1000)
         })
     );
@@ -201,11 +204,11 @@ async fn peer_never_answers_close_so_the_deadline_aborts() {
     assert_eq!(c.handle.status().state, State::Closed);
     let facts = c.facts();
     assert_eq!(check_one_end_per_transport(&facts), 1);
-    assert_eq!(ends_of(&facts, ConnectionId(1)), 1);
+    assert_eq!(ends_of(&facts, TransportId(1)), 1);
     assert_eq!(
         facts.last(),
         Some(&TransportEvent::Closed {
-            conn: ConnectionId(1),
+            conn: TransportId(1),
             code: None
         })
     );
@@ -226,7 +229,7 @@ async fn peer_drops_tcp_without_close_then_the_session_resumes() {
         c.wait_for(|e| matches!(
             e,
             DriverEvent::Core(Event::Resumed {
-                conn: ConnectionId(2)
+                conn: TransportId(2)
             })
         ))
         .await
@@ -234,7 +237,7 @@ async fn peer_drops_tcp_without_close_then_the_session_resumes() {
     let facts = c.facts();
     assert_eq!(check_one_end_per_transport(&facts), 1);
     assert!(facts.contains(&TransportEvent::Closed {
-        conn: ConnectionId(1),
+        conn: TransportId(1),
         code: None
     }));
     // EOF without a close frame is a close with no code, not an error.
@@ -258,14 +261,14 @@ async fn peer_close_frame_is_answered_and_its_code_reported() {
         c.wait_for(|e| matches!(
             e,
             DriverEvent::Core(Event::Resumed {
-                conn: ConnectionId(2)
+                conn: TransportId(2)
             })
         ))
         .await
     );
     let facts = c.facts();
     assert!(facts.contains(&TransportEvent::Closed {
-        conn: ConnectionId(1),
+        conn: TransportId(1),
         code: Some(4000)
     }));
     assert_eq!(check_one_end_per_transport(&facts), 1);
@@ -297,7 +300,7 @@ async fn peer_close_without_eof_is_dropped_after_the_close_timeout() {
     assert_eq!(
         c.facts().last(),
         Some(&TransportEvent::Closed {
-            conn: ConnectionId(1),
+            conn: TransportId(1),
             code: Some(4000)
         })
     );
@@ -326,7 +329,7 @@ async fn handshake_never_completing_hits_the_connect_timeout() {
     assert!(matches!(
         c.errors().as_slice(),
         [TransportError::ConnectTimeout {
-            conn: ConnectionId(1),
+            conn: TransportId(1),
             ..
         }]
     ));
@@ -390,10 +393,10 @@ async fn stop_while_connecting_cancels_the_connect() {
         c.facts(),
         vec![
             TransportEvent::Opening {
-                conn: ConnectionId(1)
+                conn: TransportId(1)
             },
             TransportEvent::OpenFailed {
-                conn: ConnectionId(1)
+                conn: TransportId(1)
             }
         ]
     );
@@ -451,7 +454,7 @@ async fn wss_with_the_custom_root_is_accepted() {
     assert_eq!(
         c.facts().last(),
         Some(&TransportEvent::Closed {
-            conn: ConnectionId(1),
+            conn: TransportId(1),
             code: Some(1000)
         })
     );
@@ -473,7 +476,7 @@ async fn wss_without_the_custom_root_is_rejected() {
         matches!(
             c.errors().as_slice(),
             [TransportError::Tls {
-                conn: ConnectionId(1),
+                conn: TransportId(1),
                 ..
             }]
         ),
@@ -545,7 +548,7 @@ async fn oversize_message_is_a_typed_error_and_the_connection_recovers() {
         c.wait_for(|e| matches!(
             e,
             DriverEvent::Core(Event::Resumed {
-                conn: ConnectionId(2)
+                conn: TransportId(2)
             })
         ))
         .await
@@ -554,7 +557,7 @@ async fn oversize_message_is_a_typed_error_and_the_connection_recovers() {
         c.errors().iter().any(|e| matches!(
             e,
             TransportError::TooLarge {
-                conn: ConnectionId(1),
+                conn: TransportId(1),
                 max: 1024,
                 ..
             }
@@ -565,7 +568,7 @@ async fn oversize_message_is_a_typed_error_and_the_connection_recovers() {
     assert!(c.items().is_empty());
     let facts = c.facts();
     assert!(facts.contains(&TransportEvent::Closed {
-        conn: ConnectionId(1),
+        conn: TransportId(1),
         code: None
     }));
     assert_eq!(check_one_end_per_transport(&facts), 1);
@@ -802,7 +805,7 @@ async fn dropping_every_handle_stops_the_connection_and_ends_the_task() {
     assert_eq!(
         facts.last(),
         Some(&TransportEvent::Closed {
-            conn: ConnectionId(1),
+            conn: TransportId(1),
             code: Some(4000)
         })
     );

@@ -99,7 +99,7 @@ fn a_restored_session_that_delivered_nothing_is_no_gap() {
         resume_gateway_url: RESUME_URL.into(),
         seq: 0,
     });
-    codec.reset(handover_core::ConnectionId(1), OpenMode::Identify);
+    codec.reset(handover_core::TransportId(1), OpenMode::Identify);
     let d = codec
         .decode(std::time::Instant::now(), Message::text(hello(41_250)))
         .unwrap();
@@ -121,7 +121,7 @@ fn a_corrupted_compressed_stream_asks_for_one_restart_per_connection() {
     h.server_msg(conn, frame(&mut enc, &hello(41_250))).unwrap();
     h.server_msg(conn, frame(&mut enc, &ready(SESSION, 1)))
         .unwrap();
-    assert_eq!(h.core.sendable_connection(), Some(conn));
+    assert_eq!(h.core.sendable_transport(), Some(conn));
     h.take();
     // Garbage that ends like a message: the inflate context is poisoned.
     let mut garbage = vec![0xde, 0xad, 0xbe, 0xef, 0x00, 0x11];
@@ -161,7 +161,7 @@ fn a_hello_below_the_floor_is_raised_to_it() {
         (41_250, Duration::from_millis(41_250)),
     ] {
         let mut c = codec();
-        c.reset(handover_core::ConnectionId(1), OpenMode::Identify);
+        c.reset(handover_core::TransportId(1), OpenMode::Identify);
         let d = c
             .decode(std::time::Instant::now(), Message::text(hello(asked)))
             .unwrap();
@@ -174,7 +174,7 @@ fn a_hello_below_the_floor_is_raised_to_it() {
     let mut cfg = config();
     cfg.min_heartbeat_interval = Duration::from_millis(5);
     let mut c = DiscordCodec::new(cfg).unwrap();
-    c.reset(handover_core::ConnectionId(1), OpenMode::Identify);
+    c.reset(handover_core::TransportId(1), OpenMode::Identify);
     let d = c
         .decode(std::time::Instant::now(), Message::text(hello(10)))
         .unwrap();

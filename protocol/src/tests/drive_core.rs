@@ -321,15 +321,15 @@ fn resume_without_a_session_falls_back_to_identify() {
 
 #[test]
 fn commands_are_sendable_only_through_the_codec_limits() {
-    use crate::{Command, Status, UpdatePresence};
+    use crate::{Command, PresenceStatus, UpdatePresence};
     let mut h = Harness::new(codec());
     let conn = h.identified(SESSION);
-    assert_eq!(h.core.sendable_connection(), Some(conn));
+    assert_eq!(h.core.sendable_transport(), Some(conn));
     let msg = h
         .codec
         .encode_command(
             h.now,
-            Command::UpdatePresence(UpdatePresence::status(Status::Idle)),
+            Command::UpdatePresence(UpdatePresence::status(PresenceStatus::Idle)),
         )
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(msg.as_bytes()).unwrap();

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use handover_core::{
-    Codec, Config, Connection, ConnectionId, Event, Input, Message, OpenMode, Output, RestartReason,
+    Codec, Config, Connection, Event, Input, Message, OpenMode, Output, RestartReason, TransportId,
 };
 use serde_json::Value;
 
@@ -28,11 +28,11 @@ pub(super) fn codec() -> DiscordCodec {
 /// Everything the driver saw, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Seen {
-    Open(ConnectionId, OpenMode, String),
-    Sent(ConnectionId, Value),
-    Close(ConnectionId, u16),
-    Abort(ConnectionId),
-    Permit(ConnectionId),
+    Open(TransportId, OpenMode, String),
+    Sent(TransportId, Value),
+    Close(TransportId, u16),
+    Abort(TransportId),
+    Permit(TransportId),
     Core(Event),
     App(GatewayEvent),
 }
@@ -90,7 +90,7 @@ impl Harness {
     /// error, a restart when `poll_restart` asks for one.
     pub(super) fn server_msg(
         &mut self,
-        conn: ConnectionId,
+        conn: TransportId,
         msg: Message,
     ) -> Result<(), ProtocolError> {
         let d = match self.codec.decode(self.now, msg) {
@@ -117,7 +117,7 @@ impl Harness {
         Ok(())
     }
 
-    pub(super) fn server(&mut self, conn: ConnectionId, json: &str) {
+    pub(super) fn server(&mut self, conn: TransportId, json: &str) {
         self.server_msg(conn, Message::text(json)).unwrap();
     }
 
@@ -133,7 +133,7 @@ impl Harness {
         std::mem::take(&mut self.seen)
     }
 
-    pub(super) fn last_open(&self) -> Option<(ConnectionId, OpenMode, String)> {
+    pub(super) fn last_open(&self) -> Option<(TransportId, OpenMode, String)> {
         self.seen.iter().rev().find_map(|s| match s {
             Seen::Open(c, m, u) => Some((*c, *m, u.clone())),
             _ => None,
@@ -161,24 +161,24 @@ impl Harness {
     }
 
     /// Start, open, HELLO, IDENTIFY, READY: returns the identified connection.
-    pub(super) fn identified(&mut self, session: &str) -> ConnectionId {
+    pub(super) fn identified(&mut self, session: &str) -> TransportId {
         self.input(Input::Start);
         let (conn, mode, _) = self.last_open().unwrap();
         assert_eq!(mode, OpenMode::Identify);
         self.input(Input::Opened(conn));
         self.server(conn, &super::fixtures::hello(41_250));
         self.server(conn, &super::fixtures::ready(session, 1));
-        assert_eq!(self.core.sendable_connection(), Some(conn));
+        assert_eq!(self.core.sendable_transport(), Some(conn));
         conn
     }
 
     /// The transport of `conn` is gone (after our close or the peer's).
-    pub(super) fn closed(&mut self, conn: ConnectionId, code: Option<u16>) {
+    pub(super) fn closed(&mut self, conn: TransportId, code: Option<u16>) {
         self.input(Input::Closed { conn, code });
     }
 
     /// Waits out the backoff and opens the next transport; returns it.
-    pub(super) fn reconnect(&mut self) -> (ConnectionId, OpenMode, String) {
+    pub(super) fn reconnect(&mut self) -> (TransportId, OpenMode, String) {
         self.advance_to_deadline();
         let (conn, mode, url) = self.last_open().unwrap();
         self.input(Input::Opened(conn));

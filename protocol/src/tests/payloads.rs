@@ -2,15 +2,15 @@
 
 use std::time::Instant;
 
-use handover_core::{Codec, ConnectionId, Decoded, Message, OpenMode, Payload, Signal};
+use handover_core::{Codec, Decoded, Message, OpenMode, Payload, Signal, TransportId};
 use serde_json::{Value, json};
 
 use super::fixtures::*;
 use super::harness::{codec, config};
 use crate::{
     Activity, Command, Compression, DiscordCodec, GatewayEvent, IdentifyError, OpCode,
-    ProtocolError, RawJson, RequestGuildMembers, Session, ShardId, Snowflake, Status, Token,
-    UpdatePresence, UpdateVoiceState,
+    PresenceStatus, ProtocolError, RawJson, RequestGuildMembers, Session, ShardId, Snowflake,
+    Token, UpdatePresence, UpdateVoiceState,
 };
 
 fn decode(c: &mut DiscordCodec, json: &str) -> Result<Decoded<GatewayEvent>, ProtocolError> {
@@ -25,7 +25,7 @@ fn encode(c: &mut DiscordCodec, p: Payload) -> Value {
 
 fn ready_codec() -> DiscordCodec {
     let mut c = codec();
-    c.reset(ConnectionId(1), OpenMode::Identify);
+    c.reset(TransportId(1), OpenMode::Identify);
     decode(&mut c, &hello(41_250)).unwrap();
     decode(&mut c, &ready(SESSION, 1)).unwrap();
     c
@@ -34,7 +34,7 @@ fn ready_codec() -> DiscordCodec {
 #[test]
 fn hello_becomes_the_hello_signal() {
     let mut c = codec();
-    c.reset(ConnectionId(1), OpenMode::Identify);
+    c.reset(TransportId(1), OpenMode::Identify);
     let d = decode(&mut c, r#"{"op":10,"d":{"heartbeat_interval":45000}}"#).unwrap();
     assert_eq!(
         d.signal,
@@ -79,7 +79,7 @@ fn simple_ops_map_to_signals() {
 #[test]
 fn ready_resumed_and_message_create() {
     let mut c = codec();
-    c.reset(ConnectionId(1), OpenMode::Identify);
+    c.reset(TransportId(1), OpenMode::Identify);
     let d = decode(&mut c, &ready(SESSION, 1)).unwrap();
     assert_eq!(d.signal, Some(Signal::HandshakeAccepted { resumed: false }));
     let Some(GatewayEvent::Ready(r)) = d.item else {
@@ -107,7 +107,7 @@ fn ready_resumed_and_message_create() {
     let data: Value = serde_json::from_slice(m.data.as_bytes()).unwrap();
     assert_eq!(data["content"], "Supa Hot");
 
-    c.reset(ConnectionId(2), OpenMode::Resume);
+    c.reset(TransportId(2), OpenMode::Resume);
     let d = decode(&mut c, &resumed(3)).unwrap();
     assert_eq!(d.signal, Some(Signal::HandshakeAccepted { resumed: true }));
     assert!(matches!(d.item, Some(GatewayEvent::Resumed(r)) if r.seq == Some(3)));
@@ -157,7 +157,7 @@ fn replayed_duplicates_are_dropped_and_gaps_counted() {
 fn new_session_after_a_lost_one_reports_a_gap_once() {
     let mut c = ready_codec();
     decode(&mut c, &message_create(2, "x")).unwrap();
-    c.reset(ConnectionId(2), OpenMode::Identify);
+    c.reset(TransportId(2), OpenMode::Identify);
     assert_eq!(c.session(), None);
     // The heartbeat of the new connection does not carry the old session's seq.
     assert_eq!(
@@ -169,7 +169,7 @@ fn new_session_after_a_lost_one_reports_a_gap_once() {
     assert!(matches!(d.item, Some(GatewayEvent::Gap(ref g))
         if g.session_id == SESSION && g.last_seq == 2 && g.delivered == 2));
     // The identify may fail and be retried: no second report.
-    c.reset(ConnectionId(3), OpenMode::Identify);
+    c.reset(TransportId(3), OpenMode::Identify);
     assert_eq!(decode(&mut c, &hello(41_250)).unwrap().item, None);
     assert_eq!(c.stats().sessions_lost, 1);
 }
@@ -177,7 +177,7 @@ fn new_session_after_a_lost_one_reports_a_gap_once() {
 #[test]
 fn a_fresh_codec_reports_no_gap() {
     let mut c = codec();
-    c.reset(ConnectionId(1), OpenMode::Identify);
+    c.reset(TransportId(1), OpenMode::Identify);
     assert_eq!(decode(&mut c, &hello(41_250)).unwrap().item, None);
 }
 
@@ -260,12 +260,12 @@ fn identify_carries_every_configured_field() {
             url: None,
             state: None,
         }],
-        status: Status::Dnd,
+        status: PresenceStatus::Dnd,
         afk: false,
     });
     cfg.intents = crate::Intents::from_bits_retain(7 | (1 << 40));
     let mut c = DiscordCodec::new(cfg).unwrap();
-    c.reset(ConnectionId(1), OpenMode::Identify);
+    c.reset(TransportId(1), OpenMode::Identify);
     let v = encode(&mut c, Payload::Handshake(OpenMode::Identify));
     assert_eq!(
         v,
@@ -289,7 +289,7 @@ fn resume_and_heartbeat_carry_the_session() {
         encode(&mut c, Payload::Heartbeat),
         json!({"op": 1, "d": 1337})
     );
-    c.reset(ConnectionId(2), OpenMode::Resume);
+    c.reset(TransportId(2), OpenMode::Resume);
     assert_eq!(
         encode(&mut c, Payload::Handshake(OpenMode::Resume)),
         json!({"op": 6, "d": {"token": TOKEN, "session_id": SESSION, "seq": 1337}})
@@ -312,7 +312,7 @@ fn restored_session_resumes() {
         resume_gateway_url: "wss://resume.example".into(),
         seq: 77,
     });
-    c.reset(ConnectionId(1), OpenMode::Resume);
+    c.reset(TransportId(1), OpenMode::Resume);
     assert_eq!(
         c.url(OpenMode::Resume),
         "wss://resume.example/?v=10&encoding=json"
@@ -455,7 +455,7 @@ fn commands_encode_as_documented() {
             8,
         ),
         (
-            Command::UpdatePresence(UpdatePresence::status(Status::Invisible)),
+            Command::UpdatePresence(UpdatePresence::status(PresenceStatus::Invisible)),
             3,
         ),
     ];
@@ -479,7 +479,7 @@ fn a_replayed_resumed_is_not_a_second_handshake() {
     // Connection 1 had a session; its RESUMED (seq 4) was written but never arrived. The
     // resume on connection 2 replays it among the missed events, then sends a new RESUMED.
     let mut c = ready_codec();
-    c.reset(ConnectionId(2), OpenMode::Resume);
+    c.reset(TransportId(2), OpenMode::Resume);
     decode(&mut c, &hello(41_250)).unwrap();
     let first = decode(&mut c, &resumed(4)).unwrap();
     assert_eq!(
@@ -499,7 +499,7 @@ fn a_replayed_resumed_is_not_a_second_handshake() {
     assert_eq!(c.last_seq(), Some(6));
 
     // The next connection's RESUMED is its handshake again.
-    c.reset(ConnectionId(3), OpenMode::Resume);
+    c.reset(TransportId(3), OpenMode::Resume);
     decode(&mut c, &hello(41_250)).unwrap();
     let next = decode(&mut c, &resumed(7)).unwrap();
     assert_eq!(

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use handover_core::{Codec, ConnectionId, Message, OpenMode, Signal};
+use handover_core::{Codec, Message, OpenMode, Signal, TransportId};
 
 use super::fixtures::*;
 use super::harness::config;
@@ -73,7 +73,7 @@ fn mutated_input_never_panics_and_reset_recovers() {
         let mut codec = DiscordCodec::new(cfg).unwrap();
         let now = Instant::now();
         for round in 0..40u64 {
-            codec.reset(ConnectionId(round + 1), OpenMode::Identify);
+            codec.reset(TransportId(round + 1), OpenMode::Identify);
             let mut zlib = ZlibStreamEncoder::new();
             let mut zstd = ZstdStreamEncoder::new().unwrap();
             for _ in 0..50 {
@@ -102,7 +102,7 @@ fn mutated_input_never_panics_and_reset_recovers() {
                 let _ = codec.decode(now, msg);
             }
             // A new connection always decodes valid input again.
-            codec.reset(ConnectionId(1000 + round), OpenMode::Identify);
+            codec.reset(TransportId(1000 + round), OpenMode::Identify);
             let wire = match compression {
                 Compression::None => hello(1).into_bytes(),
                 Compression::ZlibStream => ZlibStreamEncoder::new().compress(hello(1).as_bytes()),

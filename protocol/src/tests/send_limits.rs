@@ -2,17 +2,18 @@
 
 use std::time::{Duration, Instant};
 
-use handover_core::{Codec, ConnectionId, OpenMode, Payload};
+use handover_core::{Codec, OpenMode, Payload, TransportId};
 
 use super::fixtures::*;
 use super::harness::codec;
 use crate::{
-    Command, DiscordCodec, MAX_PAYLOAD_BYTES, ProtocolError, RawJson, Status, UpdatePresence,
+    Command, DiscordCodec, MAX_PAYLOAD_BYTES, PresenceStatus, ProtocolError, RawJson,
+    UpdatePresence,
 };
 
 fn identified_codec(now: Instant) -> DiscordCodec {
     let mut c = codec();
-    c.reset(ConnectionId(1), OpenMode::Identify);
+    c.reset(TransportId(1), OpenMode::Identify);
     c.decode(now, handover_core::Message::text(hello(41_250)))
         .unwrap();
     c.encode(now, Payload::Handshake(OpenMode::Identify))
@@ -56,7 +57,7 @@ fn payloads_over_4096_bytes_are_refused_and_nothing_is_counted() {
         "a refused payload used a slot"
     );
     // An oversized presence is refused the same way.
-    let mut p = UpdatePresence::status(Status::Online);
+    let mut p = UpdatePresence::status(PresenceStatus::Online);
     p.activities = vec![
         crate::Activity {
             name: "n".repeat(5000),
@@ -75,7 +76,7 @@ fn payloads_over_4096_bytes_are_refused_and_nothing_is_counted() {
 #[test]
 fn an_oversized_identify_is_refused() {
     let mut cfg = super::harness::config();
-    let mut p = UpdatePresence::status(Status::Online);
+    let mut p = UpdatePresence::status(PresenceStatus::Online);
     p.activities = vec![crate::Activity {
         name: "n".repeat(5000),
         kind: 0,
@@ -95,7 +96,7 @@ fn an_oversized_identify_is_refused() {
         other => panic!("accepted: {other:?}"),
     }
     let mut cfg = super::harness::config();
-    cfg.presence = Some(UpdatePresence::status(Status::Idle));
+    cfg.presence = Some(UpdatePresence::status(PresenceStatus::Idle));
     assert!(DiscordCodec::new(cfg).is_ok());
 }
 
@@ -104,7 +105,7 @@ fn rate_limit_keeps_room_for_heartbeats_in_virtual_time() {
     let t0 = Instant::now();
     let mut c = identified_codec(t0);
     // One send used by IDENTIFY; reserve is 4 at a 41.25 s interval: 115 commands fit.
-    let cmd = || Command::UpdatePresence(UpdatePresence::status(Status::Online));
+    let cmd = || Command::UpdatePresence(UpdatePresence::status(PresenceStatus::Online));
     let mut sent = 0;
     let mut now = t0;
     let retry_after = loop {
@@ -125,7 +126,7 @@ fn rate_limit_keeps_room_for_heartbeats_in_virtual_time() {
     // The identify (at t0) leaves the window first; by then beats fill its slot.
     assert_eq!(now + retry_after, t0 + Duration::from_secs(60));
     // A new connection starts a new window.
-    c.reset(ConnectionId(2), OpenMode::Resume);
+    c.reset(TransportId(2), OpenMode::Resume);
     assert_eq!(c.sends_in_window(now), 0);
     c.encode_command(now, cmd()).unwrap();
 }

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use handover_core::{Codec, ConnectionId, Message, OpenMode, Signal};
+use handover_core::{Codec, Message, OpenMode, Signal, TransportId};
 
 use super::fixtures::*;
 use super::harness::config;
@@ -17,7 +17,7 @@ fn codec_with(compression: Compression, max: usize) -> DiscordCodec {
     cfg.compression = compression;
     cfg.max_decompressed_bytes = max;
     let mut c = DiscordCodec::new(cfg).unwrap();
-    c.reset(ConnectionId(1), OpenMode::Identify);
+    c.reset(TransportId(1), OpenMode::Identify);
     c
 }
 
@@ -121,7 +121,7 @@ fn corrupted_stream_needs_a_reconnect_and_reset_recovers() {
             c.decode(now, bin(good.clone())).unwrap_err(),
             ProtocolError::StreamPoisoned
         );
-        c.reset(ConnectionId(2), OpenMode::Identify);
+        c.reset(TransportId(2), OpenMode::Identify);
         let d = c.decode(now, bin(good)).unwrap();
         assert!(
             matches!(d.signal, Some(Signal::Hello { .. })),

@@ -8,7 +8,7 @@ pub mod server;
 
 use std::time::{Duration, Instant};
 
-use handover_core::{ConnectionId, Decoded, Message, OpenMode, Payload, Signal};
+use handover_core::{Decoded, Message, OpenMode, Payload, Signal, TransportId};
 use handover_transport_ws::{Codec, DriverEvent, TransportEvent};
 
 /// The line protocol.
@@ -19,7 +19,7 @@ use handover_transport_ws::{Codec, DriverEvent, TransportEvent};
 #[derive(Debug, Clone)]
 pub struct LineCodec {
     pub url: String,
-    pub resets: Vec<(ConnectionId, OpenMode)>,
+    pub resets: Vec<(TransportId, OpenMode)>,
     /// Longest `cmd` text the codec accepts.
     pub max_command: usize,
 }
@@ -51,7 +51,7 @@ impl Codec for LineCodec {
         self.url.clone()
     }
 
-    fn reset(&mut self, conn: ConnectionId, mode: OpenMode) {
+    fn reset(&mut self, conn: TransportId, mode: OpenMode) {
         self.resets.push((conn, mode));
     }
 
@@ -118,7 +118,7 @@ pub fn transport_events<T>(events: &[DriverEvent<T>]) -> Vec<TransportEvent> {
 /// one end (`OpenFailed`, or `Opened` then `Closed`) before the next `Opening`. Returns the
 /// number of transports that ended.
 pub fn check_one_end_per_transport(facts: &[TransportEvent]) -> usize {
-    let mut live: Option<(ConnectionId, bool)> = None;
+    let mut live: Option<(TransportId, bool)> = None;
     let mut ended = 0;
     for fact in facts {
         match *fact {
@@ -162,7 +162,7 @@ pub fn check_one_end_per_transport(facts: &[TransportEvent]) -> usize {
 }
 
 /// Counts the ends (`OpenFailed` or `Closed`) reported for `conn`.
-pub fn ends_of(facts: &[TransportEvent], conn: ConnectionId) -> usize {
+pub fn ends_of(facts: &[TransportEvent], conn: TransportId) -> usize {
     facts
         .iter()
         .filter(|f| {

@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;
 
-use handover_core::{ConnectionId, Message};
+use handover_core::{Message, TransportId};
 use handover_transport_ws::memory::{MemoryPeer, PeerAction};
 
 #[derive(Debug, Default)]
@@ -17,19 +17,19 @@ pub struct LinePeer {
     pub zombie: bool,
     /// A session exists that `resume` continues.
     pub session: bool,
-    pub actions: VecDeque<(ConnectionId, PeerAction)>,
+    pub actions: VecDeque<(TransportId, PeerAction)>,
     /// Actions scheduled for the connection current at their time.
     pub scheduled: Vec<(Instant, PeerAction)>,
-    pub current: Option<ConnectionId>,
+    pub current: Option<TransportId>,
     pub connects: u32,
     pub identifies: u32,
     pub resumes: u32,
     pub heartbeats: u32,
-    pub close_frames: Vec<(ConnectionId, u16)>,
-    pub disconnects: Vec<ConnectionId>,
-    pub live: BTreeSet<ConnectionId>,
+    pub close_frames: Vec<(TransportId, u16)>,
+    pub disconnects: Vec<TransportId>,
+    pub live: BTreeSet<TransportId>,
     pub max_live: usize,
-    pub received: Vec<(ConnectionId, String)>,
+    pub received: Vec<(TransportId, String)>,
 }
 
 impl LinePeer {
@@ -40,7 +40,7 @@ impl LinePeer {
         }
     }
 
-    fn send(&mut self, conn: ConnectionId, text: impl Into<String>) {
+    fn send(&mut self, conn: TransportId, text: impl Into<String>) {
         self.actions
             .push_back((conn, PeerAction::Send(Message::text(text))));
     }
@@ -54,7 +54,7 @@ impl LinePeer {
 }
 
 impl MemoryPeer for LinePeer {
-    fn on_connect(&mut self, _now: Instant, conn: ConnectionId, _url: &str) -> bool {
+    fn on_connect(&mut self, _now: Instant, conn: TransportId, _url: &str) -> bool {
         self.connects += 1;
         if self.refuse {
             return false;
@@ -67,7 +67,7 @@ impl MemoryPeer for LinePeer {
         true
     }
 
-    fn on_message(&mut self, _now: Instant, conn: ConnectionId, msg: Message) {
+    fn on_message(&mut self, _now: Instant, conn: TransportId, msg: Message) {
         let text = String::from_utf8_lossy(msg.as_bytes()).into_owned();
         self.received.push((conn, text.clone()));
         match text.as_str() {
@@ -94,14 +94,14 @@ impl MemoryPeer for LinePeer {
         }
     }
 
-    fn on_close_frame(&mut self, _now: Instant, conn: ConnectionId, code: u16) {
+    fn on_close_frame(&mut self, _now: Instant, conn: TransportId, code: u16) {
         self.close_frames.push((conn, code));
         if !self.ignore_close {
             self.actions.push_back((conn, PeerAction::Close(code)));
         }
     }
 
-    fn on_disconnect(&mut self, _now: Instant, conn: ConnectionId) {
+    fn on_disconnect(&mut self, _now: Instant, conn: TransportId) {
         assert!(self.live.remove(&conn), "disconnect of unknown {conn}");
         self.disconnects.push(conn);
         if self.current == Some(conn) {
@@ -109,7 +109,7 @@ impl MemoryPeer for LinePeer {
         }
     }
 
-    fn poll_action(&mut self) -> Option<(ConnectionId, PeerAction)> {
+    fn poll_action(&mut self) -> Option<(TransportId, PeerAction)> {
         self.actions.pop_front()
     }
 
