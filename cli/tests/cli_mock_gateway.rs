@@ -2,6 +2,7 @@
 //! to it.
 
 mod cli_common;
+#[path = "../../mock/tests/mock_util/mod.rs"]
 mod mock_util;
 
 use cli_common::{TOKEN, run_to_end, spawn};

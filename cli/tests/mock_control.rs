@@ -1,6 +1,7 @@
 //! The control lines of `handover mock-gateway` (the function its stdin loop calls), against a
 //! mock serving two bots over real loopback sockets: which bot a line targets, and the default.
 
+#[path = "../../mock/tests/mock_util/mod.rs"]
 mod mock_util;
 
 use handover_cli::mock_gateway::control;

@@ -3,6 +3,7 @@
 //! Redis Streams sink through a handoff.
 
 mod cli_common;
+#[path = "../../runtime/tests/redis_common/mod.rs"]
 mod redis_common;
 
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! redis-server: two coordinators stand for two processes of one bot publishing the same
 //! shard's events.
 
+#[path = "../../runtime/tests/redis_common/mod.rs"]
 mod redis_common;
 
 use std::time::Duration;

@@ -21,6 +21,7 @@
 //! by hand with `PROPTEST_CASES=2000 cargo test -p handover-mock --test fuzz_mock` (and pick
 //! another seed with `PROPTEST_RNG_SEED=<n>`).
 
+#[path = "../../protocol/tests/fuzz_common/mod.rs"]
 mod fuzz_common;
 
 use std::collections::BTreeMap;

@@ -30,6 +30,7 @@
 //! Without `--bench` (as under `cargo test --benches`) it runs a small smoke workload only.
 //! Every run is bounded: fixed counts, and a time cap after which the child is killed.
 
+#[path = "../../protocol/benches/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader};

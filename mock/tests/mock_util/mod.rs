@@ -1,6 +1,8 @@
 //! A raw WebSocket client for driving the mock gateway over real loopback sockets.
 //!
 //! Every receive is bounded by [`WAIT`]; absence checks use the short [`QUIET`] window.
+//!
+//! The cli crate's tests include this same file (`#[path]`), so there is one copy.
 
 #![allow(dead_code, unreachable_pub)]
 
