@@ -45,7 +45,9 @@ pub struct ShardConfig {
     pub delivery: Delivery,
     /// Events buffered for the application (the driver's queue, read directly by
     /// `next_event()`) before the shard stops reading its socket, beyond the driver's own
-    /// `max_pending_events`. Replaces `transport.event_capacity`. Default 1024.
+    /// `max_pending_events`. Replaces `transport.event_capacity`. Default 256 (each queued
+    /// dispatch keeps its frame's buffer alive: about 0.8 MiB for a full queue of 1 KiB
+    /// messages).
     pub event_capacity: usize,
     /// A session saved earlier (for example in a session file before a process restart): the
     /// first connection resumes it instead of identifying. If Discord no longer knows it, the
@@ -72,7 +74,7 @@ impl ShardConfig {
             transport: TransportConfig::default(),
             seed: None,
             delivery: Delivery::OnReturn,
-            event_capacity: 1024,
+            event_capacity: 256,
             identify: IdentifyQueueConfig::default(),
             resume: None,
         }
