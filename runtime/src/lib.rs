@@ -23,6 +23,8 @@ mod queue;
 pub mod redis;
 mod shard;
 mod status;
+#[cfg(feature = "twilight")]
+pub mod twilight;
 
 pub use coordination::{IdentifyCoordinator, PermitDenied, PermitFuture, PermitSource};
 pub use delivery::{Delivery, Receipt, ReceiptBook};
