@@ -199,10 +199,10 @@ pub(crate) async fn serve(listener: TcpListener, control: Control) {
 ///
 /// Body: `{"healthy":false,"shards":[{"shard":0,"phase":"backing_off"}]}`.
 pub fn health_body(statuses: &[ShardStatus]) -> (bool, String) {
-    let healthy = !statuses.is_empty() && statuses.iter().all(|s| s.phase == "receiving");
+    let healthy = !statuses.is_empty() && statuses.iter().all(|s| s.phase == Phase::Receiving);
     let shards: Vec<serde_json::Value> = statuses
         .iter()
-        .map(|s| serde_json::json!({ "shard": s.shard, "phase": s.phase }))
+        .map(|s| serde_json::json!({ "shard": s.shard, "phase": s.phase.name() }))
         .collect();
     let body = serde_json::json!({ "healthy": healthy, "shards": shards }).to_string();
     (healthy, body)
@@ -214,7 +214,9 @@ pub fn health_body(statuses: &[ShardStatus]) -> (bool, String) {
 /// the others), `handover_shard_reconnects_total`, `handover_shard_identifies_total`,
 /// `handover_shard_resumes_total`, `handover_shard_events_delivered_total`, `handover_shard_events_received_total`,
 /// `handover_shard_duplicates_dropped_total`, `handover_shard_gaps_total`,
-/// `handover_shard_latency_milliseconds` (absent until the first ACK),
+/// `handover_shard_latency_milliseconds` (the last round trip, absent until the first ACK),
+/// `handover_shard_latency_average_milliseconds` (over the current connection),
+/// `handover_shard_latency_recent_milliseconds{age}` (the last few, age 0 the newest),
 /// `handover_shard_live_sockets`, `handover_shard_resumable`, `handover_shard_gave_up`. Process:
 /// `handover_events_written_total`, `handover_commands_total{result}`,
 /// `handover_restarts_requested_total`.
@@ -227,8 +229,9 @@ pub fn metrics_text(statuses: &[ShardStatus], counters: &AdapterCounters) -> Str
         "lifecycle phase of the shard (1 for the current phase)",
     );
     for s in statuses {
-        for phase in Phase::ALL.map(|p| p.name()) {
+        for phase in Phase::ALL {
             let v = u8::from(s.phase == phase);
+            let phase = phase.name();
             let _ = writeln!(
                 out,
                 "handover_shard_phase{{shard=\"{}\",phase=\"{phase}\"}} {v}",
@@ -236,7 +239,7 @@ pub fn metrics_text(statuses: &[ShardStatus], counters: &AdapterCounters) -> Str
             );
         }
     }
-    let per_shard: [Family; 11] = [
+    let per_shard: [Family; 12] = [
         (
             "handover_shard_reconnects_total",
             "counter",
@@ -283,7 +286,13 @@ pub fn metrics_text(statuses: &[ShardStatus], counters: &AdapterCounters) -> Str
             "handover_shard_latency_milliseconds",
             "gauge",
             "heartbeat round trip of the last ACK",
-            |s| s.latency_ms,
+            |s| s.latency.map(millis),
+        ),
+        (
+            "handover_shard_latency_average_milliseconds",
+            "gauge",
+            "mean heartbeat round trip over the current connection",
+            |s| s.latency_average.map(millis),
         ),
         (
             "handover_shard_live_sockets",
@@ -310,6 +319,22 @@ pub fn metrics_text(statuses: &[ShardStatus], counters: &AdapterCounters) -> Str
             if let Some(v) = get(s) {
                 let _ = writeln!(out, "{name}{{shard=\"{}\"}} {v}", s.shard);
             }
+        }
+    }
+    header(
+        &mut out,
+        "handover_shard_latency_recent_milliseconds",
+        "gauge",
+        "the last heartbeat round trips (age 0 is the newest)",
+    );
+    for s in statuses {
+        for (age, d) in s.latency_recent.iter().rev().enumerate() {
+            let _ = writeln!(
+                out,
+                "handover_shard_latency_recent_milliseconds{{shard=\"{}\",age=\"{age}\"}} {}",
+                s.shard,
+                millis(*d)
+            );
         }
     }
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -364,6 +389,11 @@ pub fn metrics_text(statuses: &[ShardStatus], counters: &AdapterCounters) -> Str
     out
 }
 
+/// A duration as whole milliseconds (saturating), as the metrics show durations.
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -372,8 +402,10 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use handover_core::GiveUpReason;
+    use std::time::Duration;
 
-    fn status(shard: u32, phase: &'static str) -> ShardStatus {
+    fn status(shard: u32, phase: Phase) -> ShardStatus {
         ShardStatus {
             shard,
             phase,
@@ -381,7 +413,9 @@ mod tests {
             session_id: Some("s".into()),
             connected_since_ms: None,
             last_heartbeat_ack_ms: None,
-            latency_ms: Some(12),
+            latency: Some(Duration::from_millis(12)),
+            latency_average: Some(Duration::from_micros(10_500)),
+            latency_recent: vec![Duration::from_millis(9), Duration::from_millis(12)],
             last_event_ms: None,
             reconnect_at_ms: None,
             reconnects: 2,
@@ -401,9 +435,9 @@ mod tests {
 
     #[test]
     fn health_needs_every_shard_receiving() {
-        let (ok, body) = health_body(&[status(0, "receiving"), status(1, "receiving")]);
+        let (ok, body) = health_body(&[status(0, Phase::Receiving), status(1, Phase::Receiving)]);
         assert!(ok, "{body}");
-        let (ok, body) = health_body(&[status(0, "receiving"), status(1, "backing_off")]);
+        let (ok, body) = health_body(&[status(0, Phase::Receiving), status(1, Phase::BackingOff)]);
         assert!(!ok);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["shards"][1]["phase"], "backing_off");
@@ -414,10 +448,12 @@ mod tests {
     fn metrics_are_well_formed() {
         let counters = AdapterCounters::default();
         counters.events_written.store(7, Ordering::Relaxed);
-        let mut s1 = status(1, "failed");
-        s1.latency_ms = None;
-        s1.gave_up = Some("authentication failed (close code 4004)".into());
-        let text = metrics_text(&[status(0, "receiving"), s1], &counters);
+        let mut s1 = status(1, Phase::Failed);
+        s1.latency = None;
+        s1.latency_average = None;
+        s1.latency_recent.clear();
+        s1.gave_up = Some(GiveUpReason::FatalClose { code: Some(4004) });
+        let text = metrics_text(&[status(0, Phase::Receiving), s1], &counters);
         assert!(text.contains("handover_shard_phase{shard=\"0\",phase=\"receiving\"} 1\n"));
         assert!(text.contains("handover_shard_phase{shard=\"0\",phase=\"stale\"} 0\n"));
         assert!(text.contains("handover_shard_phase{shard=\"1\",phase=\"failed\"} 1\n"));
@@ -425,6 +461,15 @@ mod tests {
         assert!(text.contains("handover_shard_duplicates_dropped_total{shard=\"0\"} 3\n"));
         assert!(text.contains("handover_shard_latency_milliseconds{shard=\"0\"} 12\n"));
         assert!(!text.contains("handover_shard_latency_milliseconds{shard=\"1\"}"));
+        assert!(text.contains("handover_shard_latency_average_milliseconds{shard=\"0\"} 10\n"));
+        assert!(
+            text.contains("handover_shard_latency_recent_milliseconds{shard=\"0\",age=\"0\"} 12\n")
+        );
+        assert!(
+            text.contains("handover_shard_latency_recent_milliseconds{shard=\"0\",age=\"1\"} 9\n")
+        );
+        assert!(!text.contains("handover_shard_latency_average_milliseconds{shard=\"1\"}"));
+        assert!(!text.contains("handover_shard_latency_recent_milliseconds{shard=\"1\""));
         assert!(text.contains("handover_shard_gave_up{shard=\"1\"} 1\n"));
         assert!(text.contains("handover_events_written_total 7\n"));
         // Every sample line is `name{labels} value` or `name value`, under a TYPE line.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use handover_core::{Backoff, Config, RestartReason, StopIntent};
+use handover_core::{Backoff, Config, Phase, RestartReason, StopIntent};
 use tracing::debug;
 
 use super::CliError;
@@ -452,11 +452,15 @@ impl<'o> Day<'o> {
             ShardEventKind::SocketClosed { code: Some(c) } => {
                 self.say(&format!("shard 0 socket gone (close code {c})"))
             }
-            ShardEventKind::Reconnecting { mode, delay_ms } => self.say(&format!(
-                "shard 0 reconnect ({}) in {delay_ms} ms",
-                super::ndjson::mode_name(mode)
+            ShardEventKind::Reconnecting { mode, delay } => self.say(&format!(
+                "shard 0 reconnect ({}) in {} ms",
+                super::ndjson::mode_name(mode),
+                delay.as_millis()
             )),
-            ShardEventKind::GaveUp { reason } => self.say(&format!("shard 0 gave up: {reason}")),
+            ShardEventKind::GaveUp { reason } => self.say(&format!(
+                "shard 0 gave up: {}",
+                handover_runtime::describe_give_up(reason)
+            )),
             ShardEventKind::Warning { message } => {
                 debug!(%message, "shard warning");
             }
@@ -551,7 +555,7 @@ impl<'o> Day<'o> {
                         .is_none_or(|(n, total)| n.load(Ordering::Relaxed) >= *total);
                     // Settled: the last restart asked for has played out too.
                     monitors_done
-                        && d.shard.status().phase == "receiving"
+                        && d.shard.status().phase == Phase::Receiving
                         && d.recoveries.iter().any(|(t, _)| *t > fault_at)
                         && d.delivered_distinct() >= target
                         && d.in_sync()
@@ -628,7 +632,7 @@ impl<'o> Day<'o> {
                 |d| {
                     d.delivered_distinct() >= baseline + events
                         && d.in_sync()
-                        && d.shard.status().phase == "receiving"
+                        && d.shard.status().phase == Phase::Receiving
                 },
                 WAIT,
             )
@@ -786,7 +790,10 @@ impl<'o> Day<'o> {
         let gave_up_after = fault_at.elapsed();
         let mut broken = Vec::new();
         match &reason {
-            Some(r) => self.say(&format!("bot gave up: {r}")),
+            Some(r) => self.say(&format!(
+                "bot gave up: {}",
+                handover_runtime::describe_give_up(*r)
+            )),
             None => broken.push("the bot did not give up".to_owned()),
         }
         // A health monitor restarting a shard that gave up must not turn a refused token into
@@ -807,10 +814,11 @@ impl<'o> Day<'o> {
             ));
         }
         let status = bot.status();
-        if status.live_sockets != 0 || status.phase != "failed" {
+        if status.live_sockets != 0 || status.phase != Phase::Failed {
             broken.push(format!(
                 "the bot is {} with {} socket(s)",
-                status.phase, status.live_sockets
+                status.phase.name(),
+                status.live_sockets
             ));
         }
         let _ = bot.stop(StopIntent::EndSession).await;

@@ -70,15 +70,15 @@ pub fn write_event(out: &mut Vec<u8>, event: &ShardEvent) {
             out.extend_from_slice(b",\"type\":\"socket_closed\",\"code\":");
             push_opt_u64(out, code.map(u64::from));
         }
-        ShardEventKind::Reconnecting { mode, delay_ms } => {
+        ShardEventKind::Reconnecting { mode, delay } => {
             out.extend_from_slice(b",\"type\":\"reconnecting\",\"mode\":");
             push_str(out, mode_name(*mode));
             out.extend_from_slice(b",\"delay_ms\":");
-            push_u64(out, *delay_ms);
+            push_u64(out, u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
         }
         ShardEventKind::GaveUp { reason } => {
             out.extend_from_slice(b",\"type\":\"gave_up\",\"reason\":");
-            push_str(out, reason);
+            push_str(out, &handover_runtime::describe_give_up(*reason));
         }
         ShardEventKind::Warning { message } => {
             out.extend_from_slice(b",\"type\":\"warning\",\"message\":");
@@ -516,8 +516,9 @@ pub fn guild_shard(guild: Snowflake, total: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use handover_core::State;
+    use handover_core::{GiveUpReason, State};
     use handover_protocol::{Dispatch, Gap, Ready, Resumed};
+    use std::time::Duration;
 
     fn line(kind: ShardEventKind) -> serde_json::Value {
         let mut out = Vec::new();
@@ -606,21 +607,22 @@ mod tests {
         assert!(line(ShardEventKind::SocketClosed { code: None })["code"].is_null());
         let r = line(ShardEventKind::Reconnecting {
             mode: OpenMode::Resume,
-            delay_ms: 12,
+            delay: Duration::from_micros(12_900),
         });
         assert_eq!(
             (r["mode"].as_str(), r["delay_ms"].as_u64()),
             (Some("resume"), Some(12))
         );
         let g = line(ShardEventKind::GaveUp {
-            reason: "authentication failed \"x\"".into(),
+            reason: GiveUpReason::FatalClose { code: Some(4004) },
         });
-        assert_eq!(g["reason"], "authentication failed \"x\"");
+        assert_eq!(g["reason"], "authentication failed (close code 4004)");
+        let w = line(ShardEventKind::Warning {
+            message: "w \"x\"".into(),
+        });
         assert_eq!(
-            line(ShardEventKind::Warning {
-                message: "w".into()
-            })["type"],
-            "warning"
+            (w["type"].as_str(), w["message"].as_str()),
+            (Some("warning"), Some("w \"x\""))
         );
     }
 

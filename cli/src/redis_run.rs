@@ -356,7 +356,7 @@ fn track(batch: &[ShardEvent], gave_up: &mut BTreeMap<u32, String>) {
         match &ev.kind {
             ShardEventKind::GaveUp { reason } => {
                 error!(shard = ev.shard, %reason, "shard gave up");
-                gave_up.insert(ev.shard, reason.clone());
+                gave_up.insert(ev.shard, handover_runtime::describe_give_up(*reason));
             }
             ShardEventKind::Ready(_) | ShardEventKind::Resumed(_) => {
                 gave_up.remove(&ev.shard);

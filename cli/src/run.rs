@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use handover_core::{RestartReason, StopIntent};
-use handover_transport_ws::SendError;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -26,8 +25,8 @@ use handover_protocol::{
 };
 use handover_runtime::http::{DEFAULT_API_BASE, HttpError, HttpOptions, gateway_bot};
 use handover_runtime::{
-    Delivery, Fleet, FleetConfig, IdentifyCoordinator, ShardEvent, ShardEventKind, ShardHandle,
-    ShardSelection,
+    Delivery, Fleet, FleetConfig, IdentifyCoordinator, SendError, ShardEvent, ShardEventKind,
+    ShardHandle, ShardSelection,
 };
 
 /// The environment variable holding the bot token. The token is never a flag (flags show up in
@@ -700,7 +699,8 @@ impl Adapter {
         match &ev.kind {
             ShardEventKind::GaveUp { reason } => {
                 error!(shard = ev.shard, %reason, "shard gave up");
-                self.gave_up.insert(ev.shard, reason.clone());
+                self.gave_up
+                    .insert(ev.shard, handover_runtime::describe_give_up(*reason));
             }
             ShardEventKind::Ready(_) | ShardEventKind::Resumed(_) => {
                 self.gave_up.remove(&ev.shard);

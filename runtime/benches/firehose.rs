@@ -825,7 +825,7 @@ async fn shard_client(
         while let Some(ev) = shard.next_event().await {
             match ev.kind {
                 ShardEventKind::Ready(_) => return Ok(()),
-                ShardEventKind::GaveUp { reason } => return Err(reason),
+                ShardEventKind::GaveUp { reason } => return Err(reason.to_string()),
                 _ => {}
             }
         }
@@ -849,7 +849,7 @@ async fn shard_client(
                     next_seq = Some(d.seq + 1);
                     meter.record(envelope_len(d.seq, &d.event_type, d.data.len()), 0);
                 }
-                ShardEventKind::GaveUp { reason } => return Err(reason),
+                ShardEventKind::GaveUp { reason } => return Err(reason.to_string()),
                 ShardEventKind::SocketClosed { code } => {
                     return Err(format!("socket closed mid-stream: {code:?}"));
                 }

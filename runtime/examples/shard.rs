@@ -1,5 +1,6 @@
-//! Using a [`Shard`] in a tokio application: read events, send a command, let a health monitor
-//! restart it, read its status, stop it.
+//! Using a [`Shard`] in a tokio application: read its events as a stream, send a command
+//! (waiting for send-rate capacity), let a health monitor restart it, read its status, stop
+//! it. Everything but the mock comes from `handover_runtime`.
 //!
 //! Runs against the embedded mock gateway, so it needs no token and no network:
 //!
@@ -13,10 +14,12 @@
 
 use std::time::Duration;
 
-use handover_core::{RestartReason, StopIntent};
+use futures_util::StreamExt;
 use handover_mock::{DEFAULT_TOKEN, MockConfig, MockServer};
-use handover_protocol::{Command, GatewayConfig, Intents, PresenceStatus, Token, UpdatePresence};
-use handover_runtime::{Shard, ShardConfig, ShardEventKind};
+use handover_runtime::{
+    Command, GatewayConfig, Intents, PresenceStatus, RestartReason, Shard, ShardConfig,
+    ShardEventKind, StopIntent, Token, UpdatePresence, describe_give_up,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,16 +37,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let monitor = shard.handle();
 
     let mut restarted = false;
-    while let Some(event) =
-        tokio::time::timeout(Duration::from_secs(10), shard.next_event()).await?
-    {
+    // `Shard` is a `Stream` of events (`shard.next_event()` is the same thing).
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(10), shard.next()).await? {
         match event.kind {
             ShardEventKind::Ready(ready) => {
                 println!("ready: session {}", ready.session_id);
-                // 3. Commands are refused with a typed error (nothing sent) when over 4096
-                //    bytes, over the send rate, or while not identified.
+                // 3. `send_paced` waits for send-rate capacity; `send` refuses instead, with
+                //    the time to wait (`SendError::retry_after`). Both refuse with a typed
+                //    error (nothing sent) when over 4096 bytes or while not identified.
                 shard
-                    .send(Command::UpdatePresence(UpdatePresence::status(
+                    .send_paced(Command::UpdatePresence(UpdatePresence::status(
                         PresenceStatus::Idle,
                     )))
                     .await?;
@@ -67,7 +70,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 println!("resumed: session {}", r.session_id);
                 break;
             }
-            ShardEventKind::GaveUp { reason } => return Err(reason.into()),
+            // The reason is typed (`GiveUpReason::FatalClose { code: Some(4004) }`...).
+            ShardEventKind::GaveUp { reason } => return Err(describe_give_up(reason).into()),
             _ => {}
         }
     }

@@ -109,7 +109,7 @@ mod tests {
         assert_eq!(ready, Some(0));
         let (shard, reason) = gave_up.unwrap();
         assert_eq!(shard, 1);
-        assert!(reason.contains("permit"), "{reason}");
+        assert_eq!(reason, handover_core::GiveUpReason::PermitDenied);
         assert_eq!(asks.load(Ordering::SeqCst), 2, "one ask per identify");
         assert_eq!(mock.handle().counters().shard(1).identifies, 0);
         fleet.shutdown(handover_core::StopIntent::EndSession).await;

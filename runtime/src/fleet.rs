@@ -2,8 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
+use futures_core::Stream;
 use futures_util::FutureExt;
 use futures_util::stream::{SelectAll, StreamExt};
 use handover_core::{Config, RestartReason, StopIntent};
@@ -151,16 +154,33 @@ pub enum FleetError {
 
 /// Many shards sharing one identify queue, with one merged event stream.
 ///
+/// Read the events with [`next_event`](Self::next_event) or as a [`Stream`]; command the
+/// shards from other tasks, while the events are being read, through a [`FleetHandle`]
+/// ([`handle`](Self::handle)).
+///
 /// ```no_run
 /// use handover_runtime::http::{DEFAULT_API_BASE, HttpOptions};
-/// use handover_protocol::{GatewayConfig, Intents, Token};
-/// use handover_runtime::{Fleet, FleetConfig, ShardEventKind, ShardSelection};
+/// use handover_runtime::{
+///     Fleet, FleetConfig, GatewayConfig, Intents, ShardEventKind, ShardSelection, StopIntent,
+///     Token,
+/// };
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let token = Token::new(std::env::var("DISCORD_TOKEN")?)?;
 /// let gateway = GatewayConfig::new(token, Intents::GUILDS | Intents::GUILD_MESSAGES);
 /// let config = FleetConfig::new(gateway, ShardSelection::Recommended);
 /// let mut fleet = Fleet::connect(config, DEFAULT_API_BASE, &HttpOptions::default()).await?;
+///
+/// // Another task stops every shard while the loop below is still reading (a signal
+/// // handler, an admin command: here, whoever sends on `stop`); the loop then ends.
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let control = fleet.handle();
+/// tokio::spawn(async move {
+///     let _ = stopped.await;
+///     control.shutdown(StopIntent::KeepResumable).await;
+/// });
+/// # drop(stop);
+///
 /// while let Some(event) = fleet.next_event().await {
 ///     if let ShardEventKind::Dispatch(d) = event.kind {
 ///         println!("shard {} #{} {}", event.shard, d.seq, d.event_type);
@@ -169,19 +189,144 @@ pub enum FleetError {
 /// # Ok(()) }
 /// ```
 pub struct Fleet {
-    shards: BTreeMap<u32, ShardHandle>,
+    control: FleetHandle,
     /// Every shard's events, read straight from the shards' drivers, merged as they come.
     events: SelectAll<ShardEvents>,
     delivery: Delivery,
-    _permits: Arc<dyn IdentifyCoordinator>,
 }
 
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fleet")
-            .field("shards", &self.shards)
+            .field("shards", &self.control.inner.shards)
             .field("delivery", &self.delivery)
             .finish_non_exhaustive()
+    }
+}
+
+/// A cloneable handle to command a [`Fleet`]'s shards from any task, while the fleet's events
+/// are being read elsewhere: restart, stop, shut down, status, saved sessions.
+///
+/// The shards keep running while any handle or the fleet itself lives; stopping them is
+/// explicit ([`stop_all`](Self::stop_all), [`shutdown`](Self::shutdown)). Once every shard's
+/// task has ended, the fleet's event stream ends.
+///
+/// ```no_run
+/// # async fn f(mut fleet: handover_runtime::Fleet) {
+/// use handover_runtime::{RestartReason, StopIntent};
+///
+/// let control = fleet.handle();
+/// let reader = tokio::spawn(async move {
+///     let mut n = 0_u64;
+///     while let Some(_event) = fleet.next_event().await {
+///         n += 1;
+///     }
+///     n // every shard ended
+/// });
+/// control.restart_all(RestartReason::Requested).await.ok();
+/// control.shutdown(StopIntent::KeepResumable).await;
+/// let _events = reader.await;
+/// let _saved = control.sessions(); // for a session file
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct FleetHandle {
+    inner: Arc<FleetShards>,
+}
+
+struct FleetShards {
+    shards: BTreeMap<u32, ShardHandle>,
+    _permits: Arc<dyn IdentifyCoordinator>,
+}
+
+impl std::fmt::Debug for FleetHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetHandle")
+            .field("shards", &self.inner.shards)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetHandle {
+    /// The shard ids of the fleet, ascending.
+    pub fn shard_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.inner.shards.keys().copied()
+    }
+
+    /// A handle to one shard.
+    pub fn shard(&self, id: u32) -> Option<&ShardHandle> {
+        self.inner.shards.get(&id)
+    }
+
+    /// A receipt for `event`, to confirm once the sink has safely taken it (with
+    /// [`Delivery::Confirmed`]). `None` for an event of a shard this fleet does not run.
+    pub fn receipt(&self, event: &ShardEvent) -> Option<Receipt> {
+        self.inner
+            .shards
+            .get(&event.shard)
+            .map(|s| s.receipt(event))
+    }
+
+    /// The sessions a reconnect would resume, by shard id: what a session file stores. Read
+    /// them after [`stop_all`](Self::stop_all) with [`StopIntent::KeepResumable`].
+    pub fn sessions(&self) -> BTreeMap<u32, Session> {
+        self.inner
+            .shards
+            .iter()
+            .filter_map(|(id, s)| s.session().map(|session| (*id, session)))
+            .collect()
+    }
+
+    /// A snapshot of every shard, by id.
+    pub fn status(&self) -> Vec<ShardStatus> {
+        self.inner
+            .shards
+            .values()
+            .map(ShardHandle::status)
+            .collect()
+    }
+
+    fn get(&self, id: u32) -> Result<&ShardHandle, FleetError> {
+        self.inner
+            .shards
+            .get(&id)
+            .ok_or(FleetError::NoSuchShard { shard: id })
+    }
+
+    /// Restart one shard (see [`ShardHandle::restart`]).
+    pub async fn restart(&self, id: u32, reason: RestartReason) -> Result<(), FleetError> {
+        Ok(self.get(id)?.restart(reason).await?)
+    }
+
+    /// Restart every shard, concurrently.
+    pub async fn restart_all(&self, reason: RestartReason) -> Result<(), FleetError> {
+        let all = self.inner.shards.values().map(|s| s.restart(reason));
+        for r in futures_util::future::join_all(all).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Stop one shard; returns once its socket is gone.
+    pub async fn stop(&self, id: u32, intent: StopIntent) -> Result<(), FleetError> {
+        Ok(self.get(id)?.stop(intent).await?)
+    }
+
+    /// Stop every shard concurrently; returns once every socket is gone (each bounded by the
+    /// drain deadline, after which sockets are aborted).
+    pub async fn stop_all(&self, intent: StopIntent) -> Result<(), FleetError> {
+        let all = self.inner.shards.values().map(|s| s.stop(intent));
+        for r in futures_util::future::join_all(all).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Stop every shard with `intent` and end their tasks: the fleet's event stream then
+    /// yields what is still queued and ends.
+    pub async fn shutdown(&self, intent: StopIntent) {
+        let _ = self.stop_all(intent).await;
+        futures_util::future::join_all(self.inner.shards.values().map(ShardHandle::shutdown)).await;
     }
 }
 
@@ -249,11 +394,21 @@ impl Fleet {
             events.push(shard_events);
         }
         Ok(Fleet {
-            shards,
+            control: FleetHandle {
+                inner: Arc::new(FleetShards {
+                    shards,
+                    _permits: permits,
+                }),
+            },
             events,
             delivery: config.delivery,
-            _permits: permits,
         })
+    }
+
+    /// A cloneable handle to command the shards from other tasks while this fleet's events
+    /// are being read (see [`FleetHandle`]).
+    pub fn handle(&self) -> FleetHandle {
+        self.control.clone()
     }
 
     /// The next event of any shard, tagged with its shard id; `None` once every shard ended.
@@ -276,7 +431,7 @@ impl Fleet {
     /// An event on its way to the application: with [`Delivery::OnReturn`], it counts now.
     fn returned(&self, event: ShardEvent) -> ShardEvent {
         if self.delivery == Delivery::OnReturn
-            && let Some(shard) = self.shards.get(&event.shard)
+            && let Some(shard) = self.control.shard(event.shard)
         {
             shard.receipt(&event).confirm();
         }
@@ -286,73 +441,83 @@ impl Fleet {
     /// A receipt for `event`, to confirm once the sink has safely taken it (with
     /// [`Delivery::Confirmed`]). `None` for an event of a shard this fleet does not run.
     pub fn receipt(&self, event: &ShardEvent) -> Option<Receipt> {
-        self.shards.get(&event.shard).map(|s| s.receipt(event))
+        self.control.receipt(event)
     }
 
     /// The shard ids this fleet runs, ascending.
     pub fn shard_ids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.shards.keys().copied()
+        self.control.shard_ids()
     }
 
     /// A handle to one shard.
     pub fn shard(&self, id: u32) -> Option<&ShardHandle> {
-        self.shards.get(&id)
+        self.control.shard(id)
     }
 
     /// The sessions a reconnect would resume, by shard id: what a session file stores. Read
     /// them after [`stop_all`](Self::stop_all) with [`StopIntent::KeepResumable`].
     pub fn sessions(&self) -> BTreeMap<u32, Session> {
-        self.shards
-            .iter()
-            .filter_map(|(id, s)| s.session().map(|session| (*id, session)))
-            .collect()
+        self.control.sessions()
     }
 
     /// A snapshot of every shard, by id.
     pub fn status(&self) -> Vec<ShardStatus> {
-        self.shards.values().map(ShardHandle::status).collect()
+        self.control.status()
     }
 
     /// Restart one shard (see [`ShardHandle::restart`]).
     pub async fn restart(&self, id: u32, reason: RestartReason) -> Result<(), FleetError> {
-        let shard = self
-            .shards
-            .get(&id)
-            .ok_or(FleetError::NoSuchShard { shard: id })?;
-        Ok(shard.restart(reason).await?)
+        self.control.restart(id, reason).await
     }
 
     /// Restart every shard, concurrently.
     pub async fn restart_all(&self, reason: RestartReason) -> Result<(), FleetError> {
-        let all = self.shards.values().map(|s| s.restart(reason));
-        for r in futures_util::future::join_all(all).await {
-            r?;
-        }
-        Ok(())
+        self.control.restart_all(reason).await
     }
 
     /// Stop one shard; returns once its socket is gone.
     pub async fn stop(&self, id: u32, intent: StopIntent) -> Result<(), FleetError> {
-        let shard = self
-            .shards
-            .get(&id)
-            .ok_or(FleetError::NoSuchShard { shard: id })?;
-        Ok(shard.stop(intent).await?)
+        self.control.stop(id, intent).await
     }
 
     /// Stop every shard concurrently; returns once every socket is gone (each bounded by the
     /// drain deadline, after which sockets are aborted).
     pub async fn stop_all(&self, intent: StopIntent) -> Result<(), FleetError> {
-        let all = self.shards.values().map(|s| s.stop(intent));
-        for r in futures_util::future::join_all(all).await {
-            r?;
-        }
-        Ok(())
+        self.control.stop_all(intent).await
     }
 
     /// Stop every shard with `intent` and end their tasks.
     pub async fn shutdown(self, intent: StopIntent) {
-        let _ = self.stop_all(intent).await;
-        futures_util::future::join_all(self.shards.values().map(ShardHandle::shutdown)).await;
+        self.control.shutdown(intent).await
+    }
+}
+
+/// The fleet's merged events as a stream: what [`Fleet::next_event`] returns, counted
+/// delivered the same way; it ends once every shard's task has ended.
+///
+/// ```no_run
+/// use futures_util::StreamExt;
+/// # async fn f(fleet: handover_runtime::Fleet) {
+/// use handover_runtime::ShardEventKind;
+///
+/// let mut dispatches = fleet.filter_map(|e| async move {
+///     match e.kind {
+///         ShardEventKind::Dispatch(d) => Some((e.shard, d)),
+///         _ => None,
+///     }
+/// });
+/// let mut dispatches = std::pin::pin!(dispatches);
+/// while let Some((shard, d)) = dispatches.next().await {
+///     println!("shard {shard}: {}", d.event_type);
+/// }
+/// # }
+/// ```
+impl Stream for Fleet {
+    type Item = ShardEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ShardEvent>> {
+        let this = self.get_mut();
+        let event = ready!(this.events.poll_next_unpin(cx));
+        Poll::Ready(event.map(|e| this.returned(e)))
     }
 }

@@ -28,7 +28,20 @@ pub mod twilight;
 
 pub use coordination::{IdentifyCoordinator, PermitDenied, PermitFuture, PermitSource};
 pub use delivery::{Delivery, Receipt, ReceiptBook};
-pub use fleet::{Fleet, FleetConfig, FleetError, ShardSelection};
+pub use fleet::{Fleet, FleetConfig, FleetError, FleetHandle, ShardSelection};
 pub use queue::IdentifyGate;
-pub use shard::{Shard, ShardConfig, ShardEvent, ShardEventKind, ShardHandle};
-pub use status::ShardStatus;
+pub use shard::{SendError, Shard, ShardConfig, ShardEvent, ShardEventKind, ShardHandle};
+pub use status::{Latency, RECENT_LATENCIES, ShardStatus, describe_give_up};
+
+// What the runtime's API takes and returns, so that a bot depends on this crate alone.
+pub use handover_core::{
+    Backoff, Config, ConnectingPhase, GiveUpReason, OpenMode, Phase, RestartReason, State,
+    StopIntent,
+};
+pub use handover_protocol::{
+    Activity, CloseCode, Command, Compression, Dispatch, Gap, GatewayConfig, IdentifyQueueConfig,
+    Intents, PresenceStatus, ProtocolError, RateLimitConfig, RawJson, Ready, RequestGuildMembers,
+    RequestSoundboardSounds, Resumed, Session, SessionStartLimit, ShardId, Snowflake, Token,
+    UpdatePresence, UpdateVoiceState,
+};
+pub use handover_transport_ws::{DriverGone, TransportConfig};

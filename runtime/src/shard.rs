@@ -5,19 +5,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use futures_core::Stream;
 use handover_core::{
-    Codec, Config, Connection, Decoded, Event, Message, OpenMode, Payload, RestartReason, State,
-    StopIntent, TransportId,
+    Codec, Config, Connection, Decoded, Event, GiveUpReason, Message, OpenMode, Payload,
+    RestartReason, Signal, State, StopIntent, TransportId,
 };
 use handover_transport_ws::{
-    DriverEvent, DriverEvents, DriverGone, DriverHandle, PermitSource, SendError, TransportConfig,
+    DriverEvent, DriverEvents, DriverGone, DriverHandle, PermitSource, TransportConfig,
     TransportEvent,
 };
 use tracing::{debug, error, info, warn};
 
 use super::delivery::{Delivery, Entry, Ledger, Receipt, resumable_session};
 use super::queue::IdentifyGate;
-use super::status::{Observer, ShardStatus, describe_give_up};
+use super::status::{Observer, ShardStatus, describe_give_up, millis};
 use handover_protocol::session::Gap;
 use handover_protocol::{
     CLOSE_RULES, Command, DiscordCodec, Dispatch, GatewayConfig, GatewayEvent, IdentifyQueueConfig,
@@ -57,6 +58,10 @@ pub struct ShardConfig {
     /// it with the queue its shards share. Default: one bucket, Discord's 5 s window, at most
     /// 10 identifies in 10 minutes.
     pub identify: IdentifyQueueConfig,
+    /// Report every heartbeat ACK as a [`ShardEventKind::HeartbeatAck`] with its round trip.
+    /// Default `false`: the event stream carries no per-heartbeat event (the round trips are in
+    /// [`ShardStatus`] either way).
+    pub latency_events: bool,
 }
 
 impl ShardConfig {
@@ -77,6 +82,7 @@ impl ShardConfig {
             event_capacity: 256,
             identify: IdentifyQueueConfig::default(),
             resume: None,
+            latency_events: false,
         }
     }
 }
@@ -122,14 +128,42 @@ pub enum ShardEventKind {
     Reconnecting {
         /// Resume or identify.
         mode: OpenMode,
-        /// After how many milliseconds.
-        delay_ms: u64,
+        /// After how long.
+        delay: Duration,
     },
     /// The shard stopped trying on its own (fatal close code, identify budget exceeded...).
     /// It stays closed until started again.
+    ///
+    /// The reason is typed: match the close code (`4004` is a bad token, `4014` intents that
+    /// are not enabled for the bot); [`describe_give_up`](crate::describe_give_up) gives the
+    /// readable text.
+    ///
+    /// ```
+    /// use handover_runtime::{GiveUpReason, ShardEventKind};
+    ///
+    /// fn advice(kind: &ShardEventKind) -> Option<&'static str> {
+    ///     match kind {
+    ///         ShardEventKind::GaveUp { reason: GiveUpReason::FatalClose { code: Some(4004) } } => {
+    ///             Some("reset the token")
+    ///         }
+    ///         ShardEventKind::GaveUp { reason: GiveUpReason::FatalClose { code: Some(4014) } } => {
+    ///             Some("enable the privileged intents in the developer portal")
+    ///         }
+    ///         ShardEventKind::GaveUp { .. } => Some("see the reason"),
+    ///         _ => None,
+    ///     }
+    /// }
+    /// # let _ = advice;
+    /// ```
     GaveUp {
-        /// Why, readable.
-        reason: String,
+        /// Why.
+        reason: GiveUpReason,
+    },
+    /// A heartbeat was acknowledged, `latency` after it was sent. Only with
+    /// [`ShardConfig::latency_events`] (off by default).
+    HeartbeatAck {
+        /// The round trip.
+        latency: Duration,
     },
     /// A transport or protocol problem that the shard handles itself (logged, recorded in the
     /// status). Informational.
@@ -149,6 +183,8 @@ pub struct ShardHandle {
     driver: DriverHandle<ObservedCodec>,
     observed: Arc<Observer>,
     ledger: Arc<Ledger>,
+    /// Waiting senders take turns here (tokio's mutex queues its waiters in order).
+    send_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ShardHandle {
@@ -178,9 +214,50 @@ impl ShardHandle {
     }
 
     /// Send a command (presence update, request guild members...). Refused with a typed error,
-    /// and nothing sent, when not identified, over 4096 bytes or over the send rate.
+    /// and nothing sent, when not identified, over 4096 bytes or over the send rate (then
+    /// [`SendError::retry_after`] says when a slot frees up). See
+    /// [`send_paced`](Self::send_paced) for a send that waits instead.
     pub async fn send(&self, command: Command) -> Result<(), SendError> {
-        self.driver.send(command).await
+        self.driver.send(command).await.map_err(SendError::from)
+    }
+
+    /// Send a command, waiting for send-rate capacity when the connection's window is full
+    /// instead of refusing it. Other refusals (not identified, too large, write queue full,
+    /// shard gone) are returned as by [`send`](Self::send).
+    ///
+    /// Fair: concurrent `send_paced` calls on one shard are sent in the order they were
+    /// called (a plain [`send`](Self::send) does not queue and may take a slot first).
+    /// Cancel-safe: dropping the future while it waits sends nothing, takes no slot of the
+    /// window and lets the next waiter go.
+    ///
+    /// ```no_run
+    /// # async fn f(shard: handover_runtime::ShardHandle) -> Result<(), handover_runtime::SendError> {
+    /// use handover_runtime::{Command, RequestGuildMembers, Snowflake};
+    ///
+    /// for guild in [1_u64, 2, 3] {
+    ///     let request = RequestGuildMembers::query(Snowflake(guild), "", 0);
+    ///     shard.send_paced(Command::RequestGuildMembers(request)).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_paced(&self, command: Command) -> Result<(), SendError> {
+        let _turn = self.send_turn.lock().await;
+        let mut last = None;
+        for _ in 0..PACED_TRIES {
+            match self.send(command.clone()).await {
+                Err(e) => match e.retry_after() {
+                    Some(wait) => {
+                        debug!(shard = self.shard, wait_ms = millis(wait), "send paced");
+                        tokio::time::sleep(wait).await;
+                        last = Some(e);
+                    }
+                    None => return Err(e),
+                },
+                Ok(()) => return Ok(()),
+            }
+        }
+        // Only reachable when plain sends keep taking the freed slots first.
+        Err(last.unwrap_or(SendError::QueueFull))
     }
 
     /// A snapshot of the shard.
@@ -226,6 +303,69 @@ impl ShardHandle {
     }
 }
 
+/// Attempts of one [`ShardHandle::send_paced`]: each waits for the slot the previous refusal
+/// named, so only plain sends taking that slot first make a second one necessary.
+const PACED_TRIES: usize = 16;
+
+/// Why an application command was not sent. Whatever the variant, nothing was written.
+///
+/// ```
+/// use std::time::Duration;
+/// use handover_runtime::{ProtocolError, SendError};
+///
+/// let e = SendError::Codec(ProtocolError::RateLimited { retry_after: Duration::from_secs(2) });
+/// assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+/// assert_eq!(SendError::NotIdentified.retry_after(), None);
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No connection has an accepted handshake right now (connecting, draining or closed).
+    /// Wait for a `Ready`/`Resumed` event and retry.
+    #[error("not identified: no connection accepts commands now")]
+    NotIdentified,
+    /// The codec refused the command: [`ProtocolError::RateLimited`] over the send rate (with
+    /// its `retry_after`), [`ProtocolError::PayloadTooLarge`] over 4096 bytes, or a command
+    /// that cannot be encoded.
+    #[error("the codec refused the command")]
+    Codec(#[source] ProtocolError),
+    /// The socket's write queue is full (the peer is not reading). Retry later.
+    #[error("write queue full")]
+    QueueFull,
+    /// The shard's task has exited.
+    #[error(transparent)]
+    DriverGone(#[from] DriverGone),
+    /// Another refusal of the transport.
+    #[error(transparent)]
+    Transport(handover_transport_ws::SendError),
+}
+
+impl SendError {
+    /// When the send rate allows this command, if that is why it was refused.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SendError::Codec(ProtocolError::RateLimited { retry_after }) => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+impl From<handover_transport_ws::SendError> for SendError {
+    fn from(e: handover_transport_ws::SendError) -> Self {
+        use handover_transport_ws::SendError as T;
+        match e {
+            T::NotIdentified => SendError::NotIdentified,
+            T::QueueFull => SendError::QueueFull,
+            T::DriverGone(g) => SendError::DriverGone(g),
+            T::Codec(source) => match source.downcast::<ProtocolError>() {
+                Ok(p) => SendError::Codec(*p),
+                Err(other) => SendError::Transport(T::Codec(other)),
+            },
+            other => SendError::Transport(other),
+        }
+    }
+}
+
 impl std::fmt::Debug for ShardHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShardHandle")
@@ -236,10 +376,14 @@ impl std::fmt::Debug for ShardHandle {
 
 /// A running shard: its handle and its event stream.
 ///
+/// Read it with [`next_event`](Self::next_event) or as a [`Stream`] of [`ShardEvent`]s (the
+/// same events, delivered the same way).
+///
 /// ```no_run
-/// use handover_core::{RestartReason, StopIntent};
-/// use handover_protocol::{GatewayConfig, Intents, Token};
-/// use handover_runtime::{Shard, ShardConfig, ShardEventKind};
+/// use handover_runtime::{
+///     GatewayConfig, Intents, RestartReason, Shard, ShardConfig, ShardEventKind, StopIntent,
+///     Token, describe_give_up,
+/// };
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let token = Token::new(std::env::var("DISCORD_TOKEN")?)?;
@@ -254,7 +398,7 @@ impl std::fmt::Debug for ShardHandle {
 ///     match event.kind {
 ///         ShardEventKind::Dispatch(d) => println!("#{} {}", d.seq, d.event_type),
 ///         ShardEventKind::GaveUp { reason } => {
-///             eprintln!("stopped: {reason}");
+///             eprintln!("stopped: {}", describe_give_up(reason));
 ///             break;
 ///         }
 ///         _ => {}
@@ -302,13 +446,19 @@ impl Shard {
     /// returned; with [`Delivery::Confirmed`], once its [`receipt`](Self::receipt) is
     /// confirmed.
     pub async fn next_event(&mut self) -> Option<ShardEvent> {
-        let event = std::future::poll_fn(|cx| self.events.poll_next_event(cx)).await?;
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<ShardEvent>> {
+        let Some(event) = ready!(self.events.poll_next_event(cx)) else {
+            return Poll::Ready(None);
+        };
         if self.delivery == Delivery::OnReturn
             && let Some(entry) = Entry::of(&event)
         {
             self.handle.ledger.take(&entry);
         }
-        Some(event)
+        Poll::Ready(Some(event))
     }
 
     /// See [`ShardHandle::receipt`].
@@ -336,9 +486,38 @@ impl Shard {
         self.handle.send(command).await
     }
 
+    /// See [`ShardHandle::send_paced`].
+    pub async fn send_paced(&self, command: Command) -> Result<(), SendError> {
+        self.handle.send_paced(command).await
+    }
+
     /// See [`ShardHandle::status`].
     pub fn status(&self) -> ShardStatus {
         self.handle.status()
+    }
+
+    /// See [`ShardHandle::session`].
+    pub fn session(&self) -> Option<Session> {
+        self.handle.session()
+    }
+}
+
+/// The shard's events as a stream: what [`Shard::next_event`] returns, in the same order,
+/// counted delivered the same way; it ends once the shard's task has ended.
+///
+/// ```no_run
+/// use futures_util::StreamExt;
+/// # async fn f(mut shard: handover_runtime::Shard) {
+/// while let Some(event) = shard.next().await {
+///     println!("shard {}: {:?}", event.shard, event.kind);
+/// }
+/// # }
+/// ```
+impl Stream for Shard {
+    type Item = ShardEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ShardEvent>> {
+        self.get_mut().poll_event(cx)
     }
 }
 
@@ -367,6 +546,8 @@ pub(crate) fn spawn(
     let codec = ObservedCodec {
         inner: codec,
         observed: observed.clone(),
+        beat_sent_at: None,
+        latency_events: config.latency_events,
     };
     let mut transport = config.transport;
     // The driver's queue is the shard's event queue (there is no second one).
@@ -383,6 +564,7 @@ pub(crate) fn spawn(
         driver,
         observed,
         ledger,
+        send_turn: Arc::new(tokio::sync::Mutex::new(())),
     };
     let starter = handle.driver.clone();
     tokio::spawn(async move {
@@ -423,7 +605,7 @@ impl ShardEvents {
     }
 }
 
-impl futures_util::Stream for ShardEvents {
+impl Stream for ShardEvents {
     type Item = ShardEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ShardEvent>> {
@@ -441,23 +623,24 @@ impl std::fmt::Debug for ShardEvents {
 
 /// A driver event as the application sees it (`None`: nothing the application is told of),
 /// logging and recording what the status needs.
-fn to_kind(
-    shard: u32,
-    ev: DriverEvent<GatewayEvent>,
-    observed: &Observer,
-) -> Option<ShardEventKind> {
+fn to_kind(shard: u32, ev: DriverEvent<Item>, observed: &Observer) -> Option<ShardEventKind> {
     {
         let kind = match ev {
-            DriverEvent::Item(GatewayEvent::Dispatch(d)) => ShardEventKind::Dispatch(d),
-            DriverEvent::Item(GatewayEvent::Ready(r)) => {
+            DriverEvent::Item(Item::Gateway(GatewayEvent::Dispatch(d))) => {
+                ShardEventKind::Dispatch(d)
+            }
+            DriverEvent::Item(Item::Gateway(GatewayEvent::Ready(r))) => {
                 info!(shard, "ready");
                 ShardEventKind::Ready(r)
             }
-            DriverEvent::Item(GatewayEvent::Resumed(r)) => {
+            DriverEvent::Item(Item::Gateway(GatewayEvent::Resumed(r))) => {
                 info!(shard, "resumed");
                 ShardEventKind::Resumed(r)
             }
-            DriverEvent::Item(GatewayEvent::Gap(g)) => {
+            DriverEvent::Item(Item::HeartbeatAck(latency)) => {
+                ShardEventKind::HeartbeatAck { latency }
+            }
+            DriverEvent::Item(Item::Gateway(GatewayEvent::Gap(g))) => {
                 warn!(
                     shard,
                     last_seq = g.last_seq,
@@ -470,20 +653,11 @@ fn to_kind(
                 ShardEventKind::StateChanged { from, to }
             }
             DriverEvent::Core(Event::ReconnectScheduled { mode, delay }) => {
-                info!(
-                    shard,
-                    ?mode,
-                    delay_ms = delay.as_millis() as u64,
-                    "reconnecting"
-                );
-                ShardEventKind::Reconnecting {
-                    mode,
-                    delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                }
+                info!(shard, ?mode, delay_ms = millis(delay), "reconnecting");
+                ShardEventKind::Reconnecting { mode, delay }
             }
             DriverEvent::Core(Event::GaveUp(reason)) => {
-                let reason = describe_give_up(reason);
-                warn!(shard, %reason, "gave up");
+                warn!(shard, reason = %describe_give_up(reason), "gave up");
                 ShardEventKind::GaveUp { reason }
             }
             DriverEvent::Transport(TransportEvent::Opened { .. }) => ShardEventKind::SocketOpened,
@@ -515,14 +689,26 @@ fn to_kind(
     }
 }
 
-/// The Discord codec, recording delivery statistics for the status as it decodes.
+/// What the shard's codec hands the driver's queue: a gateway event or, with
+/// [`ShardConfig::latency_events`], a heartbeat round trip.
+#[derive(Debug)]
+pub(crate) enum Item {
+    Gateway(GatewayEvent),
+    HeartbeatAck(Duration),
+}
+
+/// The Discord codec, recording delivery statistics and heartbeat round trips for the status as
+/// it encodes and decodes.
 pub(crate) struct ObservedCodec {
     inner: DiscordCodec,
     observed: Arc<Observer>,
+    /// When the last heartbeat not yet acknowledged was sent on this connection.
+    beat_sent_at: Option<Instant>,
+    latency_events: bool,
 }
 
 impl Codec for ObservedCodec {
-    type Item = GatewayEvent;
+    type Item = Item;
     type Command = Command;
     type Error = ProtocolError;
 
@@ -531,14 +717,12 @@ impl Codec for ObservedCodec {
     }
 
     fn reset(&mut self, conn: TransportId, mode: OpenMode) {
+        self.beat_sent_at = None;
+        self.observed.new_connection();
         self.inner.reset(conn, mode)
     }
 
-    fn decode(
-        &mut self,
-        now: Instant,
-        msg: Message,
-    ) -> Result<Decoded<GatewayEvent>, ProtocolError> {
+    fn decode(&mut self, now: Instant, msg: Message) -> Result<Decoded<Item>, ProtocolError> {
         let result = self.inner.decode(now, msg);
         let o = &self.observed;
         match &result {
@@ -556,11 +740,24 @@ impl Codec for ObservedCodec {
             Err(e) => o.set_error(e.to_string()),
         }
         o.set_stats(self.inner.stats());
-        result
+        let Decoded { signal, item } = result?;
+        let mut item = item.map(Item::Gateway);
+        // The round trip as the core measures it: from the last heartbeat sent to the first
+        // ACK after it (an ACK of nothing sent gives no sample).
+        if signal == Some(Signal::HeartbeatAck)
+            && let Some(sent) = self.beat_sent_at.take()
+        {
+            let latency = now.saturating_duration_since(sent);
+            o.heartbeat_acked(latency);
+            if self.latency_events && item.is_none() {
+                item = Some(Item::HeartbeatAck(latency));
+            }
+        }
+        Ok(Decoded { signal, item })
     }
 
-    fn poll_item(&mut self) -> Option<GatewayEvent> {
-        self.inner.poll_item()
+    fn poll_item(&mut self) -> Option<Item> {
+        self.inner.poll_item().map(Item::Gateway)
     }
 
     fn poll_restart(&mut self) -> bool {
@@ -568,7 +765,11 @@ impl Codec for ObservedCodec {
     }
 
     fn encode(&mut self, now: Instant, payload: Payload) -> Result<Message, ProtocolError> {
-        self.inner.encode(now, payload)
+        let msg = self.inner.encode(now, payload)?;
+        if payload == Payload::Heartbeat {
+            self.beat_sent_at = Some(now);
+        }
+        Ok(msg)
     }
 
     fn encode_command(&mut self, now: Instant, command: Command) -> Result<Message, ProtocolError> {

@@ -1071,14 +1071,18 @@ impl App {
                 }
             }
             ShardEventKind::GaveUp { reason } => {
-                rec.line(format!("app s{id}: gave up: {reason}"));
+                rec.line(format!(
+                    "app s{id}: gave up: {}",
+                    handover_runtime::describe_give_up(*reason)
+                ));
                 a.expect_give_up = false;
                 a.gave_up = true;
             }
             ShardEventKind::StateChanged { from, to } => {
                 rec.line(format!("app s{id}: {} -> {}", from.name(), to.name()));
             }
-            ShardEventKind::Reconnecting { mode, delay_ms } => {
+            ShardEventKind::Reconnecting { mode, delay } => {
+                let delay_ms = delay.as_millis();
                 rec.line(format!("app s{id}: reconnect {mode:?} in {delay_ms} ms"));
             }
             _ => {}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use handover_core::StopIntent;
 use handover_mock::{Fault, MockConfig, MockServer};
 use handover_protocol::{IdentifyBudget, Token};
-use handover_runtime::{Shard, ShardEventKind};
+use handover_runtime::{GiveUpReason, Shard, ShardEventKind, describe_give_up};
 use handover_tests::{
     Log, WAIT, is_ready, is_resumed, mock_config, read_until, read_until_status, shard_config,
 };
@@ -116,14 +116,17 @@ async fn fatal_close_codes_stop_with_a_reason_and_never_retry() {
         mock.handle().inject(0, Fault::Close(code));
         read_until(&mut shard, &mut log, |l| l.count(gave_up) == 1).await;
         let status = read_until_status(&mut shard, &mut log, |s| s.live_sockets == 0).await;
-        assert_eq!(status.phase, "failed", "close {code}");
+        assert_eq!(status.phase.name(), "failed", "close {code}");
         assert_eq!(
             status.reconnect_at_ms, None,
             "close {code}: a retry is scheduled"
         );
         assert_eq!(status.last_close_code, Some(code));
         let reason = status.gave_up.expect("a reason");
-        assert!(reason.contains(&code.to_string()), "{reason}");
+        // Typed: a bot can tell 4004 from 4014 without parsing text.
+        assert_eq!(reason, GiveUpReason::FatalClose { code: Some(code) });
+        let text = describe_give_up(reason);
+        assert!(text.contains(&code.to_string()), "{text}");
         // Nothing more happens: no reconnect (longer than the backoff cap).
         let accepted = mock.handle().counters().connections_accepted;
         while let Ok(ev) =
@@ -158,10 +161,12 @@ async fn bad_token_fails_with_a_clear_reason_and_no_retry() {
     else {
         unreachable!()
     };
-    assert!(reason.contains("authentication failed"), "{reason}");
-    assert!(!reason.contains("not-the-right-token"));
+    assert_eq!(*reason, GiveUpReason::FatalClose { code: Some(4004) });
+    let text = describe_give_up(*reason);
+    assert!(text.contains("authentication failed"), "{text}");
+    assert!(!text.contains("not-the-right-token"));
     let status = shard.status();
-    assert_eq!(status.phase, "failed");
+    assert_eq!(status.phase.name(), "failed");
     assert_eq!(mock.handle().counters().connections_accepted, 1);
     let text = format!("{status:?} {:?}", log.events);
     assert!(!text.contains("not-the-right-token"), "token leaked");
@@ -253,9 +258,9 @@ async fn an_identify_storm_is_stopped_by_the_budget_guard() {
             .inject(0, Fault::InvalidSession { resumable: false });
     }
     assert_eq!(log.count(gave_up), 1, "the storm was not stopped");
-    let status = read_until_status(&mut shard, &mut log, |s| s.phase == "failed").await;
+    let status = read_until_status(&mut shard, &mut log, |s| s.phase.name() == "failed").await;
     let reason = status.gave_up.expect("a reason");
-    assert!(reason.contains("permit"), "{reason}");
+    assert_eq!(reason, GiveUpReason::PermitDenied);
     assert_eq!(status.last_error, None);
     assert_eq!(mock.handle().counters().shard(0).identifies, 3);
     assert_eq!(status.identifies, 3);

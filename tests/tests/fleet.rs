@@ -89,7 +89,7 @@ async fn sixteen_shards_identify_one_bucket_at_a_time() {
     let c = mock.handle().counters();
     assert!((0..SHARDS).all(|id| c.shard(id).identifies == 1));
     assert_eq!(fleet.status().len(), SHARDS as usize);
-    assert!(fleet.status().iter().all(|s| s.phase == "receiving"));
+    assert!(fleet.status().iter().all(|s| s.phase.name() == "receiving"));
 
     // Graceful shutdown keeping sessions: every socket gone, every session saved.
     fleet

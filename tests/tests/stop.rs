@@ -86,14 +86,14 @@ async fn stop_in_each_phase_against_the_mock() {
             }
             _ => unreachable!(),
         }
-        read_until_status(&mut shard, &mut log, |s| s.phase == phase).await;
+        read_until_status(&mut shard, &mut log, |s| s.phase.name() == phase).await;
         let status = stop_and_check(&shard, phase).await;
         let expected = if phase == "failed" {
             "failed"
         } else {
             "stopped"
         };
-        assert_eq!(status.phase, expected, "after stop in {phase}");
+        assert_eq!(status.phase.name(), expected, "after stop in {phase}");
         gw.wait_for(WAIT, |c| c.live_sockets == 0)
             .await
             .unwrap_or_else(|_| panic!("the mock still sees a socket after stop in {phase}"));
@@ -158,9 +158,9 @@ async fn stop_while_connecting_awaiting_hello_and_identifying() {
         let (url, live) = stalling_server(stall).await;
         let mut shard = Shard::start(slow_config(&url)).expect("valid config");
         let mut log = Log::default();
-        read_until_status(&mut shard, &mut log, |s| s.phase == phase).await;
+        read_until_status(&mut shard, &mut log, |s| s.phase.name() == phase).await;
         let status = stop_and_check(&shard, phase).await;
-        assert_eq!(status.phase, "stopped");
+        assert_eq!(status.phase.name(), "stopped");
         let deadline = tokio::time::Instant::now() + WAIT;
         while live.load(Ordering::SeqCst) != 0 {
             assert!(
@@ -189,7 +189,7 @@ async fn stop_while_waiting_for_an_identify_permit() {
     let fleet = Fleet::start(config).expect("valid config");
     let shard = fleet.shard(0).expect("shard 0").clone();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while shard.status().phase != "awaiting_permit" {
+    while shard.status().phase.name() != "awaiting_permit" {
         assert!(
             tokio::time::Instant::now() < deadline,
             "never waited for a permit"
@@ -201,7 +201,7 @@ async fn stop_while_waiting_for_an_identify_permit() {
         .expect("stop returns")
         .expect("alive");
     assert_eq!(shard.status().live_sockets, 0);
-    assert_eq!(shard.status().phase, "stopped");
+    assert_eq!(shard.status().phase.name(), "stopped");
     mock.handle()
         .wait_for(WAIT, |c| c.live_sockets == 0)
         .await
@@ -229,7 +229,7 @@ async fn dropping_a_call_midway_leaves_the_shard_consistent() {
         dropped.is_err(),
         "the stop must still be draining after 1 ms"
     );
-    let status = read_until_status(&mut shard, &mut log, |s| s.phase == "stopped").await;
+    let status = read_until_status(&mut shard, &mut log, |s| s.phase.name() == "stopped").await;
     assert_eq!(status.live_sockets, 0);
     assert!(status.resumable);
 
@@ -245,7 +245,7 @@ async fn dropping_a_call_midway_leaves_the_shard_consistent() {
         )
         .await;
     }
-    read_until_status(&mut shard, &mut log, |s| s.phase == "receiving").await;
+    read_until_status(&mut shard, &mut log, |s| s.phase.name() == "receiving").await;
     let c = gw.counters();
     assert_eq!(c.max_live_sockets, 1, "two sockets at once");
     assert_eq!(c.shard(0).identifies, 1, "an identify was spent");
