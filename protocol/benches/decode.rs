@@ -13,7 +13,8 @@
 //!   what a naive client does with every message).
 //! - `envelope_serde_json`: the envelope struct (op, s, t, d raw) through `serde_json`, as the
 //!   codec parsed it before its own scanner.
-//! - `utf8_check`: `std::str::from_utf8` of the whole message, the first step of the scanner.
+//! - `utf8_check`, `utf8_check_simd`: `std::str::from_utf8` and `simdutf8` (what the scanner
+//!   uses) over the whole message.
 //! - `envelope_parse`: `Envelope::parse` alone (op, s, t read; d validated, kept raw).
 //! - `codec_plain`: `DiscordCodec::decode` of a text frame (envelope, sequence tracking, the
 //!   `Dispatch` item with `d` sharing the buffer).
@@ -230,6 +231,14 @@ fn decode(c: &mut Criterion) {
             let m = &plain[i % RING];
             i += 1;
             black_box(std::str::from_utf8(m).ok().map(str::len))
+        })
+    });
+    g.bench_function("utf8_check_simd", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let m = &plain[i % RING];
+            i += 1;
+            black_box(simdutf8::basic::from_utf8(m).ok().map(str::len))
         })
     });
     g.bench_function("envelope_parse", |b| {

@@ -47,8 +47,13 @@ impl<'a> Envelope<'a> {
     /// Parses the envelope of one complete JSON message. `d` is checked to be valid JSON but not
     /// interpreted (see [`Envelope`] for what is checked).
     pub fn parse(bytes: &'a [u8]) -> Result<Envelope<'a>, ProtocolError> {
-        let text = std::str::from_utf8(bytes).map_err(|e| ProtocolError::MalformedJson {
-            reason: format!("invalid utf-8 at byte {}", e.valid_up_to()),
+        // simdutf8 picks its SIMD kernel (AVX2, SSE4.2, NEON) at run time; on the error path
+        // std's check finds the offset for the message.
+        let text = simdutf8::basic::from_utf8(bytes).map_err(|_| ProtocolError::MalformedJson {
+            reason: format!(
+                "invalid utf-8 at byte {}",
+                std::str::from_utf8(bytes).map_or_else(|e| e.valid_up_to(), str::len)
+            ),
         })?;
         let scanned = scan(text).map_err(|e| match e {
             ScanError::MissingOp => ProtocolError::MissingField {
