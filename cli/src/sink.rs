@@ -126,7 +126,7 @@ impl StreamSink {
                     inv.arg(ev.shard)
                         .arg(session)
                         .arg(d.seq)
-                        .arg(&d.event_type)
+                        .arg(d.event_type.as_str())
                         .arg(d.data.as_bytes());
                     any = true;
                 }

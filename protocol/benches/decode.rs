@@ -11,6 +11,10 @@
 //!
 //! - `serde_json_value`: `serde_json::from_slice::<Value>` of the plain envelope (the baseline:
 //!   what a naive client does with every message).
+//! - `envelope_serde_json`: the envelope struct (op, s, t, d raw) through `serde_json`, as the
+//!   codec parsed it before its own scanner.
+//! - `utf8_check`, `utf8_check_simd`: `std::str::from_utf8` and `simdutf8` (what the scanner
+//!   uses) over the whole message.
 //! - `envelope_parse`: `Envelope::parse` alone (op, s, t read; d validated, kept raw).
 //! - `codec_plain`: `DiscordCodec::decode` of a text frame (envelope, sequence tracking, the
 //!   `Dispatch` item with `d` sharing the buffer).
@@ -31,6 +35,19 @@ use handover_protocol::{
     Compression, DiscordCodec, Envelope, GatewayConfig, GatewayEvent, Intents, Token,
     ZlibStreamEncoder, ZstdStreamEncoder,
 };
+
+/// The envelope struct the codec parsed with `serde_json` before its own scanner (the
+/// comparison case `envelope_serde_json`).
+#[derive(serde::Deserialize)]
+struct Wire<'a> {
+    op: Option<u64>,
+    #[serde(borrow, default)]
+    d: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    s: Option<u64>,
+    #[serde(borrow, default)]
+    t: Option<std::borrow::Cow<'a, str>>,
+}
 
 /// Distinct messages in the ring.
 const RING: usize = 1024;
@@ -194,6 +211,34 @@ fn decode(c: &mut Criterion) {
             let m = &plain[i % RING];
             i += 1;
             black_box(serde_json::from_slice::<serde_json::Value>(m).ok())
+        })
+    });
+    g.bench_function("envelope_serde_json", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let m = &plain[i % RING];
+            i += 1;
+            black_box(
+                serde_json::from_slice::<Wire<'_>>(m)
+                    .ok()
+                    .map(|e| (e.op, e.s, e.d.map(|d| d.get().len()), e.t.map(|t| t.len()))),
+            )
+        })
+    });
+    g.bench_function("utf8_check", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let m = &plain[i % RING];
+            i += 1;
+            black_box(std::str::from_utf8(m).ok().map(str::len))
+        })
+    });
+    g.bench_function("utf8_check_simd", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let m = &plain[i % RING];
+            i += 1;
+            black_box(simdutf8::basic::from_utf8(m).ok().map(str::len))
         })
     });
     g.bench_function("envelope_parse", |b| {

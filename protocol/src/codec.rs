@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use handover_core::{Codec, Decoded, Message, OpenMode, Payload, Signal, TransportId};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use super::commands::{ConnectionProperties, IdentifyData, ResumeData, ShardId, UpdatePresence};
 use super::compression::{Compression, DEFAULT_MAX_DECOMPRESSED_BYTES, Decompressor};
 use super::envelope::{Envelope, MAX_PAYLOAD_BYTES, RawJson, encode_payload};
+use super::event_name::EventName;
 use super::limits::{RateLimitConfig, SendLimiter};
 use super::session::{DeliveryStats, Gap, Session, Tracker, Verdict};
 use super::{Command, Intents, OpCode, ProtocolError, Token};
@@ -146,8 +146,9 @@ pub struct Resumed {
 pub struct Dispatch {
     /// Its sequence number in the session.
     pub seq: u64,
-    /// The event name (`t`), for example `MESSAGE_CREATE`.
-    pub event_type: String,
+    /// The event name (`t`), for example `MESSAGE_CREATE`: reads as a `&str`
+    /// ([`EventName::as_str`]) and compares with strings; held without a copy of the frame.
+    pub event_type: EventName,
     /// The event data (`d`), raw JSON sharing the received buffer.
     pub data: RawJson,
 }
@@ -277,7 +278,7 @@ impl DiscordCodec {
                     context: "hello",
                 })?;
                 let hello: HelloData =
-                    serde_json::from_str(d.get()).map_err(|e| ProtocolError::malformed(&e))?;
+                    serde_json::from_str(d).map_err(|e| ProtocolError::malformed(&e))?;
                 let ms = hello
                     .heartbeat_interval
                     .ok_or(ProtocolError::MissingField {
@@ -322,7 +323,7 @@ impl DiscordCodec {
                     context: "invalid session",
                 })?;
                 let resumable: bool =
-                    serde_json::from_str(d.get()).map_err(|e| ProtocolError::malformed(&e))?;
+                    serde_json::from_str(d).map_err(|e| ProtocolError::malformed(&e))?;
                 Ok(signal(Signal::SessionInvalidated { resumable }))
             }
             OpCode::Dispatch => self.decode_dispatch(buf, env),
@@ -346,7 +347,7 @@ impl DiscordCodec {
                     context: "ready",
                 })?;
                 let ready: ReadyData =
-                    serde_json::from_str(d.get()).map_err(|e| ProtocolError::malformed(&e))?;
+                    serde_json::from_str(d).map_err(|e| ProtocolError::malformed(&e))?;
                 let session_id = ready.session_id.ok_or(ProtocolError::MissingField {
                     field: "session_id",
                     context: "ready",
@@ -419,7 +420,7 @@ impl DiscordCodec {
         &mut self,
         buf: &Bytes,
         s: Option<u64>,
-        d: Option<&RawValue>,
+        d: Option<&str>,
         t: Cow<'_, str>,
     ) -> Result<Decoded<GatewayEvent>, ProtocolError> {
         let seq = s.ok_or(ProtocolError::MissingField {
@@ -441,7 +442,7 @@ impl DiscordCodec {
             signal: None,
             item: Some(GatewayEvent::Dispatch(Dispatch {
                 seq,
-                event_type: t.into_owned(),
+                event_type: EventName::from_buffer(buf, &t),
                 data,
             })),
         })
@@ -503,7 +504,7 @@ impl Codec for DiscordCodec {
             Message::Text(b) => b,
             Message::Binary(b) if matches!(self.decompressor, Decompressor::None) => b,
             Message::Binary(b) => match self.decompressor.push(&b)? {
-                Some(v) => Bytes::from(v),
+                Some(v) => v,
                 None => return Ok(Decoded::nothing()),
             },
         };

@@ -16,6 +16,9 @@
 #[cfg(any(feature = "zlib", feature = "zstd"))]
 use std::fmt;
 
+use bytes::Bytes;
+#[cfg(any(feature = "zlib", feature = "zstd"))]
+use bytes::BytesMut;
 #[cfg(feature = "zlib")]
 use flate2::{Compress, Decompress, FlushCompress, FlushDecompress, Status};
 use serde::{Deserialize, Serialize};
@@ -33,6 +36,22 @@ pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 32 << 20;
 
 #[cfg(any(feature = "zlib", feature = "zstd"))]
 const SCRATCH: usize = 32 * 1024;
+
+/// Size of the buffer decompressed messages are cut from: each message is a slice of it
+/// ([`Bytes`]), so while earlier messages are still held a new buffer of this size is taken
+/// once per this many bytes of messages, not once per message; when they have all been
+/// dropped the same buffer is used again. Stays under glibc's 128 KiB mmap threshold.
+#[cfg(any(feature = "zlib", feature = "zstd"))]
+const SLAB: usize = 64 * 1024;
+
+/// Appends `data` to `out`, taking a new [`SLAB`] (or reclaiming the old one) when full.
+#[cfg(any(feature = "zlib", feature = "zstd"))]
+fn append(out: &mut BytesMut, data: &[u8]) {
+    if out.capacity() - out.len() < data.len() {
+        out.reserve(data.len().max(SLAB));
+    }
+    out.extend_from_slice(data);
+}
 
 /// Which transport compression to ask for (the `compress` query parameter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -88,6 +107,7 @@ pub struct ZlibStreamDecoder {
     inflate: Decompress,
     buf: Vec<u8>,
     scratch: Box<[u8]>,
+    out: BytesMut,
     max: usize,
     poisoned: bool,
 }
@@ -101,6 +121,7 @@ impl ZlibStreamDecoder {
             inflate: Decompress::new(true),
             buf: Vec::new(),
             scratch: vec![0; SCRATCH].into_boxed_slice(),
+            out: BytesMut::new(),
             max,
             poisoned: false,
         }
@@ -109,6 +130,12 @@ impl ZlibStreamDecoder {
     /// Feeds one received frame. Returns the decompressed message once a frame ends with
     /// [`ZLIB_SUFFIX`], `None` while the message is incomplete.
     pub fn push(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, ProtocolError> {
+        Ok(self.push_shared(frame)?.map(|b| b.to_vec()))
+    }
+
+    /// [`push`](Self::push), the message as a slice of the decoder's reused output buffer
+    /// (no allocation per message while the buffer has room).
+    pub fn push_shared(&mut self, frame: &[u8]) -> Result<Option<Bytes>, ProtocolError> {
         if self.poisoned {
             return Err(ProtocolError::StreamPoisoned);
         }
@@ -130,16 +157,17 @@ impl ZlibStreamDecoder {
         self.buf = input;
         self.buf.clear();
         match result {
-            Ok(out) => Ok(Some(out)),
+            Ok(()) => Ok(Some(self.out.split().freeze())),
             Err(e) => {
+                self.out.clear();
                 self.poisoned = true;
                 Err(e)
             }
         }
     }
 
-    fn inflate_all(&mut self, mut input: &[u8]) -> Result<Vec<u8>, ProtocolError> {
-        let mut out = Vec::with_capacity(input.len().saturating_mul(4).min(self.max));
+    /// Inflates `input` onto the end of `self.out` (empty on entry).
+    fn inflate_all(&mut self, mut input: &[u8]) -> Result<(), ProtocolError> {
         loop {
             let (in0, out0) = (self.inflate.total_in(), self.inflate.total_out());
             let status = self
@@ -151,17 +179,17 @@ impl ZlibStreamDecoder {
             let consumed = usize::try_from(self.inflate.total_in() - in0).unwrap_or(usize::MAX);
             let produced = usize::try_from(self.inflate.total_out() - out0).unwrap_or(usize::MAX);
             input = input.get(consumed..).unwrap_or_default();
-            if out.len().saturating_add(produced) > self.max {
+            if self.out.len().saturating_add(produced) > self.max {
                 return Err(ProtocolError::DecompressedTooLarge { limit: self.max });
             }
-            out.extend_from_slice(&self.scratch[..produced]);
+            append(&mut self.out, &self.scratch[..produced]);
             if status == Status::StreamEnd && !input.is_empty() {
                 return Err(ProtocolError::DecompressionFailed {
                     reason: "zlib: data after the end of the stream".into(),
                 });
             }
             if input.is_empty() && produced < self.scratch.len() {
-                return Ok(out);
+                return Ok(());
             }
             if consumed == 0 && produced == 0 {
                 return Err(ProtocolError::DecompressionFailed {
@@ -190,6 +218,7 @@ impl fmt::Debug for ZlibStreamDecoder {
 pub struct ZstdStreamDecoder {
     dctx: zstd::stream::raw::Decoder<'static>,
     scratch: Box<[u8]>,
+    out: BytesMut,
     max: usize,
     poisoned: bool,
 }
@@ -205,6 +234,7 @@ impl ZstdStreamDecoder {
         Ok(ZstdStreamDecoder {
             dctx,
             scratch: vec![0; SCRATCH].into_boxed_slice(),
+            out: BytesMut::new(),
             max,
             poisoned: false,
         })
@@ -212,18 +242,27 @@ impl ZstdStreamDecoder {
 
     /// Feeds one received frame, which holds exactly one gateway message.
     pub fn push(&mut self, frame: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+        self.push_shared(frame).map(|b| b.to_vec())
+    }
+
+    /// [`push`](Self::push), the message as a slice of the decoder's reused output buffer
+    /// (no allocation per message while the buffer has room).
+    pub fn push_shared(&mut self, frame: &[u8]) -> Result<Bytes, ProtocolError> {
         if self.poisoned {
             return Err(ProtocolError::StreamPoisoned);
         }
-        let result = self.decompress(frame);
-        if result.is_err() {
-            self.poisoned = true;
+        match self.decompress(frame) {
+            Ok(()) => Ok(self.out.split().freeze()),
+            Err(e) => {
+                self.out.clear();
+                self.poisoned = true;
+                Err(e)
+            }
         }
-        result
     }
 
-    fn decompress(&mut self, frame: &[u8]) -> Result<Vec<u8>, ProtocolError> {
-        let mut out = Vec::with_capacity(frame.len().saturating_mul(4).min(self.max));
+    /// Decompresses `frame` onto the end of `self.out` (empty on entry).
+    fn decompress(&mut self, frame: &[u8]) -> Result<(), ProtocolError> {
         let mut input = InBuffer::around(frame);
         loop {
             let before = input.pos();
@@ -234,13 +273,13 @@ impl ZstdStreamDecoder {
                 }
             })?;
             let produced = output.pos();
-            if out.len().saturating_add(produced) > self.max {
+            if self.out.len().saturating_add(produced) > self.max {
                 return Err(ProtocolError::DecompressedTooLarge { limit: self.max });
             }
-            out.extend_from_slice(&self.scratch[..produced]);
+            append(&mut self.out, &self.scratch[..produced]);
             let done = input.pos() == frame.len();
             if done && produced < self.scratch.len() {
-                return Ok(out);
+                return Ok(());
             }
             if input.pos() == before && produced == 0 {
                 return Err(ProtocolError::DecompressionFailed {
@@ -421,13 +460,13 @@ impl Decompressor {
 
     /// A complete message from a binary frame, or `None` while one is incomplete. Binary
     /// frames without compression are taken as JSON.
-    pub(crate) fn push(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, ProtocolError> {
+    pub(crate) fn push(&mut self, frame: &Bytes) -> Result<Option<Bytes>, ProtocolError> {
         match self {
-            Decompressor::None => Ok(Some(frame.to_vec())),
+            Decompressor::None => Ok(Some(frame.clone())),
             #[cfg(feature = "zlib")]
-            Decompressor::Zlib(z) => z.push(frame),
+            Decompressor::Zlib(z) => z.push_shared(frame),
             #[cfg(feature = "zstd")]
-            Decompressor::Zstd(z) => z.push(frame).map(Some),
+            Decompressor::Zstd(z) => z.push_shared(frame).map(Some),
             Decompressor::Failed => Err(ProtocolError::StreamPoisoned),
         }
     }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::scan::{ScanError, scan};
 use super::{OpCode, ProtocolError};
 
 /// Largest payload the gateway accepts from a client, in bytes. A larger one makes Discord close
@@ -19,50 +20,56 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 
 /// A received payload, parsed down to the envelope only: `d` stays raw JSON borrowed from the
 /// message buffer.
+///
+/// What [`Envelope::parse`] checks, in one pass over the message and without building `d`: the
+/// message is UTF-8 (checked once over the whole message), it is one JSON object with nothing
+/// but whitespace after it, every value in it (all of `d` included) follows the JSON grammar
+/// (strings terminated, with valid escapes and no control characters; numbers; literals;
+/// brackets balanced and matched; any depth), no `op`, `d`, `s` or `t` key appears twice, `op`
+/// and `s` are unsigned 64-bit integers or `null` and `t` a string or `null`. These are the
+/// rules `serde_json` applied when it parsed the envelope; `protocol/tests/envelope_oracle.rs`
+/// holds the scanner to them with `serde_json` as the oracle. What `d` means is checked only
+/// where it is read: HELLO, READY and INVALID_SESSION by the codec, every other event by the
+/// application that deserializes it.
 #[derive(Debug, Clone)]
 pub struct Envelope<'a> {
     /// The opcode number (kept raw so unknown ones can be reported with their number).
     pub op: u64,
-    /// The event data, raw; `None` when absent or `null`.
-    pub d: Option<&'a RawValue>,
+    /// The event data as raw JSON text; `None` when absent or `null`.
+    pub d: Option<&'a str>,
     /// The sequence number (dispatches only).
     pub s: Option<u64>,
     /// The event name (dispatches only).
     pub t: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize)]
-struct Wire<'a> {
-    op: Option<u64>,
-    #[serde(borrow, default)]
-    d: Option<&'a RawValue>,
-    #[serde(default)]
-    s: Option<u64>,
-    #[serde(borrow, default)]
-    t: Option<Cow<'a, str>>,
-}
-
 impl<'a> Envelope<'a> {
-    /// Parses the envelope of one complete JSON message. `d` is validated as JSON but not
-    /// interpreted.
+    /// Parses the envelope of one complete JSON message. `d` is checked to be valid JSON but not
+    /// interpreted (see [`Envelope`] for what is checked).
     pub fn parse(bytes: &'a [u8]) -> Result<Envelope<'a>, ProtocolError> {
-        // serde would read a struct from a JSON array too; the envelope is always an object.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ProtocolError::MalformedJson {
-                reason: "payload is not a json object".into(),
-            });
-        }
-        let wire: Wire<'a> =
-            serde_json::from_slice(bytes).map_err(|e| ProtocolError::malformed(&e))?;
-        let op = wire.op.ok_or(ProtocolError::MissingField {
-            field: "op",
-            context: "payload",
+        // simdutf8 picks its SIMD kernel (AVX2, SSE4.2, NEON) at run time; on the error path
+        // std's check finds the offset for the message.
+        let text = simdutf8::basic::from_utf8(bytes).map_err(|_| ProtocolError::MalformedJson {
+            reason: format!(
+                "invalid utf-8 at byte {}",
+                std::str::from_utf8(bytes).map_or_else(|e| e.valid_up_to(), str::len)
+            ),
+        })?;
+        let scanned = scan(text).map_err(|e| match e {
+            ScanError::MissingOp => ProtocolError::MissingField {
+                field: "op",
+                context: "payload",
+            },
+            // The reason names a category, a field name and a byte offset, never content.
+            other => ProtocolError::MalformedJson {
+                reason: other.to_string(),
+            },
         })?;
         Ok(Envelope {
-            op,
-            d: wire.d,
-            s: wire.s,
-            t: wire.t,
+            op: scanned.op,
+            d: scanned.d,
+            s: scanned.s,
+            t: scanned.t,
         })
     }
 
@@ -91,8 +98,8 @@ pub struct RawJson(Bytes);
 impl RawJson {
     /// The JSON text `raw`, which borrows from `buf` when it was parsed out of it (no copy);
     /// otherwise it is copied.
-    pub(crate) fn from_buffer(buf: &Bytes, raw: &RawValue) -> RawJson {
-        let sub = raw.get().as_bytes();
+    pub(crate) fn from_buffer(buf: &Bytes, raw: &str) -> RawJson {
+        let sub = raw.as_bytes();
         let start = (sub.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
         match start.checked_add(sub.len()) {
             Some(end) if end <= buf.len() && start <= buf.len() => RawJson(buf.slice(start..end)),
@@ -183,7 +190,7 @@ mod tests {
         let hello = br#"{"op":10,"d":{"heartbeat_interval":45000}}"#;
         let e = Envelope::parse(hello).unwrap();
         assert_eq!(e.opcode().unwrap(), OpCode::Hello);
-        assert_eq!(e.d.unwrap().get(), r#"{"heartbeat_interval":45000}"#);
+        assert_eq!(e.d.unwrap(), r#"{"heartbeat_interval":45000}"#);
         assert_eq!((e.s, e.t.as_deref()), (None, None));
 
         let ack = br#"{"op":11}"#;
@@ -199,14 +206,14 @@ mod tests {
         let null_fields = br#"{"t":null,"s":null,"op":9,"d":false}"#;
         let e = Envelope::parse(null_fields).unwrap();
         assert_eq!(e.opcode().unwrap(), OpCode::InvalidSession);
-        assert_eq!(e.d.unwrap().get(), "false");
+        assert_eq!(e.d.unwrap(), "false");
     }
 
     #[test]
     fn d_is_not_interpreted_but_must_be_json() {
         let deep = br#"{"op":0,"s":1,"t":"X","d":{"a":[1,2,{"b":"\u00e9"}],"c":null}}"#;
         let e = Envelope::parse(deep).unwrap();
-        assert_eq!(e.d.unwrap().get(), r#"{"a":[1,2,{"b":"\u00e9"}],"c":null}"#);
+        assert_eq!(e.d.unwrap(), r#"{"a":[1,2,{"b":"\u00e9"}],"c":null}"#);
         assert!(matches!(
             Envelope::parse(br#"{"op":0,"d":{"a":}"#),
             Err(ProtocolError::MalformedJson { .. })

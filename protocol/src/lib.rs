@@ -12,10 +12,12 @@ pub mod commands;
 pub mod compression;
 pub mod envelope;
 pub mod error;
+pub mod event_name;
 pub mod identify_queue;
 pub mod intents;
 pub mod limits;
 pub mod opcode;
+mod scan;
 pub mod session;
 pub mod token;
 
@@ -37,6 +39,7 @@ pub use compression::{ZlibStreamDecoder, ZlibStreamEncoder};
 pub use compression::{ZstdStreamDecoder, ZstdStreamEncoder};
 pub use envelope::{Envelope, MAX_PAYLOAD_BYTES, RawJson, encode_payload};
 pub use error::ProtocolError;
+pub use event_name::EventName;
 pub use identify_queue::{
     Grant, IdentifyBudget, IdentifyError, IdentifyQueue, IdentifyQueueConfig, SessionStartLimit,
     Ticket,

@@ -12,6 +12,14 @@
 //!   that parses the whole event does).
 //! - `shard`: `handover_runtime::Shard`, reading `next_event()`; the dispatch data is
 //!   kept raw (the envelope is parsed, `d` is not).
+//! - `twilight-raw`, `twilight-typed` (plain JSON only: built without compression): a peer,
+//!   twilight-gateway 0.18's `Shard`, reading raw messages (`Stream::next`) or typed events
+//!   (`next_event(EventTypeFlags::MESSAGE_CREATE)`, deserialized into twilight-model).
+//! - `run`: the `handover run` binary of the same build (`target/release/handover`, or
+//!   `HANDOVER_BIN`; skipped when absent) with its NDJSON stdout into a pipe that this child
+//!   reads and discards; the CPU time and memory reported are the binary's own.
+//!
+//! Each row also shows its CPU per event divided by the `raw` row's of the same run.
 //!
 //! The parent runs the mock gateway (`MockServer`, 127.0.0.1 only) on a one-worker tokio
 //! runtime, a fresh one per run. Once the child reports READY, the parent starts 64 streams of
@@ -63,16 +71,29 @@ enum Client {
     Raw,
     Naive,
     Shard,
+    TwilightRaw,
+    TwilightTyped,
+    Run,
 }
 
 impl Client {
-    const ALL: [Client; 3] = [Client::Raw, Client::Naive, Client::Shard];
+    const ALL: [Client; 6] = [
+        Client::Raw,
+        Client::Naive,
+        Client::Shard,
+        Client::TwilightRaw,
+        Client::TwilightTyped,
+        Client::Run,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Client::Raw => "raw",
             Client::Naive => "naive",
             Client::Shard => "shard",
+            Client::TwilightRaw => "twilight-raw",
+            Client::TwilightTyped => "twilight-typed",
+            Client::Run => "run",
         }
     }
 
@@ -81,7 +102,23 @@ impl Client {
             Client::Raw => "raw tokio-tungstenite, frames counted",
             Client::Naive => "raw + serde_json Value per payload",
             Client::Shard => "handover Shard, next_event()",
+            Client::TwilightRaw => {
+                "twilight-gateway 0.18 Shard, raw messages (futures Stream::next), plain only"
+            }
+            Client::TwilightTyped => {
+                "twilight-gateway 0.18 Shard, next_event(MESSAGE_CREATE) typed, plain only"
+            }
+            Client::Run => {
+                "the `handover run` binary, NDJSON to a pipe read and discarded (its process's CPU)"
+            }
         }
+    }
+
+    /// Whether this client runs on `compression` (twilight is built without compression, so
+    /// its rows are plain JSON only).
+    fn supports(self, compression: Compression) -> bool {
+        !matches!(self, Client::TwilightRaw | Client::TwilightTyped)
+            || compression == Compression::None
     }
 
     fn parse(s: &str) -> Option<Client> {
@@ -284,9 +321,9 @@ fn parent(plan: &Plan) -> bool {
     }
     println!();
     println!(
-        "| client | compression | events | events/s (median) | events/s (min-max) | JSON MB/s | wire B/event | client CPU µs/event | client busy | mock CPU µs/event | mock busy | peak RSS Δ |"
+        "| client | compression | events | events/s (median) | events/s (min-max) | JSON MB/s | wire B/event | client CPU µs/event | ratio to raw | client busy | mock CPU µs/event | mock busy | peak RSS Δ |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut ok = true;
     for compression in COMPRESSIONS {
         if plan.only_compression.is_some_and(|c| c != compression) {
@@ -297,8 +334,16 @@ fn parent(plan: &Plan) -> bool {
         } else {
             plan.compressed
         });
+        let mut raw_cpu: Option<f64> = None;
         for client in Client::ALL {
-            if plan.only_client.is_some_and(|c| c != client) {
+            if plan.only_client.is_some_and(|c| c != client) || !client.supports(compression) {
+                continue;
+            }
+            if client == Client::Run && handover_bin().is_none() {
+                println!(
+                    "| run | {} | skipped: no `handover` binary next to this benchmark (build it with `cargo build --profile bench -p handover --bin handover`) |",
+                    compression_name(compression)
+                );
                 continue;
             }
             let mut runs = Vec::new();
@@ -320,27 +365,54 @@ fn parent(plan: &Plan) -> bool {
                     }
                 }
             }
-            print_row(client, compression, count, &mut runs);
+            let cpu = print_row(client, compression, count, &mut runs, raw_cpu);
+            if client == Client::Raw {
+                raw_cpu = cpu;
+            }
         }
     }
     rt.shutdown_timeout(Duration::from_secs(5));
     ok
 }
 
-fn print_row(client: Client, compression: Compression, count: u64, runs: &mut [Run]) {
+/// Prints one row; returns the client's median CPU µs per event.
+fn print_row(
+    client: Client,
+    compression: Compression,
+    count: u64,
+    runs: &mut [Run],
+    raw_cpu: Option<f64>,
+) -> Option<f64> {
     if runs.is_empty() {
         println!(
-            "| {} | {} | {count} | failed | | | | | | | | |",
+            "| {} | {} | {count} | failed | | | | | | | | | |",
             client.name(),
             compression_name(compression)
         );
-        return;
+        return None;
     }
     runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
     let med = &runs[runs.len() / 2];
     let (lo, hi) = (runs[0].rate(), runs[runs.len() - 1].rate());
     let n = med.events as f64;
-    let wire = if client == Client::Shard {
+    // CPU per event: the median over the runs (runs are sorted by rate above).
+    let mut cpus: Vec<f64> = runs
+        .iter()
+        .map(|r| r.client_cpu / r.events.max(1) as f64 * 1e6)
+        .collect();
+    cpus.sort_by(f64::total_cmp);
+    let cpu = cpus[cpus.len() / 2];
+    let ratio = raw_cpu.map_or("n/a".to_owned(), |r| {
+        if r > 0.0 {
+            format!("{:.2}", cpu / r)
+        } else {
+            "n/a".to_owned()
+        }
+    });
+    let wire = if matches!(
+        client,
+        Client::Shard | Client::Run | Client::TwilightRaw | Client::TwilightTyped
+    ) {
         "n/a".to_owned()
     } else {
         format!("{:.0}", med.wire_bytes as f64 / n)
@@ -359,7 +431,7 @@ fn print_row(client: Client, compression: Compression, count: u64, runs: &mut [R
         }
     };
     println!(
-        "| {} | {} | {} | {:.0} | {:.0} - {:.0} | {:.1} | {} | {:.2} | {} | {:.2} | {} | {} KiB |",
+        "| {} | {} | {} | {:.0} | {:.0} - {:.0} | {:.1} | {} | {:.2} | {} | {} | {:.2} | {} | {} KiB |",
         client.name(),
         compression_name(compression),
         med.events,
@@ -368,12 +440,25 @@ fn print_row(client: Client, compression: Compression, count: u64, runs: &mut [R
         hi,
         med.json_bytes as f64 / n * med.rate() / 1e6,
         wire,
-        med.client_cpu / n * 1e6,
+        cpu,
+        ratio,
         busy(med.client_cpu),
         med.mock_cpu / n * 1e6,
         busy(med.mock_cpu),
         rss
     );
+    Some(cpu)
+}
+
+/// The `handover` binary of the same build (`target/<profile>/handover`, next to the
+/// directory this benchmark runs from), or `HANDOVER_BIN`.
+fn handover_bin() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("HANDOVER_BIN") {
+        return Some(p.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("handover");
+    bin.is_file().then_some(bin)
 }
 
 /// One run: a fresh mock, one child client, one stream of `count` dispatches.
@@ -613,6 +698,10 @@ fn child(args: &[String]) -> i32 {
                 raw_client(naive, compression, count, url, cap, read_buffer, hold).await
             }
             Client::Shard => shard_client(compression, count, url, cap, read_buffer).await,
+            Client::TwilightRaw | Client::TwilightTyped => {
+                twilight_client(client == Client::TwilightTyped, count, url, cap).await
+            }
+            Client::Run => run_client(compression, count, url, cap).await,
         }
     });
     match result {
@@ -866,4 +955,217 @@ async fn shard_client(
         Err(_) => false,
     };
     Ok(meter.report(complete))
+}
+
+/// twilight-gateway's `Shard` against the mock (plain JSON: built without compression).
+/// Raw: every message as twilight hands it out (it has already parsed the envelope for its own
+/// sequence tracking and heartbeats); dispatches are told from heartbeat ACKs by the mock's
+/// envelope prefix. Typed: `next_event` for MESSAGE_CREATE, deserialized into twilight-model.
+async fn twilight_client(
+    typed: bool,
+    count: u64,
+    url: &str,
+    cap: Duration,
+) -> Result<String, String> {
+    use twilight_gateway::{
+        ConfigBuilder, EventTypeFlags, Intents as TwIntents, Message as TwMessage,
+        Shard as TwShard, ShardId, StreamExt as _,
+    };
+    use twilight_model::gateway::event::Event;
+    let intents = TwIntents::GUILDS | TwIntents::GUILD_MESSAGES;
+    let config = ConfigBuilder::new(DEFAULT_TOKEN.to_owned(), intents)
+        .proxy_url(url.to_owned())
+        .build();
+    let mut shard = TwShard::with_config(ShardId::ONE, config);
+    let handshake = async {
+        loop {
+            match shard.next_event(EventTypeFlags::READY).await {
+                Some(Ok(Event::Ready(_))) => return Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(format!("twilight: {e}")),
+                None => return Err("twilight shard ended during handshake".to_owned()),
+            }
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_WAIT, handshake)
+        .await
+        .map_err(|_| "handshake timed out")??;
+    println!("ready");
+
+    let mut meter = Meter::start();
+    let body = async {
+        while meter.events < count {
+            if typed {
+                match shard.next_event(EventTypeFlags::MESSAGE_CREATE).await {
+                    Some(Ok(Event::MessageCreate(m))) => {
+                        let seq = shard.session().map_or(0, |s| s.sequence());
+                        meter.record(0, 0);
+                        std::hint::black_box(seq);
+                        std::hint::black_box(&m);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(format!("twilight: {e}")),
+                    None => return Err("twilight shard ended mid-stream".to_owned()),
+                }
+            } else {
+                match futures_util::StreamExt::next(&mut shard).await {
+                    Some(Ok(TwMessage::Text(t))) => {
+                        if t.starts_with(r#"{"op":0,"#) {
+                            meter.record(t.len(), 0);
+                        }
+                    }
+                    Some(Ok(TwMessage::Close(f))) => {
+                        return Err(format!("closed mid-stream: {f:?}"));
+                    }
+                    Some(Err(e)) => return Err(format!("twilight: {e}")),
+                    None => return Err("twilight shard ended mid-stream".to_owned()),
+                }
+            }
+        }
+        Ok::<(), String>(())
+    };
+    let complete = match tokio::time::timeout(cap, body).await {
+        Ok(r) => {
+            r?;
+            true
+        }
+        Err(_) => false,
+    };
+    Ok(meter.report(complete))
+}
+
+/// User + system CPU time of process `pid` so far, in seconds (clock ticks of 10 ms).
+fn cpu_secs_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (tick(11) + tick(12)) as f64 / 100.0
+}
+
+fn status_kib_of(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `handover run` binary with its stdout into a pipe this process reads in 64 KiB chunks
+/// and discards, counting dispatch lines. The CPU time and memory reported are the binary's.
+async fn run_client(
+    compression: Compression,
+    count: u64,
+    url: &str,
+    cap: Duration,
+) -> Result<String, String> {
+    use std::io::Read;
+    let bin = handover_bin().ok_or("no handover binary")?;
+    let mut child = Command::new(bin)
+        .args([
+            "run",
+            "--gateway-url",
+            url,
+            "--shards",
+            "1",
+            "--compression",
+            compression.query_value().unwrap_or("none"),
+        ])
+        .env("HANDOVER_TOKEN", DEFAULT_TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn handover: {e}"))?;
+    let pid = child.id();
+    let mut out = child.stdout.take().ok_or("no stdout")?;
+    let deadline = Instant::now() + HANDSHAKE_WAIT + cap;
+    // The reader is a thread: it sees READY, then counts dispatch lines until `count`.
+    let (tx, rx) = mpsc::channel::<&'static str>();
+    let reader = std::thread::spawn(move || -> Result<(u64, u64), String> {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut tail: Vec<u8> = Vec::new();
+        let mut carry: Vec<u8> = Vec::new();
+        let mut ready = false;
+        let (mut events, mut bytes) = (0u64, 0u64);
+        while events < count && Instant::now() < deadline {
+            let n = out.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("handover run closed stdout".to_owned());
+            }
+            let chunk = &buf[..n];
+            if !ready {
+                tail.extend_from_slice(chunk);
+                if let Some(at) = find(&tail, br#""type":"ready""#) {
+                    ready = true;
+                    let _ = tx.send("ready");
+                    // Lines after READY's count.
+                    let rest = tail.split_off(at);
+                    events += count_dispatch_lines(&[], &rest);
+                    carry.extend_from_slice(&rest[rest.len().saturating_sub(MARKER.len() - 1)..]);
+                }
+                continue;
+            }
+            events += count_dispatch_lines(&carry, chunk);
+            carry.clear();
+            carry.extend_from_slice(&chunk[n.saturating_sub(MARKER.len() - 1)..]);
+            bytes += n as u64;
+        }
+        let _ = tx.send("done");
+        Ok((events, bytes))
+    });
+    let wait = |what: &str, within: Duration| match rx.recv_timeout(within) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!("handover run: no {what} in time")),
+    };
+    let ready = wait("ready", HANDSHAKE_WAIT);
+    let (cpu0, rss0) = (cpu_secs_of(pid), status_kib_of(pid, "VmRSS:"));
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    let t0 = Instant::now();
+    let outcome = match ready {
+        Ok(()) => {
+            println!("ready");
+            wait("end of stream", cap).map(|()| {
+                let secs = t0.elapsed().as_secs_f64();
+                let cpu = cpu_secs_of(pid) - cpu0;
+                let hwm = status_kib_of(pid, "VmHWM:");
+                (secs, cpu, hwm)
+            })
+        }
+        Err(e) => Err(e),
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let counted = reader.join().map_err(|_| "reader panicked")?;
+    let (events, bytes) = counted?;
+    let (secs, cpu, hwm) = outcome?;
+    Ok(format!(
+        "result events={} json={bytes} wire=0 secs={secs:.6} cpu={cpu:.2} rss0={rss0} hwm={hwm} complete={}",
+        events.min(count),
+        events >= count
+    ))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// What marks a dispatch line of `handover run` (`{"shard":0,"type":"dispatch","seq":...`).
+const MARKER: &[u8] = b"\"type\":\"dispatch\"";
+
+/// Dispatch lines in `chunk` of `handover run`'s stdout; `carry` holds the bytes just before it
+/// (fewer than the marker), so a marker split by the read boundary is counted once.
+fn count_dispatch_lines(carry: &[u8], chunk: &[u8]) -> u64 {
+    let within = chunk.windows(MARKER.len()).filter(|w| *w == MARKER).count();
+    let mut edge = carry.to_vec();
+    edge.extend_from_slice(&chunk[..chunk.len().min(MARKER.len() - 1)]);
+    let across = edge.windows(MARKER.len()).filter(|w| *w == MARKER).count();
+    (within + across) as u64
 }

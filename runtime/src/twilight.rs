@@ -160,7 +160,7 @@ mod tests {
     fn dispatch(event_type: &str, data: &str) -> Dispatch {
         Dispatch {
             seq: 1,
-            event_type: event_type.to_owned(),
+            event_type: event_type.into(),
             data: RawJson::parse(data).expect("test data is JSON"),
         }
     }

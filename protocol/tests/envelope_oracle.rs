@@ -1,0 +1,251 @@
+//! The envelope scanner against `serde_json` as the oracle: for any message, generated or
+//! damaged, [`Envelope::parse`] must accept exactly what `serde_json` accepted for the envelope
+//! struct the codec used to parse (`op`, `s`, `t`, `d` kept raw), and read the same `op`, `s`,
+//! `t` and the same text of `d`. What it rejects it rejects with a typed error.
+
+#[path = "fuzz_common/mod.rs"]
+mod fuzz_common;
+
+use std::borrow::Cow;
+
+use handover_protocol::{Envelope, ProtocolError};
+use proptest::prelude::*;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    op: Option<u64>,
+    #[serde(borrow, default)]
+    d: Option<&'a RawValue>,
+    #[serde(default)]
+    s: Option<u64>,
+    #[serde(borrow, default)]
+    t: Option<Cow<'a, str>>,
+}
+
+type Fields<'a> = (u64, Option<u64>, Option<String>, Option<&'a str>);
+
+/// What the codec accepted before the scanner: an object (first non-space byte `{`), parsed by
+/// `serde_json::from_slice`, `op` present.
+fn oracle(bytes: &[u8]) -> Option<Fields<'_>> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let w: Wire<'_> = serde_json::from_slice(bytes).ok()?;
+    Some((
+        w.op?,
+        w.s,
+        w.t.map(|t| t.into_owned()),
+        w.d.map(RawValue::get),
+    ))
+}
+
+fn ours(bytes: &[u8]) -> Option<Fields<'_>> {
+    match Envelope::parse(bytes) {
+        Ok(e) => Some((e.op, e.s, e.t.map(|t| t.into_owned()), e.d)),
+        Err(ProtocolError::MalformedJson { .. } | ProtocolError::MissingField { .. }) => None,
+        Err(other) => panic!("untyped envelope error {other:?} for {bytes:?}"),
+    }
+}
+
+fn check(text: &str) {
+    check_bytes(text.as_bytes());
+}
+
+fn check_bytes(bytes: &[u8]) {
+    assert_eq!(
+        ours(bytes),
+        oracle(bytes),
+        "input: {:?}",
+        String::from_utf8_lossy(bytes)
+    );
+}
+
+fn leaf() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("null".to_owned()),
+        Just("true".to_owned()),
+        Just("false".to_owned()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<f64>().prop_map(|n| format!("{n:?}")),
+        Just("1e400".to_owned()),
+        Just("-0".to_owned()),
+        Just("0.5E-3".to_owned()),
+        Just("18446744073709551616".to_owned()),
+        "[a-z \\\\\"/\\x00-\\x1f\u{e9}\u{1f600}]{0,12}"
+            .prop_map(|s| serde_json::to_string(&s).unwrap()),
+        Just(r#""\ud83d\ude00""#.to_owned()),
+        Just(r#""\ud83d""#.to_owned()),
+        Just(r#""\u00e9\n\t\/""#.to_owned()),
+    ]
+}
+
+fn value() -> impl Strategy<Value = String> {
+    leaf().prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(|v| format!("[{}]", v.join(","))),
+            prop::collection::vec(("[a-z]{0,3}", inner), 0..5).prop_map(|v| {
+                let body: Vec<String> = v
+                    .into_iter()
+                    .map(|(k, v)| format!("{}:{v}", serde_json::to_string(&k).unwrap()))
+                    .collect();
+                format!("{{{}}}", body.join(","))
+            }),
+        ]
+    })
+}
+
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => Just("\"op\"".to_owned()),
+        4 => Just("\"d\"".to_owned()),
+        4 => Just("\"s\"".to_owned()),
+        4 => Just("\"t\"".to_owned()),
+        1 => Just(r#""\u006fp""#.to_owned()),
+        1 => Just(r#""\u0074""#.to_owned()),
+        2 => "[a-z]{1,3}".prop_map(|k| format!("\"{k}\"")),
+    ]
+}
+
+fn envelope() -> impl Strategy<Value = String> {
+    (prop::collection::vec((key(), value()), 0..6), " {0,2}").prop_map(|(fields, ws)| {
+        let body: Vec<String> = fields
+            .into_iter()
+            .map(|(k, v)| format!("{k}{ws}:{ws}{v}"))
+            .collect();
+        format!("{ws}{{{ws}{}{ws}}}{ws}", body.join(","))
+    })
+}
+
+fn mutated() -> impl Strategy<Value = String> {
+    (
+        envelope(),
+        prop::collection::vec((any::<prop::sample::Index>(), 0u8..4, any::<char>()), 0..3),
+    )
+        .prop_map(|(text, edits)| {
+            let mut chars: Vec<char> = text.chars().collect();
+            for (at, kind, ch) in edits {
+                if chars.is_empty() {
+                    break;
+                }
+                let i = at.index(chars.len());
+                match kind {
+                    0 => {
+                        chars.remove(i);
+                    }
+                    1 => chars.insert(i, ch),
+                    2 => chars[i] = ch,
+                    _ => chars.truncate(i),
+                }
+            }
+            chars.into_iter().collect()
+        })
+}
+
+proptest! {
+    #![proptest_config(fuzz_common::proptest_config(2_500, 0x5ca1_ab1e, 2_000))]
+
+    #[test]
+    fn envelopes_agree_with_serde(text in envelope()) {
+        check(&text);
+    }
+
+    #[test]
+    fn damaged_envelopes_agree_with_serde(text in mutated()) {
+        check(&text);
+    }
+
+    /// Bytes that need not be UTF-8: a valid envelope with a few bytes overwritten.
+    #[test]
+    fn damaged_bytes_agree_with_serde(
+        text in envelope(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..3),
+    ) {
+        let mut bytes = text.into_bytes();
+        for (at, b) in edits {
+            if !bytes.is_empty() {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+        }
+        check_bytes(&bytes);
+    }
+}
+
+#[test]
+fn fixed_cases() {
+    for text in [
+        r#"{"op":0,"d":{"a":[1,2,{"b":"c"}]},"s":42,"t":"MESSAGE_CREATE"}"#,
+        r#"{"op":11}"#,
+        r#"{"t":null,"s":null,"op":9,"d":false}"#,
+        r#"{"op":1,"op":2}"#,
+        r#"{"op":-0}"#,
+        r#"{"op":1.0}"#,
+        r#"{"op":"1"}"#,
+        r#"{"op":1,"t":"\ud800"}"#,
+        r#"{"op":1,"x":"\ud800"}"#,
+        r#"{"op":1,"d":"\ud800"}"#,
+        r#"{"op":1,"d":[1,]}"#,
+        r#"{"op":1,}"#,
+        r#"{"op":1} x"#,
+        r#"[{"op":1}]"#,
+        r#" {"op":1}"#,
+        "{\"op\":1,\"d\":\"a\u{1}b\"}",
+        r#"{"op":1,"d":01}"#,
+        r#"{"op":1,"d":1.}"#,
+        r#"{"op":1,"d":-}"#,
+        r#"{"op":1,"d":1e}"#,
+        r#"{"op":1,"d":tru}"#,
+        r#"{"op":1,"d":{"a":1,"a":2}}"#,
+        r#"{"op":1,"d":{"a"}}"#,
+        r#"{"op":1,"d":{1:2}}"#,
+        r#"{"op":1,"d":[}"#,
+        r#"{"op":1,"d":{]}"#,
+        "",
+        "{",
+        r#"{"op":18446744073709551615}"#,
+        r#"{"op":18446744073709551616}"#,
+        r#"{"op":0,"t":"MESSAGE_\u0043REATE","s":1,"d":{}}"#,
+        "{\"op\":0,\"t\":\"X\",\"s\":1,\"d\":\"caf\u{e9} \u{1f600}\"}",
+        r#"{"op":0,"s":1e2}"#,
+        r#"{"op":0,"s":-1}"#,
+        r#"{"op":null}"#,
+        r#"{"op":0,"t":5}"#,
+    ] {
+        check(text);
+    }
+    for bytes in [
+        &b"{\"op\":0,\"d\":\"\xff\"}"[..],
+        b"{\"op\":0,\"t\":\"\xc3\"}",
+        b"\xef\xbb\xbf{\"op\":0}",
+        b"{\"op\":0}\xff",
+    ] {
+        check_bytes(bytes);
+    }
+    let deep = format!("{{\"op\":1,\"d\":{}{}}}", "[".repeat(126), "]".repeat(126));
+    check(&deep);
+    let deeper = format!("{{\"op\":1,\"d\":{}{}}}", "[".repeat(127), "]".repeat(127));
+    check(&deeper);
+    let deepest = format!("{{\"op\":1,\"d\":{}{}}}", "[".repeat(200), "]".repeat(200));
+    check(&deepest);
+    // Mixed containers past the first word of the bracket stack, closed right and wrong.
+    for n in [127usize, 128, 129, 255, 256, 257, 300] {
+        let open: String = (0..n)
+            .map(|i| if i % 3 == 0 { "{\"k\":" } else { "[" })
+            .collect();
+        let close: String = (0..n)
+            .rev()
+            .map(|i| if i % 3 == 0 { "}" } else { "]" })
+            .collect();
+        check(&format!("{{\"op\":1,\"d\":{open}1{close}}}"));
+        let mut wrong = close.clone().into_bytes();
+        let j = wrong.len() / 2;
+        wrong[j] = if wrong[j] == b'}' { b']' } else { b'}' };
+        check(&format!(
+            "{{\"op\":1,\"d\":{open}1{}}}",
+            String::from_utf8(wrong).unwrap()
+        ));
+    }
+}
