@@ -16,8 +16,8 @@ use tracing::{error, info};
 
 use super::CliError;
 use super::run::{
-    CompressionArg, Lookup, ShardsArg, TOKEN_ENV, load_sessions, lookup, parse_http_bind,
-    parse_intents, parse_shards, read_token, resolve_shards,
+    CompressionArg, Lookup, ShardsArg, load_sessions, lookup, parse_http_bind, parse_intents,
+    parse_shards, read_token, resolve_shards,
 };
 use super::session_file;
 
@@ -163,6 +163,18 @@ pub async fn run(args: ProxyArgs) -> Result<(), CliError> {
     })?;
     let shards: Vec<u32> = ids.collect();
     info!(addr = %local, shards = ?shards, total, "proxy listening");
+    // One line on stdout, for supervisors and tests that pick a free port with 0.
+    let line = serde_json::json!({
+        "type": "listening",
+        "url": format!("ws://{local}"),
+        "shards": shards,
+        "total": total,
+    });
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    }
 
     let mut ended = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -198,6 +210,5 @@ pub async fn run(args: ProxyArgs) -> Result<(), CliError> {
         info!(path = %path.display(), sessions = sessions.len(), "sessions saved");
     }
     fleet.shutdown(StopIntent::KeepResumable).await;
-    let _ = TOKEN_ENV;
     Ok(())
 }
