@@ -19,6 +19,9 @@ use crate::frames;
 /// The heartbeat interval announced to clients in HELLO, in milliseconds (Discord's).
 pub const HEARTBEAT_INTERVAL_MS: u64 = 41_250;
 
+/// Largest payload a client may send (Discord's limit); larger closes with 4002.
+pub const MAX_CLIENT_PAYLOAD: usize = 4096;
+
 /// Close codes the proxy sends, with Discord's meaning (see `docs/proxy.md`).
 pub mod close {
     /// Unknown error: resumable. Sent to a client that fell too far behind.
@@ -37,6 +40,8 @@ pub mod close {
     pub const INVALID_SHARD: u16 = 4010;
     /// Sharding required.
     pub const SHARDING_REQUIRED: u16 = 4011;
+    /// Rate limited: a client command over the upstream connection's send budget.
+    pub const RATE_LIMITED: u16 = 4008;
     /// Invalid API version.
     pub const INVALID_API_VERSION: u16 = 4012;
     /// Invalid intent(s): bits Discord does not document.
@@ -104,6 +109,18 @@ pub enum Action {
         client: ClientId,
         /// JSON text frames.
         frames: Vec<Bytes>,
+    },
+    /// Send this client command on the shard's upstream connection, then report the outcome
+    /// with [`Hub::command_sent`].
+    Forward {
+        /// The connection that sent it.
+        client: ClientId,
+        /// Its shard.
+        shard: u32,
+        /// The opcode (3, 4, 8, 31 or 43).
+        op: u8,
+        /// The `d` field.
+        d: RawJson,
     },
     /// Close the client's connection with this code (after what was queued before).
     Close {
@@ -245,6 +262,25 @@ pub struct HubStats {
     pub replayed: u64,
     /// Clients closed for falling behind.
     pub lagged: u64,
+    /// Client commands sent upstream.
+    pub forwarded: u64,
+    /// Client commands over the upstream send budget (the client was closed with 4008).
+    pub commands_refused: u64,
+    /// Client commands dropped because the upstream connection could not take them.
+    pub commands_dropped: u64,
+}
+
+/// What became of a forwarded client command (see [`Hub::command_sent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommandOutcome {
+    /// Sent on the upstream connection.
+    Sent,
+    /// Refused: over the upstream connection's send budget (or too large to send).
+    OverBudget,
+    /// Not sent: the upstream connection could not take it now (reconnecting, write queue
+    /// full).
+    Dropped,
 }
 
 /// The proxy's downstream state. See the [module documentation](self).
@@ -386,6 +422,9 @@ impl Hub {
         let Some(state) = self.clients.get(&client) else {
             return;
         };
+        if text.len() > MAX_CLIENT_PAYLOAD {
+            return self.close(client, close::DECODE_ERROR, "payload too large", out);
+        }
         let Ok(payload) = serde_json::from_slice::<Incoming<'_>>(text) else {
             return self.close(client, close::DECODE_ERROR, "decode error", out);
         };
@@ -415,18 +454,50 @@ impl Hub {
             ),
             2 => self.identify(client, payload.d, out),
             6 => self.resume(client, payload.d, out),
-            3 | 4 | 8 | 31 if !attached => {
+            3 | 4 | 8 | 31 | 43 if !attached => {
                 self.close(client, close::NOT_AUTHENTICATED, "not authenticated", out)
             }
-            3 | 4 | 8 | 31 => {
-                // Forwarding client commands upstream is not done yet (docs/proxy.md).
-                debug!(
-                    client = client.0,
-                    op = payload.op,
-                    "client command not forwarded"
-                );
+            op @ (3 | 4 | 8 | 31 | 43) => {
+                let shard = match self.clients.get(&client) {
+                    Some(ClientState::Attached { session }) => {
+                        self.sessions.get(session).map(|s| s.shard)
+                    }
+                    _ => None,
+                };
+                match (shard, payload.d) {
+                    (Some(shard), Some(d)) => out.push(Action::Forward {
+                        client,
+                        shard,
+                        // One of the opcodes matched above.
+                        op: u8::try_from(op).unwrap_or_default(),
+                        d: RawJson::from_raw(d),
+                    }),
+                    _ => self.close(client, close::DECODE_ERROR, "decode error", out),
+                }
             }
             _ => self.close(client, close::UNKNOWN_OPCODE, "unknown opcode", out),
+        }
+    }
+
+    /// The outcome of an [`Action::Forward`]. Over the upstream connection's send budget
+    /// (shared by every client of the shard), the client is closed with 4008, as Discord closes
+    /// a client over its rate; a command the upstream could not take for another reason (the
+    /// shard is reconnecting) is dropped and counted.
+    pub fn command_sent(
+        &mut self,
+        client: ClientId,
+        outcome: CommandOutcome,
+        out: &mut Vec<Action>,
+    ) {
+        match outcome {
+            CommandOutcome::Sent => self.stats.forwarded += 1,
+            CommandOutcome::Dropped => self.stats.commands_dropped += 1,
+            CommandOutcome::OverBudget => {
+                self.stats.commands_refused += 1;
+                if self.clients.contains_key(&client) {
+                    self.close(client, close::RATE_LIMITED, "rate limited", out);
+                }
+            }
         }
     }
 

@@ -21,5 +21,7 @@ pub mod hub;
 pub mod server;
 
 pub use buffer::{Buffered, ReplayBuffer};
-pub use hub::{Action, ClientId, HEARTBEAT_INTERVAL_MS, Hub, HubConfig, HubStats, Upstream};
+pub use hub::{
+    Action, ClientId, CommandOutcome, HEARTBEAT_INTERVAL_MS, Hub, HubConfig, HubStats, Upstream,
+};
 pub use server::{ProxyConfig, ProxyError, ProxyHandle, serve};

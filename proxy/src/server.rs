@@ -6,7 +6,7 @@
 //! that does not read never slows the others or the upstream shards; when its queue is full it
 //! is closed with 4000 (resumable) and resumes from the replay buffer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -15,7 +15,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use futures_util::stream::StreamExt;
-use handover_runtime::{Fleet, ShardEvent, ShardEventKind};
+use handover_protocol::Command;
+use handover_runtime::{Fleet, ShardEvent, ShardEventKind, ShardHandle};
+use handover_transport_ws::SendError;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -31,10 +33,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{debug, info, warn};
 
-use crate::hub::{Action, ClientId, Hub, HubConfig, HubStats, Upstream, close};
+use crate::hub::{Action, ClientId, CommandOutcome, Hub, HubConfig, HubStats, Upstream, close};
 
-/// Largest frame accepted from a client. Discord's limit for a client payload is 4096 bytes;
-/// this bound only protects the proxy's memory.
+/// Largest frame read from a client. Discord's limit for a client payload is 4096 bytes (the
+/// hub closes a larger one with 4002); this bound only protects the proxy's memory.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
 /// Settings of a [`Proxy`].
@@ -72,9 +74,20 @@ struct ClientTx {
     close: watch::Sender<Option<(u16, &'static str)>>,
 }
 
+/// A client command on its way upstream.
+struct Forward {
+    client: ClientId,
+    shard: u32,
+    command: Command,
+}
+
+/// Client commands queued for the forwarder before more are refused (4008).
+const FORWARD_QUEUE: usize = 256;
+
 struct State {
     hub: Hub,
     clients: HashMap<ClientId, ClientTx>,
+    forward: mpsc::Sender<Forward>,
 }
 
 impl State {
@@ -89,6 +102,23 @@ impl State {
                         && let Err(mpsc::error::TrySendError::Full(_)) = tx.frames.try_send(frames)
                     {
                         self.hub.client_lagged(client, actions);
+                    }
+                }
+                Action::Forward {
+                    client,
+                    shard,
+                    op,
+                    d,
+                } => {
+                    let command = Command::Raw { op, d };
+                    let queued = self.forward.try_send(Forward {
+                        client,
+                        shard,
+                        command,
+                    });
+                    if queued.is_err() {
+                        self.hub
+                            .command_sent(client, CommandOutcome::OverBudget, actions);
                     }
                 }
                 Action::Close {
@@ -156,6 +186,7 @@ impl ProxyHandle {
 pub struct Proxy {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    forwarder: JoinHandle<()>,
     accept: JoinHandle<()>,
     pump: JoinHandle<Fleet>,
     stop: watch::Sender<bool>,
@@ -186,6 +217,11 @@ impl Proxy {
         config: ProxyConfig,
     ) -> Result<Proxy, ProxyError> {
         let addr = listener.local_addr().map_err(ProxyError::LocalAddr)?;
+        let handles: BTreeMap<u32, ShardHandle> = fleet
+            .shard_ids()
+            .filter_map(|id| fleet.shard(id).map(|h| (id, h.clone())))
+            .collect();
+        let (forward, forward_rx) = mpsc::channel(FORWARD_QUEUE);
         let shared = Arc::new(Shared {
             public_url: config.hub.public_url.clone(),
             total: config.hub.total,
@@ -193,14 +229,17 @@ impl Proxy {
             state: Mutex::new(State {
                 hub: Hub::new(config.hub),
                 clients: HashMap::new(),
+                forward,
             }),
         });
         let (stop, stop_rx) = watch::channel(false);
+        let forwarder = tokio::spawn(forwarder(forward_rx, handles, shared.clone()));
         let pump = tokio::spawn(pump(fleet, shared.clone(), stop_rx.clone()));
         let accept = tokio::spawn(accept(listener, shared.clone(), stop_rx));
         Ok(Proxy {
             shared,
             addr,
+            forwarder,
             accept,
             pump,
             stop,
@@ -229,6 +268,7 @@ impl Proxy {
     pub async fn stop(self) -> Option<Fleet> {
         self.stop.send_replace(true);
         self.accept.abort();
+        self.forwarder.abort();
         {
             let mut state = self.shared.lock();
             for tx in state.clients.values() {
@@ -237,6 +277,34 @@ impl Proxy {
             state.clients.clear();
         }
         self.pump.await.ok()
+    }
+}
+
+/// Sends client commands upstream one at a time, through the shard's handle: the runtime's
+/// send limiter is the budget every client of the shard shares.
+async fn forwarder(
+    mut rx: mpsc::Receiver<Forward>,
+    handles: BTreeMap<u32, ShardHandle>,
+    shared: Arc<Shared>,
+) {
+    let mut actions = Vec::new();
+    while let Some(f) = rx.recv().await {
+        let sent = match handles.get(&f.shard) {
+            Some(h) => match h.send(f.command).await {
+                Ok(()) => CommandOutcome::Sent,
+                Err(e) => {
+                    warn!(client = f.client.0, shard = f.shard, error = %e, "client command refused upstream");
+                    match e {
+                        SendError::Codec(_) => CommandOutcome::OverBudget,
+                        _ => CommandOutcome::Dropped,
+                    }
+                }
+            },
+            None => CommandOutcome::Dropped,
+        };
+        let mut state = shared.lock();
+        state.hub.command_sent(f.client, sent, &mut actions);
+        state.apply(&mut actions);
     }
 }
 

@@ -378,3 +378,49 @@ fn a_lost_upstream_session_invalidates_the_clients_and_a_resume_does_not() {
     let out = ready(&mut hub, 0, "up-3", &["10"]);
     assert_eq!(frames_to(&out, a)[0]["op"], 9);
 }
+
+#[test]
+fn client_commands_are_forwarded_and_over_budget_closes_4008() {
+    use handover_proxy::CommandOutcome;
+    let mut hub = hub_with(vec![0, 1], 2, 16);
+    ready(&mut hub, 1, "up-1", &[]);
+    let (a, _) = hub.connect();
+    let presence =
+        json!({"op": 3, "d": {"since": null, "activities": [], "status": "online", "afk": false}});
+    let out = send(&mut hub, a, presence.clone());
+    assert_eq!(close_of(&out, a), Some(4003), "before IDENTIFY");
+    let (a, _) = hub.connect();
+    send(&mut hub, a, identify(TOKEN, Some([1, 2]), 1));
+    let out = send(&mut hub, a, presence.clone());
+    match &out[..] {
+        [
+            Action::Forward {
+                client,
+                shard,
+                op,
+                d,
+            },
+        ] => {
+            assert_eq!((*client, *shard, *op), (a, 1, 3));
+            assert_eq!(
+                serde_json::from_str::<Value>(d.as_str()).unwrap(),
+                presence["d"]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut out = Vec::new();
+    hub.command_sent(a, CommandOutcome::Sent, &mut out);
+    hub.command_sent(a, CommandOutcome::Dropped, &mut out);
+    assert!(out.is_empty());
+    hub.command_sent(a, CommandOutcome::OverBudget, &mut out);
+    assert_eq!(close_of(&out, a), Some(4008));
+    let s = hub.stats();
+    assert_eq!(
+        (s.forwarded, s.commands_dropped, s.commands_refused),
+        (1, 1, 1)
+    );
+    let (b, _) = hub.connect();
+    let big = json!({"op": 1, "d": null, "pad": "x".repeat(4096)});
+    assert_eq!(close_of(&send(&mut hub, b, big), b), Some(4002));
+}

@@ -182,3 +182,53 @@ async fn a_client_that_stops_reading_is_closed_resumable_and_never_slows_another
     }
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_go_upstream_within_the_shared_budget() {
+    let (mock, proxy, url) = start(1024).await;
+    let (mut ws, ready) = connect(&url, identify()).await;
+    assert_eq!(ready["t"], "READY");
+    let presence =
+        json!({"op": 3, "d": {"since": null, "activities": [], "status": "idle", "afk": false}});
+    for _ in 0..3 {
+        ws.send(Message::text(presence.to_string())).await.unwrap();
+    }
+    let handle = proxy.handle();
+    for _ in 0..500 {
+        if handle.stats().forwarded == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(handle.stats().forwarded, 3);
+    // Far over 120 a minute: the runtime's limiter refuses the rest before the mock sees
+    // them, and the client is closed with 4008 as Discord would.
+    for _ in 0..150 {
+        if ws.send(Message::text(presence.to_string())).await.is_err() {
+            break;
+        }
+    }
+    let close = loop {
+        match next_json(&mut ws).await {
+            Some(v) if v.get("close").is_some() => break v["close"].clone(),
+            Some(_) => continue,
+            None => panic!("no close frame"),
+        }
+    };
+    assert_eq!(close, 4008);
+    let stats = handle.stats();
+    assert!(stats.commands_refused >= 1, "{stats:?}");
+    assert!(stats.forwarded < 120, "{stats:?}");
+    let counters = mock.handle().counters();
+    assert_eq!(
+        counters.connections_accepted, 1,
+        "the upstream was never closed for its rate"
+    );
+    assert!(counters.shard(0).server_closes.is_empty());
+    if let Some(fleet) = proxy.stop().await {
+        fleet
+            .shutdown(handover_core::StopIntent::KeepResumable)
+            .await;
+    }
+    mock.shutdown().await;
+}
