@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use futures_util::stream::StreamExt;
-use handover_protocol::Command;
+use handover_protocol::{Command, Compression, ZlibStreamEncoder, ZstdStreamEncoder};
 use handover_runtime::{Fleet, ShardEvent, ShardEventKind, ShardHandle};
 use handover_transport_ws::SendError;
 use http_body_util::Full;
@@ -407,12 +407,52 @@ fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 /// What a gateway URL's query asks for.
 struct Query {
     version_ok: bool,
+    compression: Compression,
     problem: Option<&'static str>,
+}
+
+/// A connection's transport compression: one context for the connection's life, as Discord's.
+enum Encoder {
+    None,
+    Zlib(Box<ZlibStreamEncoder>),
+    Zstd(Box<ZstdStreamEncoder>),
+}
+
+impl Encoder {
+    fn new(compression: Compression) -> Encoder {
+        match compression {
+            Compression::ZlibStream => Encoder::Zlib(Box::new(ZlibStreamEncoder::new())),
+            Compression::ZstdStream => match ZstdStreamEncoder::new() {
+                Ok(e) => Encoder::Zstd(Box::new(e)),
+                Err(e) => {
+                    warn!(error = %e, "zstd context unavailable; sending uncompressed");
+                    Encoder::None
+                }
+            },
+            _ => Encoder::None,
+        }
+    }
+
+    /// The frame as it goes on the wire: text, or a binary frame of the compressed stream.
+    fn message(&mut self, frame: Bytes) -> Option<Message> {
+        match self {
+            Encoder::None => Utf8Bytes::try_from(frame).ok().map(Message::Text),
+            Encoder::Zlib(z) => Some(Message::Binary(Bytes::from(z.compress(&frame)))),
+            Encoder::Zstd(z) => match z.compress(&frame) {
+                Ok(out) => Some(Message::Binary(Bytes::from(out))),
+                Err(e) => {
+                    warn!(error = %e, "zstd compression failed; frame dropped");
+                    None
+                }
+            },
+        }
+    }
 }
 
 fn parse_query(query: Option<&str>) -> Query {
     let mut q = Query {
         version_ok: true,
+        compression: Compression::None,
         problem: None,
     };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -420,10 +460,11 @@ fn parse_query(query: Option<&str>) -> Query {
         match key {
             "v" => q.version_ok = value == "10",
             "encoding" if value != "json" => q.problem = Some("only encoding=json is served"),
-            "compress" => {
-                q.problem =
-                    Some("transport compression is not served yet: connect without compress")
-            }
+            "compress" => match value {
+                "zlib-stream" => q.compression = Compression::ZlibStream,
+                "zstd-stream" => q.compression = Compression::ZstdStream,
+                _ => q.problem = Some("compress must be zlib-stream or zstd-stream"),
+            },
             _ => {}
         }
     }
@@ -461,7 +502,8 @@ fn route(
                         Some(config),
                     )
                     .await;
-                    run_client(ws, shared, query.version_ok, stop).await;
+                    let encoder = Encoder::new(query.compression);
+                    run_client(ws, shared, query.version_ok, encoder, stop).await;
                 }
                 Err(e) => debug!(error = %e, "websocket upgrade failed"),
             }
@@ -509,10 +551,6 @@ fn route(
     }
 }
 
-fn to_message(frame: Bytes) -> Option<Message> {
-    Utf8Bytes::try_from(frame).ok().map(Message::Text)
-}
-
 fn close_message(code: u16, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame {
         code: CloseCode::from(code),
@@ -525,6 +563,7 @@ async fn run_client<S>(
     ws: WebSocketStream<S>,
     shared: Arc<Shared>,
     version_ok: bool,
+    mut encoder: Encoder,
     stop: watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -553,7 +592,7 @@ async fn run_client<S>(
     let mut closing: Option<(u16, &'static str)> = None;
     if !version_ok {
         closing = Some((close::INVALID_API_VERSION, "invalid api version"));
-    } else if let Some(m) = to_message(hello)
+    } else if let Some(m) = encoder.message(hello)
         && sink.send(m).await.is_err()
     {
         closing = Some((1000, ""));
@@ -572,7 +611,7 @@ async fn run_client<S>(
                 let Some(frames) = batch else { break };
                 let write = async {
                     for frame in frames {
-                        if let Some(m) = to_message(frame) {
+                        if let Some(m) = encoder.message(frame) {
                             sink.feed(m).await?;
                         }
                     }

@@ -232,3 +232,80 @@ async fn client_commands_go_upstream_within_the_shared_budget() {
     }
     mock.shutdown().await;
 }
+
+/// Decoders of both transport compressions; `next` reads one payload with the one in use.
+struct Decoders {
+    zlib: bool,
+    zlib_stream: handover_protocol::ZlibStreamDecoder,
+    zstd_stream: handover_protocol::ZstdStreamDecoder,
+}
+
+impl Decoders {
+    fn new(compress: &str) -> Decoders {
+        Decoders {
+            zlib: compress == "zlib-stream",
+            zlib_stream: handover_protocol::ZlibStreamDecoder::new(1 << 20),
+            zstd_stream: handover_protocol::ZstdStreamDecoder::new(1 << 20).unwrap(),
+        }
+    }
+
+    async fn next(&mut self, ws: &mut Ws) -> Value {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("nothing in time")
+                .expect("closed")
+                .unwrap();
+            let b = match m {
+                Message::Binary(b) => b,
+                Message::Text(t) => panic!("a text frame on a compressed connection: {t}"),
+                _ => continue,
+            };
+            let text = if self.zlib {
+                match self.zlib_stream.push(&b).unwrap() {
+                    Some(t) => t,
+                    None => continue,
+                }
+            } else {
+                self.zstd_stream.push(&b).unwrap()
+            };
+            return serde_json::from_slice(&text).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zlib_stream_and_zstd_stream_are_served_when_asked_for() {
+    let (mock, proxy, url) = start(1024).await;
+    for compress in ["zlib-stream", "zstd-stream"] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+            "{url}/?v=10&encoding=json&compress={compress}"
+        ))
+        .await
+        .unwrap();
+        let mut decoders = Decoders::new(compress);
+        assert_eq!(decoders.next(&mut ws).await["op"], 10, "{compress}");
+        ws.send(Message::text(identify().to_string()))
+            .await
+            .unwrap();
+        assert_eq!(decoders.next(&mut ws).await["t"], "READY", "{compress}");
+        mock.handle()
+            .dispatch(0, "E", &json!({ "compress": compress }));
+        let event = decoders.next(&mut ws).await;
+        assert_eq!(event["d"]["compress"], compress);
+    }
+    let refused =
+        tokio_tungstenite::connect_async(format!("{url}/?v=10&encoding=json&compress=gzip")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400)
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    if let Some(fleet) = proxy.stop().await {
+        fleet
+            .shutdown(handover_core::StopIntent::KeepResumable)
+            .await;
+    }
+    mock.shutdown().await;
+}
