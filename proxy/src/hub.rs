@@ -185,6 +185,8 @@ struct Session {
     client: Option<ClientId>,
     /// When (in hub steps) it was detached, for eviction.
     detached_at: u64,
+    /// RESUMEs accepted for it.
+    resumes: u64,
 }
 
 impl Session {
@@ -245,7 +247,7 @@ struct ReadyGuilds {
 }
 
 /// Counters of a hub, for status and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct HubStats {
     /// Client connections open now.
@@ -268,6 +270,53 @@ pub struct HubStats {
     pub commands_refused: u64,
     /// Client commands dropped because the upstream connection could not take them.
     pub commands_dropped: u64,
+}
+
+/// One client session, for `/status` and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct SessionView {
+    /// The session id the proxy gave the client.
+    pub session_id: String,
+    /// Its shard.
+    pub shard: u32,
+    /// The connection attached to it now, if any.
+    pub client: Option<u64>,
+    /// The client seq of the last dispatch handed to its connection.
+    pub seq: u64,
+    /// Dispatches of the shard it has not been handed (while detached: what a RESUME would
+    /// replay, if still buffered).
+    pub behind: u64,
+    /// RESUMEs accepted for it.
+    pub resumes: u64,
+}
+
+/// One upstream shard as the proxy sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ShardView {
+    /// The shard id.
+    pub shard: u32,
+    /// Whether its upstream session is ready.
+    pub upstream_ready: bool,
+    /// Dispatches in its replay buffer.
+    pub buffered: usize,
+    /// The buffer's capacity.
+    pub capacity: usize,
+    /// Guilds in its cache.
+    pub guilds: usize,
+}
+
+/// What a hub holds, for `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct HubStatus {
+    /// Counters.
+    pub stats: HubStats,
+    /// The shards.
+    pub shards: Vec<ShardView>,
+    /// The client sessions, attached or resumable, by shard then id.
+    pub sessions: Vec<SessionView>,
 }
 
 /// What became of a forwarded client command (see [`Hub::command_sent`]).
@@ -338,6 +387,45 @@ impl Hub {
             clients: self.clients.len(),
             sessions: self.sessions.len(),
             ..self.stats
+        }
+    }
+
+    /// A snapshot of the shards and client sessions.
+    pub fn status(&self) -> HubStatus {
+        let shards = self
+            .shards
+            .iter()
+            .map(|(&shard, s)| ShardView {
+                shard,
+                upstream_ready: s.upstream.is_some(),
+                buffered: s.buffer.len(),
+                capacity: s.buffer.capacity(),
+                guilds: s.guilds.len(),
+            })
+            .collect();
+        let mut sessions: Vec<SessionView> = self
+            .sessions
+            .iter()
+            .map(|(id, s)| {
+                let last = self
+                    .shards
+                    .get(&s.shard)
+                    .map_or(s.sent, |st| st.buffer.last_pos());
+                SessionView {
+                    session_id: id.clone(),
+                    shard: s.shard,
+                    client: s.client.map(|c| c.0),
+                    seq: s.seq_of(s.sent),
+                    behind: last.saturating_sub(s.sent),
+                    resumes: s.resumes,
+                }
+            })
+            .collect();
+        sessions.sort_by(|a, b| (a.shard, &a.session_id).cmp(&(b.shard, &b.session_id)));
+        HubStatus {
+            stats: self.stats(),
+            shards,
+            sessions,
         }
     }
 
@@ -606,6 +694,7 @@ impl Hub {
                 sent: start,
                 client: Some(client),
                 detached_at: 0,
+                resumes: 0,
             },
         );
         self.clients.insert(
@@ -712,6 +801,7 @@ impl Hub {
         if let Some(s) = self.sessions.get_mut(&session_id) {
             s.sent = last;
             s.client = Some(client);
+            s.resumes += 1;
         }
         self.clients.insert(
             client,

@@ -33,7 +33,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{debug, info, warn};
 
-use crate::hub::{Action, ClientId, CommandOutcome, Hub, HubConfig, HubStats, Upstream, close};
+use crate::hub::{
+    Action, ClientId, CommandOutcome, Hub, HubConfig, HubStats, HubStatus, Upstream, close,
+};
+use serde_json::Value;
 
 /// Largest frame read from a client. Discord's limit for a client payload is 4096 bytes (the
 /// hub closes a larger one with 4002); this bound only protects the proxy's memory.
@@ -139,12 +142,166 @@ impl State {
 
 struct Shared {
     state: Mutex<State>,
+    /// The upstream shards, for their status.
+    upstream: BTreeMap<u32, ShardHandle>,
     client_queue: usize,
     public_url: String,
     total: u32,
 }
 
 impl Shared {
+    /// The hub's status plus each client's queue depth and the upstream shards' own status.
+    fn status_json(&self) -> String {
+        let (status, queued) = self.snapshot();
+        let upstream: Vec<Value> = self
+            .upstream
+            .values()
+            .map(|h| {
+                let s = h.status();
+                serde_json::json!({
+                    "shard": s.shard, "phase": s.phase, "resumable": s.resumable,
+                    "reconnects": s.reconnects, "identifies": s.identifies, "resumes": s.resumes,
+                    "received": s.received, "gaps": s.gaps, "live_sockets": s.live_sockets,
+                })
+            })
+            .collect();
+        let sessions: Vec<Value> = status
+            .sessions
+            .iter()
+            .map(|s| {
+                let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+                let q = s.client.and_then(|c| queued.get(&c)).copied().unwrap_or(0);
+                v["connected"] = Value::Bool(s.client.is_some());
+                v["queued"] = Value::from(q);
+                v
+            })
+            .collect();
+        serde_json::json!({
+            "url": self.public_url,
+            "stats": status.stats,
+            "shards": status.shards,
+            "sessions": sessions,
+            "upstream": upstream,
+        })
+        .to_string()
+    }
+
+    /// Prometheus text: the hub's counters, per shard and per client session.
+    fn metrics_text(&self) -> String {
+        use std::fmt::Write as _;
+        let (status, queued) = self.snapshot();
+        let st = status.stats;
+        let mut out = String::new();
+        let counters: [(&str, &str, u64); 8] = [
+            (
+                "identifies_total",
+                "client IDENTIFYs accepted",
+                st.identifies,
+            ),
+            ("resumes_total", "client RESUMEs accepted", st.resumes),
+            (
+                "resumes_refused_total",
+                "client RESUMEs answered with op 9",
+                st.resumes_refused,
+            ),
+            (
+                "replayed_total",
+                "dispatches replayed to resuming clients",
+                st.replayed,
+            ),
+            (
+                "lagged_total",
+                "clients closed with 4000 for falling behind",
+                st.lagged,
+            ),
+            (
+                "commands_forwarded_total",
+                "client commands sent upstream",
+                st.forwarded,
+            ),
+            (
+                "commands_refused_total",
+                "client commands over the upstream budget (4008)",
+                st.commands_refused,
+            ),
+            (
+                "commands_dropped_total",
+                "client commands the upstream could not take",
+                st.commands_dropped,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP handover_proxy_{name} {help}.");
+            let _ = writeln!(out, "# TYPE handover_proxy_{name} counter");
+            let _ = writeln!(out, "handover_proxy_{name} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP handover_proxy_clients Client connections open."
+        );
+        let _ = writeln!(out, "# TYPE handover_proxy_clients gauge");
+        let _ = writeln!(out, "handover_proxy_clients {}", st.clients);
+        let _ = writeln!(
+            out,
+            "# HELP handover_proxy_buffered Dispatches in the shard's replay buffer."
+        );
+        let _ = writeln!(out, "# TYPE handover_proxy_buffered gauge");
+        for s in &status.shards {
+            let _ = writeln!(
+                out,
+                "handover_proxy_buffered{{shard=\"{}\"}} {}",
+                s.shard, s.buffered
+            );
+        }
+        let per_session: [(&str, &str); 4] = [
+            (
+                "session_connected",
+                "Whether a connection is attached to the client session.",
+            ),
+            (
+                "session_seq",
+                "Client seq of the last dispatch handed to the session.",
+            ),
+            (
+                "session_behind",
+                "Dispatches of the shard the session has not been handed.",
+            ),
+            (
+                "session_queued",
+                "Frame batches queued for the session's connection.",
+            ),
+        ];
+        for (i, (name, help)) in per_session.iter().enumerate() {
+            let _ = writeln!(out, "# HELP handover_proxy_{name} {help}");
+            let _ = writeln!(out, "# TYPE handover_proxy_{name} gauge");
+            for s in &status.sessions {
+                let q = s.client.and_then(|c| queued.get(&c)).copied().unwrap_or(0);
+                let value = match i {
+                    0 => u64::from(s.client.is_some()),
+                    1 => s.seq,
+                    2 => s.behind,
+                    _ => q as u64,
+                };
+                let _ = writeln!(
+                    out,
+                    "handover_proxy_{name}{{shard=\"{}\",session=\"{}\"}} {value}",
+                    s.shard, s.session_id
+                );
+            }
+        }
+        out
+    }
+
+    fn snapshot(&self) -> (HubStatus, HashMap<u64, usize>) {
+        let state = self.lock();
+        let queued = state
+            .clients
+            .iter()
+            .map(|(id, tx)| (id.0, tx.frames.max_capacity() - tx.frames.capacity()))
+            .collect();
+        (state.hub.status(), queued)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves a state that is still memory-safe to use.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -169,6 +326,11 @@ impl ProxyHandle {
     /// The hub's counters.
     pub fn stats(&self) -> HubStats {
         self.shared.lock().hub.stats()
+    }
+
+    /// The shards and client sessions.
+    pub fn status(&self) -> HubStatus {
+        self.shared.lock().hub.status()
     }
 
     /// Whether the shard's upstream session is ready.
@@ -223,6 +385,7 @@ impl Proxy {
             .collect();
         let (forward, forward_rx) = mpsc::channel(FORWARD_QUEUE);
         let shared = Arc::new(Shared {
+            upstream: handles.clone(),
             public_url: config.hub.public_url.clone(),
             total: config.hub.total,
             client_queue: config.client_queue.max(1),
@@ -543,6 +706,12 @@ fn route(
             });
             text_response(StatusCode::OK, "application/json", body.to_string())
         }
+        "/status" => text_response(StatusCode::OK, "application/json", shared.status_json()),
+        "/metrics" => text_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            shared.metrics_text(),
+        ),
         "/api/v10/gateway" | "/api/gateway" => {
             let body = serde_json::json!({ "url": shared.public_url });
             text_response(StatusCode::OK, "application/json", body.to_string())

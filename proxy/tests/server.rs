@@ -309,3 +309,80 @@ async fn zlib_stream_and_zstd_stream_are_served_when_asked_for() {
     }
     mock.shutdown().await;
 }
+
+async fn http_text(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(response).unwrap();
+    let status: u16 = text[9..12].parse().unwrap();
+    (status, text.split_once("\r\n\r\n").unwrap().1.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_show_each_client_session() {
+    let (mock, proxy, url) = start(1024).await;
+    let addr = url.trim_start_matches("ws://").to_owned();
+    let (mut ws, ready) = connect(&url, identify()).await;
+    let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    for n in 1..=3 {
+        mock.handle().dispatch(0, "E", &json!({ "n": n }));
+    }
+    let mut got = 0;
+    while got < 3 {
+        if next_json(&mut ws).await.unwrap()["t"] == "E" {
+            got += 1;
+        }
+    }
+    let (status, body) = http_text(&addr, "/status").await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["stats"]["identifies"], 1);
+    assert_eq!(v["shards"][0]["buffered"], 3);
+    assert_eq!(v["upstream"][0]["live_sockets"], 1);
+    let s = &v["sessions"][0];
+    assert_eq!(s["session_id"], session.as_str());
+    assert_eq!(
+        (s["connected"].as_bool(), s["seq"].as_u64()),
+        (Some(true), Some(4))
+    );
+    assert!(!body.contains(DEFAULT_TOKEN), "the token never shows");
+    drop(ws);
+    let handle = proxy.handle();
+    for _ in 0..500 {
+        if handle.stats().clients == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(handle.stats().clients, 0, "the proxy saw the client go");
+    mock.handle().dispatch(0, "E", &json!({ "n": 4 }));
+    for _ in 0..500 {
+        let st = handle.status();
+        if st.sessions[0].client.is_none() && st.sessions[0].behind == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, metrics) = http_text(&addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("handover_proxy_identifies_total 1"),
+        "{metrics}"
+    );
+    let line = format!("handover_proxy_session_behind{{shard=\"0\",session=\"{session}\"}} 1");
+    assert!(metrics.contains(&line), "{metrics}");
+    let line = format!("handover_proxy_session_connected{{shard=\"0\",session=\"{session}\"}} 0");
+    assert!(metrics.contains(&line), "{metrics}");
+    if let Some(fleet) = proxy.stop().await {
+        fleet
+            .shutdown(handover_core::StopIntent::KeepResumable)
+            .await;
+    }
+    mock.shutdown().await;
+}
