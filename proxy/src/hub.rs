@@ -71,7 +71,16 @@ pub struct HubConfig {
     pub max_sessions_per_shard: usize,
     /// Seed of the session ids. Default: from the operating system.
     pub seed: u64,
+    /// `heartbeat_interval` announced in HELLO, in milliseconds. A client that sends nothing
+    /// for this long plus `heartbeat_grace_ms` is closed with 4000 (resumable). Default
+    /// [`HEARTBEAT_INTERVAL_MS`] (Discord's).
+    pub heartbeat_interval_ms: u64,
+    /// See `heartbeat_interval_ms`. Default [`HEARTBEAT_GRACE_MS`].
+    pub heartbeat_grace_ms: u64,
 }
+
+/// How long past its heartbeat interval a silent client is kept.
+pub const HEARTBEAT_GRACE_MS: u64 = 5_000;
 
 impl HubConfig {
     /// A configuration with defaults for the buffer and session bounds.
@@ -91,6 +100,8 @@ impl HubConfig {
             replay_capacity: 4096,
             max_sessions_per_shard: 64,
             seed: fastrand::u64(..),
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+            heartbeat_grace_ms: HEARTBEAT_GRACE_MS,
         }
     }
 }
@@ -446,7 +457,7 @@ impl Hub {
         self.next_client += 1;
         let id = ClientId(self.next_client);
         self.clients.insert(id, ClientState::Hello);
-        (id, frames::hello(HEARTBEAT_INTERVAL_MS))
+        (id, frames::hello(self.config.heartbeat_interval_ms.max(1)))
     }
 
     /// The connection is gone: its session stays resumable.

@@ -22,7 +22,7 @@ pub mod server;
 
 pub use buffer::{Buffered, ReplayBuffer};
 pub use hub::{
-    Action, ClientId, CommandOutcome, HEARTBEAT_INTERVAL_MS, Hub, HubConfig, HubStats, HubStatus,
-    SessionView, ShardView, Upstream,
+    Action, ClientId, CommandOutcome, HEARTBEAT_GRACE_MS, HEARTBEAT_INTERVAL_MS, Hub, HubConfig,
+    HubStats, HubStatus, SessionView, ShardView, Upstream,
 };
 pub use server::{ProxyConfig, ProxyError, ProxyHandle, serve};

@@ -147,6 +147,8 @@ struct Shared {
     client_queue: usize,
     public_url: String,
     total: u32,
+    /// Heartbeat interval plus grace: a client silent this long is closed.
+    silence_ms: u64,
 }
 
 impl Shared {
@@ -386,6 +388,11 @@ impl Proxy {
         let (forward, forward_rx) = mpsc::channel(FORWARD_QUEUE);
         let shared = Arc::new(Shared {
             upstream: handles.clone(),
+            silence_ms: config
+                .hub
+                .heartbeat_interval_ms
+                .max(1)
+                .saturating_add(config.hub.heartbeat_grace_ms),
             public_url: config.hub.public_url.clone(),
             total: config.hub.total,
             client_queue: config.client_queue.max(1),
@@ -767,9 +774,19 @@ async fn run_client<S>(
         closing = Some((1000, ""));
     }
     let mut actions = Vec::new();
+    // A client that sends nothing (not even a heartbeat) for its interval plus the grace is
+    // closed with 4000, resumable: Discord closes zombie connections too.
+    let silence = Duration::from_millis(shared.silence_ms);
+    let zombie = tokio::time::sleep(silence);
+    tokio::pin!(zombie);
     while closing.is_none() {
         tokio::select! {
             biased;
+            () = &mut zombie => {
+                info!(client = client.0, "client sent nothing within its heartbeat interval");
+                shared.lock().hub.client_gone(client);
+                closing = Some((close::UNKNOWN_ERROR, "heartbeat timed out"));
+            }
             changed = close_rx.changed() => {
                 closing = match changed {
                     Ok(()) => *close_rx.borrow(),
@@ -795,6 +812,7 @@ async fn run_client<S>(
             }
             message = stream.next() => match message {
                 Some(Ok(Message::Text(text))) => {
+                    zombie.as_mut().reset(tokio::time::Instant::now() + silence);
                     let mut state = shared.lock();
                     state.hub.client_text(client, text.as_bytes(), &mut actions);
                     state.apply(&mut actions);

@@ -16,6 +16,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
 async fn start(client_queue: usize) -> (MockServer, Proxy, String) {
+    start_with(client_queue, None).await
+}
+
+async fn start_with(client_queue: usize, heartbeat_ms: Option<u64>) -> (MockServer, Proxy, String) {
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let intents = Intents::GUILDS | Intents::GUILD_MESSAGES;
     let mut gateway = GatewayConfig::new(Token::new(DEFAULT_TOKEN).unwrap(), intents);
@@ -30,6 +34,11 @@ async fn start(client_queue: usize) -> (MockServer, Proxy, String) {
         1,
         url.clone(),
     );
+    let mut hub = hub;
+    if let Some(ms) = heartbeat_ms {
+        hub.heartbeat_interval_ms = ms;
+        hub.heartbeat_grace_ms = ms;
+    }
     let mut config = ProxyConfig::new(hub);
     config.client_queue = client_queue;
     let proxy = Proxy::start(listener, fleet, config).unwrap();
@@ -379,6 +388,46 @@ async fn status_and_metrics_show_each_client_session() {
     assert!(metrics.contains(&line), "{metrics}");
     let line = format!("handover_proxy_session_connected{{shard=\"0\",session=\"{session}\"}} 0");
     assert!(metrics.contains(&line), "{metrics}");
+    if let Some(fleet) = proxy.stop().await {
+        fleet
+            .shutdown(handover_core::StopIntent::KeepResumable)
+            .await;
+    }
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_heartbeating_is_closed_resumable() {
+    let (mock, proxy, url) = start_with(1024, Some(100)).await;
+    let (mut quiet, ready) = connect(&url, identify()).await;
+    assert_eq!(ready["t"], "READY");
+    let (mut beating, _) = connect(&url, identify()).await;
+    // The beating client heartbeats every 50 ms while the quiet one says nothing; bounded at
+    // 10 s.
+    let mut rounds = 0;
+    let close = loop {
+        rounds += 1;
+        assert!(rounds < 200, "the quiet client was never closed");
+        beating
+            .send(Message::text(json!({"op": 1, "d": null}).to_string()))
+            .await
+            .unwrap();
+        match tokio::time::timeout(Duration::from_millis(50), quiet.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) | Err(_) => continue,
+            Ok(other) => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(close, Some(4000));
+    // The other client is still served.
+    mock.handle().dispatch(0, "E", &json!({ "n": 1 }));
+    loop {
+        let v = next_json(&mut beating).await.expect("still open");
+        assert!(v.get("close").is_none(), "{v}");
+        if v["t"] == "E" {
+            break;
+        }
+    }
     if let Some(fleet) = proxy.stop().await {
         fleet
             .shutdown(handover_core::StopIntent::KeepResumable)
