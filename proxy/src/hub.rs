@@ -571,7 +571,9 @@ impl Hub {
                         op: u8::try_from(op).unwrap_or_default(),
                         d: RawJson::from_raw(d),
                     }),
-                    _ => self.close(client, close::DECODE_ERROR, "decode error", out),
+                    // Identified, waiting for the upstream READY: nowhere to send it yet.
+                    (None, Some(_)) => self.stats.commands_dropped += 1,
+                    (_, None) => self.close(client, close::DECODE_ERROR, "decode error", out),
                 }
             }
             _ => self.close(client, close::UNKNOWN_OPCODE, "unknown opcode", out),

@@ -383,6 +383,12 @@ fn a_lost_upstream_session_invalidates_the_clients_and_a_resume_does_not() {
 fn client_commands_are_forwarded_and_over_budget_closes_4008() {
     use handover_proxy::CommandOutcome;
     let mut hub = hub_with(vec![0, 1], 2, 16);
+    // Shard 0 has no upstream READY yet: a command of a client waiting for it is dropped.
+    let (w, _) = hub.connect();
+    assert!(send(&mut hub, w, identify(TOKEN, Some([0, 2]), 1)).is_empty());
+    let waiting = send(&mut hub, w, json!({"op": 3, "d": {"status": "idle"}}));
+    assert!(waiting.is_empty(), "{waiting:?}");
+    assert_eq!(hub.stats().commands_dropped, 1);
     ready(&mut hub, 1, "up-1", &[]);
     let (a, _) = hub.connect();
     let presence =
@@ -418,7 +424,7 @@ fn client_commands_are_forwarded_and_over_budget_closes_4008() {
     let s = hub.stats();
     assert_eq!(
         (s.forwarded, s.commands_dropped, s.commands_refused),
-        (1, 1, 1)
+        (1, 2, 1)
     );
     let (b, _) = hub.connect();
     let big = json!({"op": 1, "d": null, "pad": "x".repeat(4096)});
