@@ -24,6 +24,7 @@ pub mod control;
 pub mod demo;
 pub mod mock_gateway;
 pub mod ndjson;
+pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis_run;
 pub mod run;
@@ -63,6 +64,9 @@ pub enum CliCommand {
     Demo(DemoOptions),
     /// Serve the mock gateway on 127.0.0.1 for other test suites (one JSON line on stdout).
     MockGateway(MockArgs),
+    /// Serve Discord's gateway locally in front of the bot's shards: unmodified bots connect,
+    /// restart and resume on loopback (see docs/proxy.md).
+    Proxy(proxy::ProxyArgs),
 }
 
 /// Printed after the flags by `handover run --help`.
@@ -220,6 +224,7 @@ pub fn main(cli: Cli) -> ExitCode {
             CliCommand::Run(args) => run::run(args).await,
             CliCommand::Demo(opts) => demo::run(opts).await.map(|_| ()),
             CliCommand::MockGateway(args) => mock_gateway::run(args).await,
+            CliCommand::Proxy(args) => proxy::run(args).await,
         }
     });
     // Socket tasks still winding down must not hold the process.

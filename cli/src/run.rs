@@ -146,7 +146,7 @@ pub enum ShardsArg {
     },
 }
 
-fn parse_intents(text: &str) -> Result<Intents, String> {
+pub(crate) fn parse_intents(text: &str) -> Result<Intents, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err(
@@ -164,7 +164,7 @@ fn parse_intents(text: &str) -> Result<Intents, String> {
     })
 }
 
-fn parse_shards(text: &str) -> Result<ShardsArg, String> {
+pub(crate) fn parse_shards(text: &str) -> Result<ShardsArg, String> {
     let text = text.trim();
     if text == "auto" {
         return Ok(ShardsArg::Auto);
@@ -189,7 +189,7 @@ fn parse_shards(text: &str) -> Result<ShardsArg, String> {
     }
 }
 
-fn parse_http_bind(text: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_http_bind(text: &str) -> Result<SocketAddr, String> {
     if let Ok(port) = text.parse::<u16>() {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
@@ -198,7 +198,7 @@ fn parse_http_bind(text: &str) -> Result<SocketAddr, String> {
 }
 
 /// Reads and checks the token from [`TOKEN_ENV`].
-fn read_token() -> Result<Token, CliError> {
+pub(crate) fn read_token() -> Result<Token, CliError> {
     let raw = match std::env::var(TOKEN_ENV) {
         Ok(raw) => raw,
         Err(std::env::VarError::NotPresent) => {
@@ -409,13 +409,13 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-struct Lookup {
-    url: String,
-    recommended: Option<u32>,
-    limit: Option<SessionStartLimit>,
+pub(crate) struct Lookup {
+    pub(crate) url: String,
+    pub(crate) recommended: Option<u32>,
+    pub(crate) limit: Option<SessionStartLimit>,
 }
 
-async fn lookup(api_base: &str, token: &Token) -> Result<Lookup, CliError> {
+pub(crate) async fn lookup(api_base: &str, token: &Token) -> Result<Lookup, CliError> {
     let bot = gateway_bot(api_base, token, &HttpOptions::default())
         .await
         .map_err(|e| match e {
@@ -447,7 +447,7 @@ async fn lookup(api_base: &str, token: &Token) -> Result<Lookup, CliError> {
     })
 }
 
-fn resolve_shards(
+pub(crate) fn resolve_shards(
     arg: &ShardsArg,
     recommended: Option<u32>,
 ) -> Result<(Range<u32>, u32), CliError> {
@@ -470,7 +470,7 @@ fn resolve_shards(
 /// The sessions of the session file, if it is usable; a `resume_gateway_url` that is neither
 /// a Discord gateway host nor the gateway in use (`gateway_url`) is replaced by `gateway_url`,
 /// so the RESUME, which carries the token, only goes where the configuration says.
-fn load_sessions(
+pub(crate) fn load_sessions(
     path: &std::path::Path,
     total: u32,
     max_age_secs: u64,

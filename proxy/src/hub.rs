@@ -1,0 +1,975 @@
+//! The proxy's downstream protocol as a sans-IO state machine: sessions of the clients, the
+//! replay buffers and guild caches of the upstream shards, and what to send to whom.
+//!
+//! Nothing here does I/O or reads a clock: the shell ([`crate::server`]) feeds it client frames
+//! and upstream events and carries out the [`Action`]s it returns.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use handover_protocol::{Intents, RawJson, Token};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use tracing::{debug, info};
+
+use crate::buffer::ReplayBuffer;
+use crate::frames;
+
+/// The heartbeat interval announced to clients in HELLO, in milliseconds (Discord's).
+pub const HEARTBEAT_INTERVAL_MS: u64 = 41_250;
+
+/// Largest payload a client may send (Discord's limit); larger closes with 4002.
+pub const MAX_CLIENT_PAYLOAD: usize = 4096;
+
+/// Close codes the proxy sends, with Discord's meaning (see `docs/proxy.md`).
+pub mod close {
+    /// Unknown error: resumable. Sent to a client that fell too far behind.
+    pub const UNKNOWN_ERROR: u16 = 4000;
+    /// Unknown opcode.
+    pub const UNKNOWN_OPCODE: u16 = 4001;
+    /// Decode error: not a JSON payload the proxy understands.
+    pub const DECODE_ERROR: u16 = 4002;
+    /// Not authenticated: a payload before IDENTIFY or RESUME.
+    pub const NOT_AUTHENTICATED: u16 = 4003;
+    /// Authentication failed: not the bot's token.
+    pub const AUTHENTICATION_FAILED: u16 = 4004;
+    /// Already authenticated: a second IDENTIFY or RESUME on one connection.
+    pub const ALREADY_AUTHENTICATED: u16 = 4005;
+    /// Invalid shard.
+    pub const INVALID_SHARD: u16 = 4010;
+    /// Sharding required.
+    pub const SHARDING_REQUIRED: u16 = 4011;
+    /// Rate limited: a client command over the upstream connection's send budget.
+    pub const RATE_LIMITED: u16 = 4008;
+    /// Invalid API version.
+    pub const INVALID_API_VERSION: u16 = 4012;
+    /// Invalid intent(s): bits Discord does not document.
+    pub const INVALID_INTENTS: u16 = 4013;
+    /// Disallowed intent(s): intents the upstream shards were not identified with.
+    pub const DISALLOWED_INTENTS: u16 = 4014;
+}
+
+/// Settings of a [`Hub`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HubConfig {
+    /// The bot's token: clients must identify with it (with or without `Bot `).
+    pub token: Token,
+    /// The intents the upstream shards identified with; a client may ask for these or fewer.
+    pub intents: Intents,
+    /// The shard ids the proxy runs upstream.
+    pub shards: Vec<u32>,
+    /// The bot's total shard count.
+    pub total: u32,
+    /// The proxy's own gateway URL (`ws://ADDR:PORT`), sent as `resume_gateway_url`.
+    pub public_url: String,
+    /// Dispatches kept per shard for client resumes. Default 4096.
+    pub replay_capacity: usize,
+    /// Client sessions kept per shard; beyond it the one detached longest ago is forgotten.
+    /// Default 64.
+    pub max_sessions_per_shard: usize,
+    /// Seed of the session ids. Default: from the operating system.
+    pub seed: u64,
+    /// `heartbeat_interval` announced in HELLO, in milliseconds. A client that sends nothing
+    /// for this long plus `heartbeat_grace_ms` is closed with 4000 (resumable). Default
+    /// [`HEARTBEAT_INTERVAL_MS`] (Discord's).
+    pub heartbeat_interval_ms: u64,
+    /// See `heartbeat_interval_ms`. Default [`HEARTBEAT_GRACE_MS`].
+    pub heartbeat_grace_ms: u64,
+}
+
+/// How long past its heartbeat interval a silent client is kept.
+pub const HEARTBEAT_GRACE_MS: u64 = 5_000;
+
+impl HubConfig {
+    /// A configuration with defaults for the buffer and session bounds.
+    pub fn new(
+        token: Token,
+        intents: Intents,
+        shards: Vec<u32>,
+        total: u32,
+        public_url: String,
+    ) -> HubConfig {
+        HubConfig {
+            token,
+            intents,
+            shards,
+            total,
+            public_url,
+            replay_capacity: 4096,
+            max_sessions_per_shard: 64,
+            seed: fastrand::u64(..),
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+            heartbeat_grace_ms: HEARTBEAT_GRACE_MS,
+        }
+    }
+}
+
+/// A downstream connection, as the hub names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u64);
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Send these text frames, in order, to the client (one queue slot for all of them).
+    Send {
+        /// The connection.
+        client: ClientId,
+        /// JSON text frames.
+        frames: Vec<Bytes>,
+    },
+    /// Send this client command on the shard's upstream connection, then report the outcome
+    /// with [`Hub::command_sent`].
+    Forward {
+        /// The connection that sent it.
+        client: ClientId,
+        /// Its shard.
+        shard: u32,
+        /// The opcode (3, 4, 8, 31 or 43).
+        op: u8,
+        /// The `d` field.
+        d: RawJson,
+    },
+    /// Close the client's connection with this code (after what was queued before).
+    Close {
+        /// The connection.
+        client: ClientId,
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: &'static str,
+    },
+}
+
+/// What the upstream shards report, as the hub needs it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Upstream {
+    /// READY of an upstream session.
+    Ready {
+        /// The shard.
+        shard: u32,
+        /// The upstream session id.
+        session_id: String,
+        /// READY's `d`.
+        data: RawJson,
+    },
+    /// A dispatch (not READY or RESUMED).
+    Dispatch {
+        /// The shard.
+        shard: u32,
+        /// The event name.
+        event_type: String,
+        /// The event data.
+        data: RawJson,
+    },
+    /// The upstream session of the shard is lost (events were missed).
+    Lost {
+        /// The shard.
+        shard: u32,
+    },
+}
+
+#[derive(Debug)]
+enum ClientState {
+    /// HELLO sent; waiting for IDENTIFY or RESUME.
+    Hello,
+    /// Identified, waiting for the upstream shard's READY.
+    Pending { shard: u32 },
+    /// Attached to a session.
+    Attached { session: String },
+}
+
+#[derive(Debug)]
+struct Session {
+    shard: u32,
+    /// Client seq of the last synthesized dispatch (READY and the GUILD_CREATEs).
+    prefix: u64,
+    /// Buffer position when the session started: position `start + k` is client seq
+    /// `prefix + k`.
+    start: u64,
+    /// Last position handed to the shell for this session.
+    sent: u64,
+    client: Option<ClientId>,
+    /// When (in hub steps) it was detached, for eviction.
+    detached_at: u64,
+    /// RESUMEs accepted for it.
+    resumes: u64,
+}
+
+impl Session {
+    fn seq_of(&self, pos: u64) -> u64 {
+        self.prefix + (pos - self.start)
+    }
+}
+
+#[derive(Debug)]
+struct UpstreamSession {
+    id: String,
+    /// READY's `d` without the fields made per client.
+    ready: Map<String, Value>,
+}
+
+#[derive(Debug)]
+struct ShardState {
+    buffer: ReplayBuffer,
+    upstream: Option<UpstreamSession>,
+    /// Guilds of the upstream session, by id: the latest GUILD_CREATE's `d`, or `None` while
+    /// unavailable.
+    guilds: BTreeMap<String, Option<RawJson>>,
+    pending: Vec<ClientId>,
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    op: u64,
+    #[serde(borrow)]
+    d: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct IdentifyData {
+    token: Value,
+    intents: Option<u64>,
+    shard: Option<Vec<u64>>,
+}
+
+#[derive(Deserialize)]
+struct ResumeData {
+    token: Value,
+    session_id: Value,
+    seq: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct GuildData {
+    id: String,
+    #[serde(default)]
+    unavailable: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct ReadyGuilds {
+    #[serde(default)]
+    guilds: Vec<GuildData>,
+}
+
+/// Counters of a hub, for status and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct HubStats {
+    /// Client connections open now.
+    pub clients: usize,
+    /// Client sessions kept (attached or resumable).
+    pub sessions: usize,
+    /// IDENTIFYs accepted.
+    pub identifies: u64,
+    /// RESUMEs accepted.
+    pub resumes: u64,
+    /// RESUMEs answered with op 9.
+    pub resumes_refused: u64,
+    /// Dispatches replayed to resuming clients.
+    pub replayed: u64,
+    /// Clients closed for falling behind.
+    pub lagged: u64,
+    /// Client commands sent upstream.
+    pub forwarded: u64,
+    /// Client commands over the upstream send budget (the client was closed with 4008).
+    pub commands_refused: u64,
+    /// Client commands dropped because the upstream connection could not take them.
+    pub commands_dropped: u64,
+}
+
+/// One client session, for `/status` and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct SessionView {
+    /// The session id the proxy gave the client.
+    pub session_id: String,
+    /// Its shard.
+    pub shard: u32,
+    /// The connection attached to it now, if any.
+    pub client: Option<u64>,
+    /// The client seq of the last dispatch handed to its connection.
+    pub seq: u64,
+    /// Dispatches of the shard it has not been handed (while detached: what a RESUME would
+    /// replay, if still buffered).
+    pub behind: u64,
+    /// RESUMEs accepted for it.
+    pub resumes: u64,
+}
+
+/// One upstream shard as the proxy sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ShardView {
+    /// The shard id.
+    pub shard: u32,
+    /// Whether its upstream session is ready.
+    pub upstream_ready: bool,
+    /// Dispatches in its replay buffer.
+    pub buffered: usize,
+    /// The buffer's capacity.
+    pub capacity: usize,
+    /// Guilds in its cache.
+    pub guilds: usize,
+}
+
+/// What a hub holds, for `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct HubStatus {
+    /// Counters.
+    pub stats: HubStats,
+    /// The shards.
+    pub shards: Vec<ShardView>,
+    /// The client sessions, attached or resumable, by shard then id.
+    pub sessions: Vec<SessionView>,
+}
+
+/// What became of a forwarded client command (see [`Hub::command_sent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommandOutcome {
+    /// Sent on the upstream connection.
+    Sent,
+    /// Refused: over the upstream connection's send budget (or too large to send).
+    OverBudget,
+    /// Not sent: the upstream connection could not take it now (reconnecting, write queue
+    /// full).
+    Dropped,
+}
+
+/// The proxy's downstream state. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Hub {
+    config: HubConfig,
+    shards: BTreeMap<u32, ShardState>,
+    clients: HashMap<ClientId, ClientState>,
+    sessions: HashMap<String, Session>,
+    next_client: u64,
+    steps: u64,
+    rng: fastrand::Rng,
+    stats: HubStats,
+}
+
+impl Hub {
+    /// A hub for the configured shards, with empty buffers.
+    pub fn new(config: HubConfig) -> Hub {
+        let shards = config
+            .shards
+            .iter()
+            .map(|&id| {
+                (
+                    id,
+                    ShardState {
+                        buffer: ReplayBuffer::new(config.replay_capacity),
+                        upstream: None,
+                        guilds: BTreeMap::new(),
+                        pending: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        let rng = fastrand::Rng::with_seed(config.seed);
+        Hub {
+            config,
+            shards,
+            clients: HashMap::new(),
+            sessions: HashMap::new(),
+            next_client: 0,
+            steps: 0,
+            rng,
+            stats: HubStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> HubStats {
+        HubStats {
+            clients: self.clients.len(),
+            sessions: self.sessions.len(),
+            ..self.stats
+        }
+    }
+
+    /// A snapshot of the shards and client sessions.
+    pub fn status(&self) -> HubStatus {
+        let shards = self
+            .shards
+            .iter()
+            .map(|(&shard, s)| ShardView {
+                shard,
+                upstream_ready: s.upstream.is_some(),
+                buffered: s.buffer.len(),
+                capacity: s.buffer.capacity(),
+                guilds: s.guilds.len(),
+            })
+            .collect();
+        let mut sessions: Vec<SessionView> = self
+            .sessions
+            .iter()
+            .map(|(id, s)| {
+                let last = self
+                    .shards
+                    .get(&s.shard)
+                    .map_or(s.sent, |st| st.buffer.last_pos());
+                SessionView {
+                    session_id: id.clone(),
+                    shard: s.shard,
+                    client: s.client.map(|c| c.0),
+                    seq: s.seq_of(s.sent),
+                    behind: last.saturating_sub(s.sent),
+                    resumes: s.resumes,
+                }
+            })
+            .collect();
+        sessions.sort_by(|a, b| (a.shard, &a.session_id).cmp(&(b.shard, &b.session_id)));
+        HubStatus {
+            stats: self.stats(),
+            shards,
+            sessions,
+        }
+    }
+
+    /// Whether the shard's upstream session is ready (a client's IDENTIFY is answered at once).
+    pub fn upstream_ready(&self, shard: u32) -> bool {
+        self.shards
+            .get(&shard)
+            .is_some_and(|s| s.upstream.is_some())
+    }
+
+    /// Events in the shard's replay buffer.
+    pub fn buffered(&self, shard: u32) -> usize {
+        self.shards.get(&shard).map_or(0, |s| s.buffer.len())
+    }
+
+    /// A new connection: its id and the HELLO to send it first.
+    pub fn connect(&mut self) -> (ClientId, Bytes) {
+        self.next_client += 1;
+        let id = ClientId(self.next_client);
+        self.clients.insert(id, ClientState::Hello);
+        (id, frames::hello(self.config.heartbeat_interval_ms.max(1)))
+    }
+
+    /// The connection is gone: its session stays resumable.
+    pub fn client_gone(&mut self, client: ClientId) {
+        self.steps += 1;
+        match self.clients.remove(&client) {
+            Some(ClientState::Attached { session }) => self.detach(&session, client),
+            Some(ClientState::Pending { shard }) => {
+                if let Some(s) = self.shards.get_mut(&shard) {
+                    s.pending.retain(|c| *c != client);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The client did not take its frames fast enough: it is detached (its session stays
+    /// resumable) and closed with 4000, which every library resumes after.
+    pub fn client_lagged(&mut self, client: ClientId, out: &mut Vec<Action>) {
+        if self.clients.contains_key(&client) {
+            self.stats.lagged += 1;
+            info!(
+                client = client.0,
+                "client fell behind; closing it resumable"
+            );
+            self.client_gone(client);
+            out.push(Action::Close {
+                client,
+                code: close::UNKNOWN_ERROR,
+                reason: "client fell behind",
+            });
+        }
+    }
+
+    fn detach(&mut self, session: &str, client: ClientId) {
+        if let Some(s) = self.sessions.get_mut(session)
+            && s.client == Some(client)
+        {
+            s.client = None;
+            s.detached_at = self.steps;
+        }
+    }
+
+    fn close(&mut self, client: ClientId, code: u16, reason: &'static str, out: &mut Vec<Action>) {
+        debug!(client = client.0, code, reason, "closing client");
+        self.client_gone(client);
+        out.push(Action::Close {
+            client,
+            code,
+            reason,
+        });
+    }
+
+    fn send(client: ClientId, frames: Vec<Bytes>, out: &mut Vec<Action>) {
+        out.push(Action::Send { client, frames });
+    }
+
+    /// A text frame from a client.
+    pub fn client_text(&mut self, client: ClientId, text: &[u8], out: &mut Vec<Action>) {
+        self.steps += 1;
+        let Some(state) = self.clients.get(&client) else {
+            return;
+        };
+        if text.len() > MAX_CLIENT_PAYLOAD {
+            return self.close(client, close::DECODE_ERROR, "payload too large", out);
+        }
+        let Ok(payload) = serde_json::from_slice::<Incoming<'_>>(text) else {
+            return self.close(client, close::DECODE_ERROR, "decode error", out);
+        };
+        let attached = !matches!(state, ClientState::Hello);
+        match payload.op {
+            1 => {
+                let ok = payload
+                    .d
+                    .is_none_or(|d| d.get() == "null" || d.get().parse::<u64>().is_ok());
+                if ok {
+                    Hub::send(client, vec![frames::heartbeat_ack()], out);
+                } else {
+                    self.close(client, close::DECODE_ERROR, "decode error", out);
+                }
+            }
+            2 if attached => self.close(
+                client,
+                close::ALREADY_AUTHENTICATED,
+                "already authenticated",
+                out,
+            ),
+            6 if attached => self.close(
+                client,
+                close::ALREADY_AUTHENTICATED,
+                "already authenticated",
+                out,
+            ),
+            2 => self.identify(client, payload.d, out),
+            6 => self.resume(client, payload.d, out),
+            3 | 4 | 8 | 31 | 43 if !attached => {
+                self.close(client, close::NOT_AUTHENTICATED, "not authenticated", out)
+            }
+            op @ (3 | 4 | 8 | 31 | 43) => {
+                let shard = match self.clients.get(&client) {
+                    Some(ClientState::Attached { session }) => {
+                        self.sessions.get(session).map(|s| s.shard)
+                    }
+                    _ => None,
+                };
+                match (shard, payload.d) {
+                    (Some(shard), Some(d)) => out.push(Action::Forward {
+                        client,
+                        shard,
+                        // One of the opcodes matched above.
+                        op: u8::try_from(op).unwrap_or_default(),
+                        d: RawJson::from_raw(d),
+                    }),
+                    // Identified, waiting for the upstream READY: nowhere to send it yet.
+                    (None, Some(_)) => self.stats.commands_dropped += 1,
+                    (_, None) => self.close(client, close::DECODE_ERROR, "decode error", out),
+                }
+            }
+            _ => self.close(client, close::UNKNOWN_OPCODE, "unknown opcode", out),
+        }
+    }
+
+    /// The outcome of an [`Action::Forward`]. Over the upstream connection's send budget
+    /// (shared by every client of the shard), the client is closed with 4008, as Discord closes
+    /// a client over its rate; a command the upstream could not take for another reason (the
+    /// shard is reconnecting) is dropped and counted.
+    pub fn command_sent(
+        &mut self,
+        client: ClientId,
+        outcome: CommandOutcome,
+        out: &mut Vec<Action>,
+    ) {
+        match outcome {
+            CommandOutcome::Sent => self.stats.forwarded += 1,
+            CommandOutcome::Dropped => self.stats.commands_dropped += 1,
+            CommandOutcome::OverBudget => {
+                self.stats.commands_refused += 1;
+                if self.clients.contains_key(&client) {
+                    self.close(client, close::RATE_LIMITED, "rate limited", out);
+                }
+            }
+        }
+    }
+
+    fn token_ok(&self, token: &Value) -> bool {
+        let Some(token) = token.as_str() else {
+            return false;
+        };
+        let bare = token.strip_prefix("Bot ").unwrap_or(token);
+        self.config.token.matches(bare)
+    }
+
+    fn identify(&mut self, client: ClientId, d: Option<&RawValue>, out: &mut Vec<Action>) {
+        let Some(data) = d.and_then(|d| serde_json::from_str::<IdentifyData>(d.get()).ok()) else {
+            return self.close(client, close::DECODE_ERROR, "decode error", out);
+        };
+        if !self.token_ok(&data.token) {
+            return self.close(
+                client,
+                close::AUTHENTICATION_FAILED,
+                "authentication failed",
+                out,
+            );
+        }
+        let shard = match data.shard.as_deref() {
+            None if self.config.total > 1 => {
+                return self.close(client, close::SHARDING_REQUIRED, "sharding required", out);
+            }
+            None => 0,
+            Some([id, total])
+                if *total == u64::from(self.config.total)
+                    && u32::try_from(*id).is_ok_and(|id| self.shards.contains_key(&id)) =>
+            {
+                // Checked just above.
+                u32::try_from(*id).unwrap_or_default()
+            }
+            Some(_) => return self.close(client, close::INVALID_SHARD, "invalid shard", out),
+        };
+        let Some(intents) = data.intents else {
+            return self.close(client, close::DECODE_ERROR, "decode error", out);
+        };
+        if intents & !Intents::all().bits() != 0 {
+            return self.close(client, close::INVALID_INTENTS, "invalid intent(s)", out);
+        }
+        if intents & !self.config.intents.bits() != 0 {
+            return self.close(
+                client,
+                close::DISALLOWED_INTENTS,
+                "disallowed intent(s)",
+                out,
+            );
+        }
+        let Some(state) = self.shards.get_mut(&shard) else {
+            return self.close(client, close::INVALID_SHARD, "invalid shard", out);
+        };
+        self.clients.insert(client, ClientState::Pending { shard });
+        if state.upstream.is_some() {
+            self.start_session(client, shard, out);
+        } else {
+            debug!(
+                client = client.0,
+                shard, "identify waits for the upstream READY"
+            );
+            state.pending.push(client);
+        }
+    }
+
+    fn new_session_id(&mut self) -> String {
+        let (a, b) = (self.rng.u64(..), self.rng.u64(..));
+        format!("{a:016x}{b:016x}")
+    }
+
+    /// READY and one GUILD_CREATE per cached guild, for a new session of `client`.
+    fn start_session(&mut self, client: ClientId, shard: u32, out: &mut Vec<Action>) {
+        let session_id = self.new_session_id();
+        self.evict(shard);
+        let (total, url) = (self.config.total, self.config.public_url.clone());
+        let Some(state) = self.shards.get(&shard) else {
+            return;
+        };
+        let Some(upstream) = &state.upstream else {
+            return;
+        };
+        let mut ready = upstream.ready.clone();
+        ready.insert("session_id".into(), Value::String(session_id.clone()));
+        ready.insert("resume_gateway_url".into(), Value::String(url));
+        ready.insert("shard".into(), Value::from(vec![shard, total]));
+        let guilds: Vec<Value> = state
+            .guilds
+            .keys()
+            .map(|id| serde_json::json!({ "id": id, "unavailable": true }))
+            .collect();
+        ready.insert("guilds".into(), Value::Array(guilds));
+        let mut seq = 1;
+        let mut batch = vec![frames::dispatch_value("READY", seq, &Value::Object(ready))];
+        for data in state.guilds.values().flatten() {
+            seq += 1;
+            batch.push(frames::dispatch("GUILD_CREATE", seq, data.as_bytes()));
+        }
+        let start = state.buffer.last_pos();
+        self.sessions.insert(
+            session_id.clone(),
+            Session {
+                shard,
+                prefix: seq,
+                start,
+                sent: start,
+                client: Some(client),
+                detached_at: 0,
+                resumes: 0,
+            },
+        );
+        self.clients.insert(
+            client,
+            ClientState::Attached {
+                session: session_id,
+            },
+        );
+        self.stats.identifies += 1;
+        info!(
+            client = client.0,
+            shard,
+            guilds = seq - 1,
+            "client identified"
+        );
+        Hub::send(client, batch, out);
+    }
+
+    /// Keeps the shard's sessions within bounds: forgets the one detached longest ago.
+    fn evict(&mut self, shard: u32) {
+        let of_shard = self.sessions.values().filter(|s| s.shard == shard).count();
+        if of_shard < self.config.max_sessions_per_shard.max(1) {
+            return;
+        }
+        let oldest = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.shard == shard && s.client.is_none())
+            .min_by_key(|(_, s)| s.detached_at)
+            .map(|(id, _)| id.clone());
+        if let Some(id) = oldest {
+            self.sessions.remove(&id);
+        }
+    }
+
+    fn invalid_session(&mut self, client: ClientId, out: &mut Vec<Action>) {
+        self.stats.resumes_refused += 1;
+        self.clients.insert(client, ClientState::Hello);
+        Hub::send(client, vec![frames::invalid_session()], out);
+    }
+
+    fn resume(&mut self, client: ClientId, d: Option<&RawValue>, out: &mut Vec<Action>) {
+        let Some(data) = d.and_then(|d| serde_json::from_str::<ResumeData>(d.get()).ok()) else {
+            return self.close(client, close::DECODE_ERROR, "decode error", out);
+        };
+        if !self.token_ok(&data.token) {
+            return self.close(
+                client,
+                close::AUTHENTICATION_FAILED,
+                "authentication failed",
+                out,
+            );
+        }
+        let Some(session_id) = data.session_id.as_str() else {
+            return self.invalid_session(client, out);
+        };
+        let seq = data.seq.unwrap_or(0);
+        let Some(session) = self.sessions.get(session_id) else {
+            debug!(client = client.0, "resume of an unknown session");
+            return self.invalid_session(client, out);
+        };
+        let Some(state) = self.shards.get(&session.shard) else {
+            return self.invalid_session(client, out);
+        };
+        let pos = match seq.checked_sub(session.prefix) {
+            Some(k) => session.start.checked_add(k).filter(|p| *p <= session.sent),
+            None => None,
+        };
+        let Some(pos) = pos else {
+            debug!(
+                client = client.0,
+                seq, "resume from a seq this session cannot replay"
+            );
+            return self.invalid_session(client, out);
+        };
+        let Some(missed) = state.buffer.after(pos) else {
+            debug!(
+                client = client.0,
+                seq, "resume from a seq older than the buffer"
+            );
+            return self.invalid_session(client, out);
+        };
+        let mut batch: Vec<Bytes> = missed
+            .map(|e| frames::dispatch(&e.event_type, session.seq_of(e.pos), e.data.as_bytes()))
+            .collect();
+        let last = state.buffer.last_pos();
+        let replayed = batch.len() as u64;
+        // RESUMED carries the last seq again: it is not an event a later resume must replay.
+        batch.push(frames::dispatch("RESUMED", session.seq_of(last), b"{}"));
+        let previous = session.client;
+        let session_id = session_id.to_owned();
+        if let Some(old) = previous
+            && old != client
+        {
+            // The session's old connection has not noticed it is replaced (a restarted client
+            // whose old socket lingers): it goes.
+            self.clients.remove(&old);
+            out.push(Action::Close {
+                client: old,
+                code: close::UNKNOWN_ERROR,
+                reason: "session resumed elsewhere",
+            });
+        }
+        if let Some(s) = self.sessions.get_mut(&session_id) {
+            s.sent = last;
+            s.client = Some(client);
+            s.resumes += 1;
+        }
+        self.clients.insert(
+            client,
+            ClientState::Attached {
+                session: session_id,
+            },
+        );
+        self.stats.resumes += 1;
+        self.stats.replayed += replayed;
+        info!(client = client.0, seq, replayed, "client resumed");
+        Hub::send(client, batch, out);
+    }
+
+    /// An upstream event.
+    pub fn upstream(&mut self, event: Upstream, out: &mut Vec<Action>) {
+        self.steps += 1;
+        match event {
+            Upstream::Ready {
+                shard,
+                session_id,
+                data,
+            } => self.upstream_ready_event(shard, session_id, &data, out),
+            Upstream::Dispatch {
+                shard,
+                event_type,
+                data,
+            } => self.upstream_dispatch(shard, &event_type, data, out),
+            Upstream::Lost { shard } => self.lose(shard, out),
+        }
+    }
+
+    fn upstream_ready_event(
+        &mut self,
+        shard: u32,
+        session_id: String,
+        data: &RawJson,
+        out: &mut Vec<Action>,
+    ) {
+        let same = self
+            .shards
+            .get(&shard)
+            .and_then(|s| s.upstream.as_ref())
+            .is_some_and(|u| u.id == session_id);
+        if same {
+            return;
+        }
+        if self
+            .shards
+            .get(&shard)
+            .is_some_and(|s| s.upstream.is_some())
+        {
+            self.lose(shard, out);
+        }
+        let Some(state) = self.shards.get_mut(&shard) else {
+            return;
+        };
+        let mut ready: Map<String, Value> =
+            serde_json::from_slice(data.as_bytes()).unwrap_or_default();
+        let listed: ReadyGuilds = ready
+            .get("guilds")
+            .and_then(|g| serde_json::from_value(serde_json::json!({ "guilds": g })).ok())
+            .unwrap_or(ReadyGuilds { guilds: Vec::new() });
+        for key in ["session_id", "resume_gateway_url", "guilds", "shard"] {
+            ready.remove(key);
+        }
+        // The guilds of the new session: cached GUILD_CREATEs of guilds it still lists are kept
+        // (Discord sends them again shortly).
+        let mut guilds = BTreeMap::new();
+        for g in listed.guilds {
+            let kept = state.guilds.remove(&g.id).flatten();
+            guilds.insert(g.id, kept);
+        }
+        state.guilds = guilds;
+        state.upstream = Some(UpstreamSession {
+            id: session_id,
+            ready,
+        });
+        let pending = std::mem::take(&mut state.pending);
+        for client in pending {
+            if matches!(self.clients.get(&client), Some(ClientState::Pending { .. })) {
+                self.start_session(client, shard, out);
+            }
+        }
+    }
+
+    fn upstream_dispatch(
+        &mut self,
+        shard: u32,
+        event_type: &str,
+        data: RawJson,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(state) = self.shards.get_mut(&shard) else {
+            return;
+        };
+        match event_type {
+            "GUILD_CREATE" => {
+                if let Ok(g) = serde_json::from_slice::<GuildData>(data.as_bytes()) {
+                    state.guilds.insert(g.id, Some(data.clone()));
+                }
+            }
+            "GUILD_DELETE" => {
+                if let Ok(g) = serde_json::from_slice::<GuildData>(data.as_bytes()) {
+                    if g.unavailable == Some(true) {
+                        state.guilds.insert(g.id, None);
+                    } else {
+                        state.guilds.remove(&g.id);
+                    }
+                }
+            }
+            _ => {}
+        }
+        let pos = state.buffer.push(event_type, data.clone());
+        for session in self.sessions.values_mut() {
+            if session.shard != shard {
+                continue;
+            }
+            let Some(client) = session.client else {
+                continue;
+            };
+            session.sent = pos;
+            let frame = frames::dispatch(event_type, session.seq_of(pos), data.as_bytes());
+            out.push(Action::Send {
+                client,
+                frames: vec![frame],
+            });
+        }
+    }
+
+    /// The upstream session of `shard` is gone: every client session of the shard is, too.
+    /// Attached clients get op 9 d=false (and may IDENTIFY again on the same connection).
+    fn lose(&mut self, shard: u32, out: &mut Vec<Action>) {
+        let Some(state) = self.shards.get_mut(&shard) else {
+            return;
+        };
+        state.upstream = None;
+        state.buffer.clear();
+        let lost: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.shard == shard)
+            .map(|(id, _)| id.clone())
+            .collect();
+        info!(
+            shard,
+            sessions = lost.len(),
+            "upstream session lost; client sessions invalidated"
+        );
+        for id in lost {
+            if let Some(session) = self.sessions.remove(&id)
+                && let Some(client) = session.client
+            {
+                self.clients.insert(client, ClientState::Hello);
+                Hub::send(client, vec![frames::invalid_session()], out);
+            }
+        }
+    }
+}

@@ -1,0 +1,843 @@
+//! The tokio shell: one port serving the gateway (WebSocket, JSON encoding) and
+//! `GET /api/v10/gateway/bot`, fed by a [`Fleet`].
+//!
+//! The [`Hub`] lives behind one mutex, never held across an `.await`. Each client connection
+//! is one task with a bounded queue of frame batches: fan-out only ever `try_send`s, so a client
+//! that does not read never slows the others or the upstream shards; when its queue is full it
+//! is closed with 4000 (resumable) and resumes from the replay buffer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use futures_util::stream::StreamExt;
+use handover_protocol::{Command, Compression, ZlibStreamEncoder, ZstdStreamEncoder};
+use handover_runtime::{Fleet, ShardEvent, ShardEventKind, ShardHandle};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tracing::{debug, info, warn};
+
+use crate::hub::{
+    Action, ClientId, CommandOutcome, Hub, HubConfig, HubStats, HubStatus, Upstream, close,
+};
+use serde_json::Value;
+
+/// Largest frame read from a client. Discord's limit for a client payload is 4096 bytes (the
+/// hub closes a larger one with 4002); this bound only protects the proxy's memory.
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// Settings of a [`Proxy`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ProxyConfig {
+    /// The downstream protocol's settings.
+    pub hub: HubConfig,
+    /// Frame batches queued per client before it counts as fallen behind and is closed with
+    /// 4000. Default 1024.
+    pub client_queue: usize,
+}
+
+impl ProxyConfig {
+    /// Defaults around `hub`.
+    pub fn new(hub: HubConfig) -> ProxyConfig {
+        ProxyConfig {
+            hub,
+            client_queue: 1024,
+        }
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The listening socket's address could not be read.
+    #[error("cannot read the listening address")]
+    LocalAddr(#[source] std::io::Error),
+}
+
+struct ClientTx {
+    frames: mpsc::Sender<Vec<Bytes>>,
+    close: watch::Sender<Option<(u16, &'static str)>>,
+}
+
+/// A client command on its way upstream.
+struct Forward {
+    client: ClientId,
+    shard: u32,
+    command: Command,
+}
+
+/// Client commands queued for the forwarder before more are refused (4008).
+const FORWARD_QUEUE: usize = 256;
+
+struct State {
+    hub: Hub,
+    clients: HashMap<ClientId, ClientTx>,
+    forward: mpsc::Sender<Forward>,
+}
+
+impl State {
+    /// Carries out the hub's actions; a client whose queue is full is closed as lagging.
+    fn apply(&mut self, actions: &mut Vec<Action>) {
+        let mut i = 0;
+        // Bounded: each lagging client adds one Close, and a closed client gets no more sends.
+        while i < actions.len() {
+            match actions[i].clone() {
+                Action::Send { client, frames } => {
+                    if let Some(tx) = self.clients.get(&client)
+                        && let Err(mpsc::error::TrySendError::Full(_)) = tx.frames.try_send(frames)
+                    {
+                        self.hub.client_lagged(client, actions);
+                    }
+                }
+                Action::Forward {
+                    client,
+                    shard,
+                    op,
+                    d,
+                } => {
+                    let command = Command::Raw { op, d };
+                    let queued = self.forward.try_send(Forward {
+                        client,
+                        shard,
+                        command,
+                    });
+                    if queued.is_err() {
+                        self.hub
+                            .command_sent(client, CommandOutcome::OverBudget, actions);
+                    }
+                }
+                Action::Close {
+                    client,
+                    code,
+                    reason,
+                } => {
+                    if let Some(tx) = self.clients.get(&client) {
+                        tx.close.send_replace(Some((code, reason)));
+                    }
+                }
+            }
+            i += 1;
+        }
+        actions.clear();
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The upstream shards, for their status.
+    upstream: BTreeMap<u32, ShardHandle>,
+    client_queue: usize,
+    public_url: String,
+    total: u32,
+    /// Heartbeat interval plus grace: a client silent this long is closed.
+    silence_ms: u64,
+}
+
+impl Shared {
+    /// The hub's status plus each client's queue depth and the upstream shards' own status.
+    fn status_json(&self) -> String {
+        let (status, queued) = self.snapshot();
+        let upstream: Vec<Value> = self
+            .upstream
+            .values()
+            .map(|h| {
+                let s = h.status();
+                serde_json::json!({
+                    "shard": s.shard, "phase": s.phase.name(), "resumable": s.resumable,
+                    "reconnects": s.reconnects, "identifies": s.identifies, "resumes": s.resumes,
+                    "received": s.received, "gaps": s.gaps, "live_sockets": s.live_sockets,
+                })
+            })
+            .collect();
+        let sessions: Vec<Value> = status
+            .sessions
+            .iter()
+            .map(|s| {
+                let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+                let q = s.client.and_then(|c| queued.get(&c)).copied().unwrap_or(0);
+                v["connected"] = Value::Bool(s.client.is_some());
+                v["queued"] = Value::from(q);
+                v
+            })
+            .collect();
+        serde_json::json!({
+            "url": self.public_url,
+            "stats": status.stats,
+            "shards": status.shards,
+            "sessions": sessions,
+            "upstream": upstream,
+        })
+        .to_string()
+    }
+
+    /// Prometheus text: the hub's counters, per shard and per client session.
+    fn metrics_text(&self) -> String {
+        use std::fmt::Write as _;
+        let (status, queued) = self.snapshot();
+        let st = status.stats;
+        let mut out = String::new();
+        let counters: [(&str, &str, u64); 8] = [
+            (
+                "identifies_total",
+                "client IDENTIFYs accepted",
+                st.identifies,
+            ),
+            ("resumes_total", "client RESUMEs accepted", st.resumes),
+            (
+                "resumes_refused_total",
+                "client RESUMEs answered with op 9",
+                st.resumes_refused,
+            ),
+            (
+                "replayed_total",
+                "dispatches replayed to resuming clients",
+                st.replayed,
+            ),
+            (
+                "lagged_total",
+                "clients closed with 4000 for falling behind",
+                st.lagged,
+            ),
+            (
+                "commands_forwarded_total",
+                "client commands sent upstream",
+                st.forwarded,
+            ),
+            (
+                "commands_refused_total",
+                "client commands over the upstream budget (4008)",
+                st.commands_refused,
+            ),
+            (
+                "commands_dropped_total",
+                "client commands the upstream could not take",
+                st.commands_dropped,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP handover_proxy_{name} {help}.");
+            let _ = writeln!(out, "# TYPE handover_proxy_{name} counter");
+            let _ = writeln!(out, "handover_proxy_{name} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP handover_proxy_clients Client connections open."
+        );
+        let _ = writeln!(out, "# TYPE handover_proxy_clients gauge");
+        let _ = writeln!(out, "handover_proxy_clients {}", st.clients);
+        let _ = writeln!(
+            out,
+            "# HELP handover_proxy_buffered Dispatches in the shard's replay buffer."
+        );
+        let _ = writeln!(out, "# TYPE handover_proxy_buffered gauge");
+        for s in &status.shards {
+            let _ = writeln!(
+                out,
+                "handover_proxy_buffered{{shard=\"{}\"}} {}",
+                s.shard, s.buffered
+            );
+        }
+        let per_session: [(&str, &str); 4] = [
+            (
+                "session_connected",
+                "Whether a connection is attached to the client session.",
+            ),
+            (
+                "session_seq",
+                "Client seq of the last dispatch handed to the session.",
+            ),
+            (
+                "session_behind",
+                "Dispatches of the shard the session has not been handed.",
+            ),
+            (
+                "session_queued",
+                "Frame batches queued for the session's connection.",
+            ),
+        ];
+        for (i, (name, help)) in per_session.iter().enumerate() {
+            let _ = writeln!(out, "# HELP handover_proxy_{name} {help}");
+            let _ = writeln!(out, "# TYPE handover_proxy_{name} gauge");
+            for s in &status.sessions {
+                let q = s.client.and_then(|c| queued.get(&c)).copied().unwrap_or(0);
+                let value = match i {
+                    0 => u64::from(s.client.is_some()),
+                    1 => s.seq,
+                    2 => s.behind,
+                    _ => q as u64,
+                };
+                let _ = writeln!(
+                    out,
+                    "handover_proxy_{name}{{shard=\"{}\",session=\"{}\"}} {value}",
+                    s.shard, s.session_id
+                );
+            }
+        }
+        out
+    }
+
+    fn snapshot(&self) -> (HubStatus, HashMap<u64, usize>) {
+        let state = self.lock();
+        let queued = state
+            .clients
+            .iter()
+            .map(|(id, tx)| (id.0, tx.frames.max_capacity() - tx.frames.capacity()))
+            .collect();
+        (state.hub.status(), queued)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves a state that is still memory-safe to use.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A cloneable view of a running proxy, for status and tests.
+#[derive(Clone)]
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ProxyHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyHandle")
+            .field("public_url", &self.shared.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyHandle {
+    /// The hub's counters.
+    pub fn stats(&self) -> HubStats {
+        self.shared.lock().hub.stats()
+    }
+
+    /// The shards and client sessions.
+    pub fn status(&self) -> HubStatus {
+        self.shared.lock().hub.status()
+    }
+
+    /// Whether the shard's upstream session is ready.
+    pub fn upstream_ready(&self, shard: u32) -> bool {
+        self.shared.lock().hub.upstream_ready(shard)
+    }
+
+    /// Events in the shard's replay buffer.
+    pub fn buffered(&self, shard: u32) -> usize {
+        self.shared.lock().hub.buffered(shard)
+    }
+}
+
+/// A running proxy: the accept loop and the task reading the fleet's events.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    forwarder: JoinHandle<()>,
+    accept: JoinHandle<()>,
+    pump: JoinHandle<Fleet>,
+    stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts serving on `listener`, fed by `fleet`'s events. Must be called within a tokio runtime.
+pub fn serve(
+    listener: TcpListener,
+    fleet: Fleet,
+    config: ProxyConfig,
+) -> Result<Proxy, ProxyError> {
+    Proxy::start(listener, fleet, config)
+}
+
+impl Proxy {
+    /// See [`serve`].
+    pub fn start(
+        listener: TcpListener,
+        fleet: Fleet,
+        config: ProxyConfig,
+    ) -> Result<Proxy, ProxyError> {
+        let addr = listener.local_addr().map_err(ProxyError::LocalAddr)?;
+        let handles: BTreeMap<u32, ShardHandle> = fleet
+            .shard_ids()
+            .filter_map(|id| fleet.shard(id).map(|h| (id, h.clone())))
+            .collect();
+        let (forward, forward_rx) = mpsc::channel(FORWARD_QUEUE);
+        let shared = Arc::new(Shared {
+            upstream: handles.clone(),
+            silence_ms: config
+                .hub
+                .heartbeat_interval_ms
+                .max(1)
+                .saturating_add(config.hub.heartbeat_grace_ms),
+            public_url: config.hub.public_url.clone(),
+            total: config.hub.total,
+            client_queue: config.client_queue.max(1),
+            state: Mutex::new(State {
+                hub: Hub::new(config.hub),
+                clients: HashMap::new(),
+                forward,
+            }),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let forwarder = tokio::spawn(forwarder(forward_rx, handles, shared.clone()));
+        let pump = tokio::spawn(pump(fleet, shared.clone(), stop_rx.clone()));
+        let accept = tokio::spawn(accept(listener, shared.clone(), stop_rx));
+        Ok(Proxy {
+            shared,
+            addr,
+            forwarder,
+            accept,
+            pump,
+            stop,
+        })
+    }
+
+    /// The address served.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A handle for status.
+    pub fn handle(&self) -> ProxyHandle {
+        ProxyHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Whether the fleet's event stream ended (every shard's task is gone).
+    pub fn fleet_ended(&self) -> bool {
+        self.pump.is_finished()
+    }
+
+    /// Stops accepting, closes every client (1001, going away: clients reconnect to the next
+    /// proxy and re-identify) and hands the fleet back, to drain it.
+    pub async fn stop(self) -> Option<Fleet> {
+        self.stop.send_replace(true);
+        self.accept.abort();
+        self.forwarder.abort();
+        {
+            let mut state = self.shared.lock();
+            for tx in state.clients.values() {
+                tx.close.send_replace(Some((1001, "proxy stopping")));
+            }
+            state.clients.clear();
+        }
+        self.pump.await.ok()
+    }
+}
+
+/// Sends client commands upstream one at a time, through the shard's handle: the runtime's
+/// send limiter is the budget every client of the shard shares.
+async fn forwarder(
+    mut rx: mpsc::Receiver<Forward>,
+    handles: BTreeMap<u32, ShardHandle>,
+    shared: Arc<Shared>,
+) {
+    let mut actions = Vec::new();
+    while let Some(f) = rx.recv().await {
+        let sent = match handles.get(&f.shard) {
+            Some(h) => match h.send(f.command).await {
+                Ok(()) => CommandOutcome::Sent,
+                Err(e) => {
+                    warn!(client = f.client.0, shard = f.shard, error = %e, "client command refused upstream");
+                    // Over the send budget (the codec's limiter says when it frees up).
+                    if e.retry_after().is_some() {
+                        CommandOutcome::OverBudget
+                    } else {
+                        CommandOutcome::Dropped
+                    }
+                }
+            },
+            None => CommandOutcome::Dropped,
+        };
+        let mut state = shared.lock();
+        state.hub.command_sent(f.client, sent, &mut actions);
+        state.apply(&mut actions);
+    }
+}
+
+async fn pump(mut fleet: Fleet, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Fleet {
+    let mut actions = Vec::new();
+    loop {
+        let event = tokio::select! {
+            event = fleet.next_event() => event,
+            _ = stop.changed() => return fleet,
+        };
+        let Some(event) = event else {
+            warn!("every upstream shard ended");
+            return fleet;
+        };
+        let Some(upstream) = upstream_of(event) else {
+            continue;
+        };
+        let mut state = shared.lock();
+        state.hub.upstream(upstream, &mut actions);
+        state.apply(&mut actions);
+    }
+}
+
+fn upstream_of(event: ShardEvent) -> Option<Upstream> {
+    let shard = event.shard;
+    match event.kind {
+        ShardEventKind::Ready(r) => Some(Upstream::Ready {
+            shard,
+            session_id: r.session_id,
+            data: r.data,
+        }),
+        ShardEventKind::Dispatch(d) => Some(Upstream::Dispatch {
+            shard,
+            event_type: d.event_type.into(),
+            data: d.data,
+        }),
+        ShardEventKind::Gap(g) => {
+            warn!(shard, last_seq = g.last_seq, "upstream session lost");
+            Some(Upstream::Lost { shard })
+        }
+        ShardEventKind::GaveUp { reason } => {
+            warn!(shard, %reason, "upstream shard gave up");
+            None
+        }
+        _ => None,
+    }
+}
+
+async fn accept(listener: TcpListener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        debug!(%peer, "connection");
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                let stop = stop.clone();
+                async move { Ok::<_, Infallible>(route(req, shared, stop)) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(Duration::from_secs(5))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+            if let Err(e) = served {
+                debug!(error = %e, "http connection ended with an error");
+            }
+        });
+    }
+}
+
+fn text_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "message": message, "code": 0 }).to_string();
+    text_response(status, "application/json", body)
+}
+
+/// What a gateway URL's query asks for.
+struct Query {
+    version_ok: bool,
+    compression: Compression,
+    problem: Option<&'static str>,
+}
+
+/// A connection's transport compression: one context for the connection's life, as Discord's.
+enum Encoder {
+    None,
+    Zlib(Box<ZlibStreamEncoder>),
+    Zstd(Box<ZstdStreamEncoder>),
+}
+
+impl Encoder {
+    fn new(compression: Compression) -> Encoder {
+        match compression {
+            Compression::ZlibStream => Encoder::Zlib(Box::new(ZlibStreamEncoder::new())),
+            Compression::ZstdStream => match ZstdStreamEncoder::new() {
+                Ok(e) => Encoder::Zstd(Box::new(e)),
+                Err(e) => {
+                    warn!(error = %e, "zstd context unavailable; sending uncompressed");
+                    Encoder::None
+                }
+            },
+            _ => Encoder::None,
+        }
+    }
+
+    /// The frame as it goes on the wire: text, or a binary frame of the compressed stream.
+    fn message(&mut self, frame: Bytes) -> Option<Message> {
+        match self {
+            Encoder::None => Utf8Bytes::try_from(frame).ok().map(Message::Text),
+            Encoder::Zlib(z) => Some(Message::Binary(Bytes::from(z.compress(&frame)))),
+            Encoder::Zstd(z) => match z.compress(&frame) {
+                Ok(out) => Some(Message::Binary(Bytes::from(out))),
+                Err(e) => {
+                    warn!(error = %e, "zstd compression failed; frame dropped");
+                    None
+                }
+            },
+        }
+    }
+}
+
+fn parse_query(query: Option<&str>) -> Query {
+    let mut q = Query {
+        version_ok: true,
+        compression: Compression::None,
+        problem: None,
+    };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "v" => q.version_ok = value == "10",
+            "encoding" if value != "json" => q.problem = Some("only encoding=json is served"),
+            "compress" => match value {
+                "zlib-stream" => q.compression = Compression::ZlibStream,
+                "zstd-stream" => q.compression = Compression::ZstdStream,
+                _ => q.problem = Some("compress must be zlib-stream or zstd-stream"),
+            },
+            _ => {}
+        }
+    }
+    q
+}
+
+fn route(
+    mut req: Request<Incoming>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let is_upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if is_upgrade {
+        let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+            return json_error(StatusCode::BAD_REQUEST, "missing sec-websocket-key");
+        };
+        let query = parse_query(req.uri().query());
+        if let Some(problem) = query.problem {
+            return json_error(StatusCode::BAD_REQUEST, problem);
+        }
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let config =
+                        WebSocketConfig::default().max_message_size(Some(MAX_CLIENT_MESSAGE));
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await;
+                    let encoder = Encoder::new(query.compression);
+                    run_client(ws, shared, query.version_ok, encoder, stop).await;
+                }
+                Err(e) => debug!(error = %e, "websocket upgrade failed"),
+            }
+        });
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        return response;
+    }
+    match path.as_str() {
+        "/api/v10/gateway/bot" | "/api/gateway/bot" => {
+            let authorized = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    let bare = v.strip_prefix("Bot ").unwrap_or(v);
+                    shared.lock().hub.config().token.matches(bare)
+                });
+            if !authorized {
+                return json_error(StatusCode::UNAUTHORIZED, "401: Unauthorized");
+            }
+            let body = serde_json::json!({
+                "url": shared.public_url,
+                "shards": shared.total,
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 1000,
+                    "reset_after": 0,
+                    "max_concurrency": shared.total.max(1),
+                }
+            });
+            text_response(StatusCode::OK, "application/json", body.to_string())
+        }
+        "/status" => text_response(StatusCode::OK, "application/json", shared.status_json()),
+        "/metrics" => text_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            shared.metrics_text(),
+        ),
+        "/api/v10/gateway" | "/api/gateway" => {
+            let body = serde_json::json!({ "url": shared.public_url });
+            text_response(StatusCode::OK, "application/json", body.to_string())
+        }
+        _ => json_error(StatusCode::NOT_FOUND, "404: Not Found"),
+    }
+}
+
+fn close_message(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+/// One client connection, until it closes or is closed.
+async fn run_client<S>(
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    version_ok: bool,
+    mut encoder: Encoder,
+    stop: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::channel(shared.client_queue);
+    let (close_tx, mut close_rx) = watch::channel(None);
+    let (client, hello) = {
+        let mut state = shared.lock();
+        let (client, hello) = state.hub.connect();
+        state.clients.insert(
+            client,
+            ClientTx {
+                frames: tx,
+                close: close_tx,
+            },
+        );
+        (client, hello)
+    };
+    if *stop.borrow() {
+        let _ = sink.send(close_message(1001, "proxy stopping")).await;
+        shared.lock().hub.client_gone(client);
+        return;
+    }
+    debug!(client = client.0, "client connected");
+    let mut closing: Option<(u16, &'static str)> = None;
+    if !version_ok {
+        closing = Some((close::INVALID_API_VERSION, "invalid api version"));
+    } else if let Some(m) = encoder.message(hello)
+        && sink.send(m).await.is_err()
+    {
+        closing = Some((1000, ""));
+    }
+    let mut actions = Vec::new();
+    // A client that sends nothing (not even a heartbeat) for its interval plus the grace is
+    // closed with 4000, resumable: Discord closes zombie connections too.
+    let silence = Duration::from_millis(shared.silence_ms);
+    let zombie = tokio::time::sleep(silence);
+    tokio::pin!(zombie);
+    while closing.is_none() {
+        tokio::select! {
+            biased;
+            () = &mut zombie => {
+                info!(client = client.0, "client sent nothing within its heartbeat interval");
+                shared.lock().hub.client_gone(client);
+                closing = Some((close::UNKNOWN_ERROR, "heartbeat timed out"));
+            }
+            changed = close_rx.changed() => {
+                closing = match changed {
+                    Ok(()) => *close_rx.borrow(),
+                    Err(_) => Some((1001, "proxy stopping")),
+                };
+            }
+            batch = rx.recv() => {
+                let Some(frames) = batch else { break };
+                let write = async {
+                    for frame in frames {
+                        if let Some(m) = encoder.message(frame) {
+                            sink.feed(m).await?;
+                        }
+                    }
+                    sink.flush().await
+                };
+                // A client that stops reading blocks this write; being closed as lagging ends
+                // it without waiting for the socket.
+                tokio::select! {
+                    written = write => if written.is_err() { break },
+                    _ = close_rx.changed() => closing = *close_rx.borrow(),
+                }
+            }
+            message = stream.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    zombie.as_mut().reset(tokio::time::Instant::now() + silence);
+                    let mut state = shared.lock();
+                    state.hub.client_text(client, text.as_bytes(), &mut actions);
+                    state.apply(&mut actions);
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    closing = Some((close::DECODE_ERROR, "decode error"));
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    {
+        let mut state = shared.lock();
+        state.hub.client_gone(client);
+        state.clients.remove(&client);
+    }
+    if let Some((code, reason)) = closing {
+        // Bounded: a client that does not read gets no close handshake.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            sink.send(close_message(code, reason)).await?;
+            sink.close().await
+        })
+        .await;
+    }
+    info!(client = client.0, "client disconnected");
+}

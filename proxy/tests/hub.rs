@@ -1,0 +1,432 @@
+//! The downstream protocol, sans-IO: IDENTIFY checks, READY and the guild cache, RESUME replays,
+//! lagging clients and upstream session loss.
+
+use bytes::Bytes;
+use handover_protocol::{Intents, RawJson, Token};
+use handover_proxy::{Action, ClientId, Hub, HubConfig, Upstream};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "proxy-test-token";
+
+fn hub_with(shards: Vec<u32>, total: u32, capacity: usize) -> Hub {
+    let mut config = HubConfig::new(
+        Token::new(TOKEN).unwrap(),
+        Intents::GUILDS | Intents::GUILD_MESSAGES,
+        shards,
+        total,
+        "ws://127.0.0.1:9".into(),
+    );
+    config.replay_capacity = capacity;
+    config.seed = 7;
+    Hub::new(config)
+}
+
+fn raw(v: &Value) -> RawJson {
+    RawJson::parse(v.to_string()).unwrap()
+}
+
+fn ready(hub: &mut Hub, shard: u32, session: &str, guilds: &[&str]) -> Vec<Action> {
+    let guilds: Vec<Value> = guilds
+        .iter()
+        .map(|id| json!({"id": id, "unavailable": true}))
+        .collect();
+    let data = json!({
+        "v": 10, "user": {"id": "1", "username": "bot", "bot": true},
+        "application": {"id": "1", "flags": 0}, "guilds": guilds,
+        "session_id": session, "resume_gateway_url": "wss://upstream.invalid", "shard": [shard, 1]
+    });
+    let mut out = Vec::new();
+    hub.upstream(
+        Upstream::Ready {
+            shard,
+            session_id: session.into(),
+            data: raw(&data),
+        },
+        &mut out,
+    );
+    out
+}
+
+fn dispatch(hub: &mut Hub, shard: u32, event: &str, data: Value) -> Vec<Action> {
+    let mut out = Vec::new();
+    hub.upstream(
+        Upstream::Dispatch {
+            shard,
+            event_type: event.into(),
+            data: raw(&data),
+        },
+        &mut out,
+    );
+    out
+}
+
+fn send(hub: &mut Hub, client: ClientId, payload: Value) -> Vec<Action> {
+    let mut out = Vec::new();
+    hub.client_text(client, payload.to_string().as_bytes(), &mut out);
+    out
+}
+
+fn identify(token: &str, shard: Option<[u32; 2]>, intents: u64) -> Value {
+    let mut d = json!({"token": token, "intents": intents, "properties": {"os": "linux", "browser": "t", "device": "t"}});
+    if let Some(s) = shard {
+        d["shard"] = json!(s);
+    }
+    json!({"op": 2, "d": d})
+}
+
+fn frames_to(out: &[Action], client: ClientId) -> Vec<Value> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Send { client: c, frames } if *c == client => Some(frames.clone()),
+            _ => None,
+        })
+        .flatten()
+        .map(|f: Bytes| serde_json::from_slice(&f).unwrap())
+        .collect()
+}
+
+fn close_of(out: &[Action], client: ClientId) -> Option<u16> {
+    out.iter().find_map(|a| match a {
+        Action::Close {
+            client: c, code, ..
+        } if *c == client => Some(*code),
+        _ => None,
+    })
+}
+
+#[test]
+fn identify_is_checked_the_way_discord_checks_it() {
+    let cases: Vec<(Value, Option<u16>)> = vec![
+        (identify("wrong", Some([0, 2]), 1), Some(4004)),
+        (
+            json!({"op": 2, "d": {"token": 5, "intents": 1}}),
+            Some(4004),
+        ),
+        (identify(TOKEN, Some([5, 2]), 1), Some(4010)),
+        (identify(TOKEN, Some([0, 3]), 1), Some(4010)),
+        (identify(TOKEN, Some([1, 2]), 1), Some(4010)),
+        (identify(TOKEN, None, 1), Some(4011)),
+        (identify(TOKEN, Some([0, 2]), 1 << 1), Some(4014)),
+        (identify(TOKEN, Some([0, 2]), 1 << 40), Some(4013)),
+        (json!({"op": 2}), Some(4002)),
+        (json!({"op": 3, "d": {}}), Some(4003)),
+        (json!({"op": 99}), Some(4001)),
+        (identify(TOKEN, Some([0, 2]), 1), None),
+        (identify(&format!("Bot {TOKEN}"), Some([0, 2]), 513), None),
+    ];
+    // The proxy runs shard 0 of 2 only.
+    let mut hub = hub_with(vec![0], 2, 16);
+    ready(&mut hub, 0, "up-1", &[]);
+    for (payload, expected) in cases {
+        let (client, _) = hub.connect();
+        let out = send(&mut hub, client, payload.clone());
+        assert_eq!(close_of(&out, client), expected, "{payload}");
+        if expected.is_none() {
+            let f = frames_to(&out, client);
+            assert_eq!(f[0]["t"], "READY", "{payload}");
+            // A second IDENTIFY on the same connection.
+            let again = send(&mut hub, client, identify(TOKEN, Some([0, 2]), 1));
+            assert_eq!(close_of(&again, client), Some(4005));
+        }
+    }
+    let mut out = Vec::new();
+    hub.client_text(ClientId(1_000), b"{", &mut out);
+    assert!(out.is_empty(), "unknown client");
+    let (client, _) = hub.connect();
+    hub.client_text(client, b"not json", &mut out);
+    assert_eq!(close_of(&out, client), Some(4002));
+}
+
+#[test]
+fn heartbeats_are_acknowledged() {
+    let mut hub = hub_with(vec![0], 1, 16);
+    let (client, hello) = hub.connect();
+    let hello: Value = serde_json::from_slice(&hello).unwrap();
+    assert_eq!(hello["op"], 10);
+    assert_eq!(hello["d"]["heartbeat_interval"], 41_250);
+    for d in [json!(null), json!(42)] {
+        let out = send(&mut hub, client, json!({"op": 1, "d": d}));
+        assert_eq!(frames_to(&out, client)[0]["op"], 11);
+    }
+    let out = send(&mut hub, client, json!({"op": 1, "d": "x"}));
+    assert_eq!(close_of(&out, client), Some(4002));
+}
+
+#[test]
+fn ready_is_the_clients_own_and_guilds_come_from_the_cache() {
+    let mut hub = hub_with(vec![0], 1, 16);
+    let (early, _) = hub.connect();
+    let out = send(&mut hub, early, identify(TOKEN, Some([0, 1]), 1));
+    assert!(out.is_empty(), "waits for the upstream READY: {out:?}");
+    let out = ready(&mut hub, 0, "up-1", &["10", "11"]);
+    let f = frames_to(&out, early);
+    assert_eq!(f.len(), 1, "no GUILD_CREATE cached yet: {f:?}");
+    assert_eq!(f[0]["s"], 1);
+    assert_eq!(
+        f[0]["d"]["guilds"],
+        json!([{"id":"10","unavailable":true},{"id":"11","unavailable":true}])
+    );
+    dispatch(
+        &mut hub,
+        0,
+        "GUILD_CREATE",
+        json!({"id": "10", "name": "first"}),
+    );
+    dispatch(
+        &mut hub,
+        0,
+        "GUILD_CREATE",
+        json!({"id": "10", "name": "renamed"}),
+    );
+    dispatch(
+        &mut hub,
+        0,
+        "GUILD_CREATE",
+        json!({"id": "11", "name": "second"}),
+    );
+    dispatch(&mut hub, 0, "GUILD_DELETE", json!({"id": "11"}));
+    dispatch(
+        &mut hub,
+        0,
+        "GUILD_CREATE",
+        json!({"id": "12", "name": "third"}),
+    );
+
+    let (client, _) = hub.connect();
+    let out = send(&mut hub, client, identify(TOKEN, Some([0, 1]), 1));
+    let f = frames_to(&out, client);
+    let d = &f[0]["d"];
+    assert_eq!(f[0]["t"], "READY");
+    assert_eq!(d["resume_gateway_url"], "ws://127.0.0.1:9");
+    assert_eq!(d["user"]["username"], "bot");
+    assert_eq!(d["application"]["id"], "1");
+    assert_eq!(d["shard"], json!([0, 1]));
+    let early_session = frames_to(&ready(&mut hub_with(vec![0], 1, 1), 0, "x", &[]), early);
+    assert!(early_session.is_empty());
+    assert_ne!(d["session_id"], "up-1", "never the upstream session id");
+    let creates: Vec<(&Value, &Value)> =
+        f[1..].iter().map(|f| (&f["s"], &f["d"]["name"])).collect();
+    assert_eq!(
+        creates,
+        [(&json!(2), &json!("renamed")), (&json!(3), &json!("third"))]
+    );
+}
+
+/// Client seqs of the dispatches among `frames`, with their event data's `n`.
+fn events(frames: &[Value]) -> Vec<(u64, u64)> {
+    frames
+        .iter()
+        .filter(|f| f["t"] == "E")
+        .map(|f| (f["s"].as_u64().unwrap(), f["d"]["n"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn resume_replays_exactly_the_missed_events_then_resumed() {
+    let mut hub = hub_with(vec![0], 1, 8);
+    ready(&mut hub, 0, "up-1", &["10"]);
+    dispatch(&mut hub, 0, "GUILD_CREATE", json!({"id": "10"}));
+    let (a, _) = hub.connect();
+    let (b, _) = hub.connect();
+    let ra = frames_to(&send(&mut hub, a, identify(TOKEN, None, 1)), a);
+    let rb = frames_to(&send(&mut hub, b, identify(TOKEN, None, 0)), b);
+    let session = ra[0]["d"]["session_id"].as_str().unwrap().to_owned();
+    assert_ne!(session, rb[0]["d"]["session_id"].as_str().unwrap());
+    let mut seen_a = Vec::new();
+    for n in 1..=3 {
+        let out = dispatch(&mut hub, 0, "E", json!({"n": n}));
+        seen_a.extend(events(&frames_to(&out, a)));
+        assert_eq!(
+            events(&frames_to(&out, b)).len(),
+            1,
+            "every client of the shard"
+        );
+    }
+    // READY is 1, the GUILD_CREATE 2: the events are 3, 4, 5 for this client.
+    assert_eq!(seen_a, [(3, 1), (4, 2), (5, 3)]);
+    // `a` dies having processed seq 4; events 4..=6 flow meanwhile.
+    hub.client_gone(a);
+    for n in 4..=6 {
+        let out = dispatch(&mut hub, 0, "E", json!({"n": n}));
+        assert!(frames_to(&out, a).is_empty());
+    }
+    let (a2, _) = hub.connect();
+    let resume =
+        |seq: u64| json!({"op": 6, "d": {"token": TOKEN, "session_id": session, "seq": seq}});
+    let out = send(&mut hub, a2, resume(4));
+    let f = frames_to(&out, a2);
+    assert_eq!(events(&f), [(5, 3), (6, 4), (7, 5), (8, 6)]);
+    assert_eq!(f.last().unwrap()["t"], "RESUMED");
+    assert_eq!(f.last().unwrap()["s"], 8);
+    // Live again, with its own numbering.
+    let out = dispatch(&mut hub, 0, "E", json!({"n": 7}));
+    assert_eq!(events(&frames_to(&out, a2)), [(9, 7)]);
+
+    // A seq it was never sent, and the synthesized prefix, cannot be resumed.
+    for seq in [10, 1] {
+        hub.client_gone(a2);
+        let (c, _) = hub.connect();
+        let f = frames_to(&send(&mut hub, c, resume(seq)), c);
+        assert_eq!(
+            f,
+            [json!({"op": 9, "s": null, "t": null, "d": false})],
+            "seq {seq}"
+        );
+        // op 9 leaves the connection able to IDENTIFY.
+        let f = frames_to(&send(&mut hub, c, identify(TOKEN, None, 1)), c);
+        assert_eq!(f[0]["t"], "READY");
+    }
+    let stats = hub.stats();
+    assert_eq!(
+        (stats.resumes, stats.resumes_refused, stats.replayed),
+        (1, 2, 4)
+    );
+}
+
+#[test]
+fn a_seq_older_than_the_buffer_or_an_unknown_session_gets_op_9() {
+    let mut hub = hub_with(vec![0], 1, 4);
+    ready(&mut hub, 0, "up-1", &[]);
+    let (a, _) = hub.connect();
+    let f = frames_to(&send(&mut hub, a, identify(TOKEN, None, 1)), a);
+    let session = f[0]["d"]["session_id"].as_str().unwrap().to_owned();
+    for n in 1..=5 {
+        dispatch(&mut hub, 0, "E", json!({"n": n}));
+    }
+    hub.client_gone(a);
+    for (id, seq) in [(session.as_str(), 1), ("nope", 1)] {
+        let (c, _) = hub.connect();
+        let out = send(
+            &mut hub,
+            c,
+            json!({"op": 6, "d": {"token": TOKEN, "session_id": id, "seq": seq}}),
+        );
+        assert_eq!(frames_to(&out, c)[0]["op"], 9, "{id}");
+    }
+    // Seq 2 (event 1 seen): events 2..=5 are all still kept.
+    let (c, _) = hub.connect();
+    let out = send(
+        &mut hub,
+        c,
+        json!({"op": 6, "d": {"token": TOKEN, "session_id": session, "seq": 2}}),
+    );
+    assert_eq!(events(&frames_to(&out, c)).len(), 4);
+    let (d, _) = hub.connect();
+    let out = send(
+        &mut hub,
+        d,
+        json!({"op": 6, "d": {"token": "bad", "session_id": session, "seq": 2}}),
+    );
+    assert_eq!(close_of(&out, d), Some(4004));
+}
+
+#[test]
+fn a_lagging_client_is_closed_resumable_and_resumes() {
+    let mut hub = hub_with(vec![0], 1, 16);
+    ready(&mut hub, 0, "up-1", &[]);
+    let (a, _) = hub.connect();
+    let f = frames_to(&send(&mut hub, a, identify(TOKEN, None, 1)), a);
+    let session = f[0]["d"]["session_id"].as_str().unwrap().to_owned();
+    dispatch(&mut hub, 0, "E", json!({"n": 1}));
+    // The shell could not queue event 2.
+    dispatch(&mut hub, 0, "E", json!({"n": 2}));
+    let mut out = Vec::new();
+    hub.client_lagged(a, &mut out);
+    assert_eq!(close_of(&out, a), Some(4000));
+    assert!(frames_to(&dispatch(&mut hub, 0, "E", json!({"n": 3})), a).is_empty());
+    let (a2, _) = hub.connect();
+    let out = send(
+        &mut hub,
+        a2,
+        json!({"op": 6, "d": {"token": TOKEN, "session_id": session, "seq": 2}}),
+    );
+    assert_eq!(events(&frames_to(&out, a2)), [(3, 2), (4, 3)]);
+    assert_eq!(hub.stats().lagged, 1);
+}
+
+#[test]
+fn a_lost_upstream_session_invalidates_the_clients_and_a_resume_does_not() {
+    let mut hub = hub_with(vec![0], 1, 16);
+    ready(&mut hub, 0, "up-1", &["10"]);
+    let (a, _) = hub.connect();
+    let (b, _) = hub.connect();
+    send(&mut hub, a, identify(TOKEN, None, 1));
+    let f = frames_to(&send(&mut hub, b, identify(TOKEN, None, 1)), b);
+    let b_session = f[0]["d"]["session_id"].as_str().unwrap().to_owned();
+    hub.client_gone(b);
+    // The same upstream session again (a resume upstream shows no READY; a repeated one is
+    // ignored): nothing for the clients.
+    assert!(ready(&mut hub, 0, "up-1", &["10"]).is_empty());
+    let mut out = Vec::new();
+    hub.upstream(Upstream::Lost { shard: 0 }, &mut out);
+    assert_eq!(
+        frames_to(&out, a),
+        [json!({"op": 9, "s": null, "t": null, "d": false})]
+    );
+    let (c, _) = hub.connect();
+    let out = send(
+        &mut hub,
+        c,
+        json!({"op": 6, "d": {"token": TOKEN, "session_id": b_session, "seq": 1}}),
+    );
+    assert_eq!(frames_to(&out, c)[0]["op"], 9);
+    // `a` identifies again on the same connection once the new upstream session is ready.
+    assert!(send(&mut hub, a, identify(TOKEN, None, 1)).is_empty());
+    let out = ready(&mut hub, 0, "up-2", &["10"]);
+    assert_eq!(frames_to(&out, a)[0]["t"], "READY");
+    // A new upstream session without a Lost first (READY with another id) does the same.
+    let out = ready(&mut hub, 0, "up-3", &["10"]);
+    assert_eq!(frames_to(&out, a)[0]["op"], 9);
+}
+
+#[test]
+fn client_commands_are_forwarded_and_over_budget_closes_4008() {
+    use handover_proxy::CommandOutcome;
+    let mut hub = hub_with(vec![0, 1], 2, 16);
+    // Shard 0 has no upstream READY yet: a command of a client waiting for it is dropped.
+    let (w, _) = hub.connect();
+    assert!(send(&mut hub, w, identify(TOKEN, Some([0, 2]), 1)).is_empty());
+    let waiting = send(&mut hub, w, json!({"op": 3, "d": {"status": "idle"}}));
+    assert!(waiting.is_empty(), "{waiting:?}");
+    assert_eq!(hub.stats().commands_dropped, 1);
+    ready(&mut hub, 1, "up-1", &[]);
+    let (a, _) = hub.connect();
+    let presence =
+        json!({"op": 3, "d": {"since": null, "activities": [], "status": "online", "afk": false}});
+    let out = send(&mut hub, a, presence.clone());
+    assert_eq!(close_of(&out, a), Some(4003), "before IDENTIFY");
+    let (a, _) = hub.connect();
+    send(&mut hub, a, identify(TOKEN, Some([1, 2]), 1));
+    let out = send(&mut hub, a, presence.clone());
+    match &out[..] {
+        [
+            Action::Forward {
+                client,
+                shard,
+                op,
+                d,
+            },
+        ] => {
+            assert_eq!((*client, *shard, *op), (a, 1, 3));
+            assert_eq!(
+                serde_json::from_str::<Value>(d.as_str()).unwrap(),
+                presence["d"]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut out = Vec::new();
+    hub.command_sent(a, CommandOutcome::Sent, &mut out);
+    hub.command_sent(a, CommandOutcome::Dropped, &mut out);
+    assert!(out.is_empty());
+    hub.command_sent(a, CommandOutcome::OverBudget, &mut out);
+    assert_eq!(close_of(&out, a), Some(4008));
+    let s = hub.stats();
+    assert_eq!(
+        (s.forwarded, s.commands_dropped, s.commands_refused),
+        (1, 2, 1)
+    );
+    let (b, _) = hub.connect();
+    let big = json!({"op": 1, "d": null, "pad": "x".repeat(4096)});
+    assert_eq!(close_of(&send(&mut hub, b, big), b), Some(4002));
+}
