@@ -37,7 +37,7 @@ pub mod ws_url;
 pub use control::{health_body, metrics_text};
 pub use demo::{DemoOptions, DemoReport};
 pub use mock_gateway::MockArgs;
-pub use run::{RunArgs, TOKEN_ENV};
+pub use run::{RunArgs, TOKEN_ENV, UpstreamArgs};
 
 /// `handover`: keeps Discord gateway connections healthy without ever overlapping them.
 #[derive(Debug, Parser)]

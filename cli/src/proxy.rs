@@ -2,23 +2,18 @@
 //! `docs/proxy.md`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use handover_core::StopIntent;
-use handover_protocol::{GatewayConfig, IdentifyQueueConfig, Intents};
+use handover_protocol::{GatewayConfig, IdentifyQueueConfig};
 use handover_proxy::server::Proxy;
 use handover_proxy::{HubConfig, ProxyConfig};
-use handover_runtime::http::DEFAULT_API_BASE;
 use handover_runtime::{Fleet, FleetConfig, ShardSelection};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
 use super::CliError;
-use super::run::{
-    CompressionArg, Lookup, ShardsArg, load_sessions, lookup, parse_http_bind, parse_intents,
-    parse_shards, read_token, resolve_shards,
-};
+use super::run::{Upstream, UpstreamArgs, parse_http_bind, read_token};
 use super::session_file;
 
 /// Flags of `handover proxy`. The token comes from `HANDOVER_TOKEN`.
@@ -35,37 +30,10 @@ pub struct ProxyArgs {
     #[arg(long)]
     pub listen_allow_remote: bool,
 
-    /// Gateway intents of the upstream shards; clients may ask for these or fewer.
-    #[arg(long, default_value = "GUILDS,GUILD_MESSAGES", value_parser = parse_intents)]
-    pub intents: Intents,
-
-    /// Shards to run upstream: `auto`, `N` or `A..B/N` (as for `handover run`).
-    #[arg(long, default_value = "auto", value_parser = parse_shards)]
-    pub shards: ShardsArg,
-
-    /// Base URL of Discord's HTTP API, asked for `GET /api/v10/gateway/bot`.
-    #[arg(long, default_value = DEFAULT_API_BASE, value_name = "URL")]
-    pub api_base: String,
-
-    /// Upstream gateway URL; skips the `GET /gateway/bot` lookup.
-    #[arg(long, value_name = "URL")]
-    pub gateway_url: Option<String>,
-
-    /// Upstream transport compression.
-    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
-    pub compression: CompressionArg,
-
-    /// On SIGTERM/SIGINT, save every upstream session here; at start, resume from it if fresh.
-    #[arg(long, value_name = "PATH")]
-    pub session_file: Option<PathBuf>,
-
-    /// A session file older than this is not used.
-    #[arg(long, default_value_t = 180, value_name = "SECS")]
-    pub session_max_age_secs: u64,
-
-    /// Longest wait for an upstream close handshake before the socket is aborted.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
-    pub drain_timeout_ms: u64,
+    /// The upstream shards: the same flags as `handover run` (clients may ask for the
+    /// upstream's intents or fewer).
+    #[command(flatten)]
+    pub upstream: UpstreamArgs,
 
     /// Dispatches kept per shard for client resumes.
     #[arg(long, default_value_t = 4096, value_name = "N")]
@@ -87,16 +55,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), CliError> {
             args.listen
         )));
     }
-    if let Some(url) = &args.gateway_url
-        && let Err(e) = super::ws_url::WsEndpoint::parse(url)
-    {
-        return Err(CliError::Usage(format!(
-            "--gateway-url is not a usable gateway url: {e} (for example wss://gateway.discord.gg)"
-        )));
-    }
-    if let Some(path) = &args.session_file {
-        session_file::check_usable(path).map_err(CliError::SessionFile)?;
-    }
+    args.upstream.check()?;
     let mut term = signal(SignalKind::terminate())
         .map_err(|e| CliError::io("cannot install the SIGTERM handler", e))?;
     let mut int = signal(SignalKind::interrupt())
@@ -110,23 +69,16 @@ pub async fn run(args: ProxyArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::io("cannot read the proxy address", e))?;
     let public_url = format!("ws://{local}");
 
-    let found = match &args.gateway_url {
-        Some(url) => Lookup {
-            url: url.clone(),
-            recommended: None,
-            limit: None,
-        },
-        None => lookup(&args.api_base, &token).await?,
-    };
-    let (ids, total) = resolve_shards(&args.shards, found.recommended)?;
-    let sessions = match &args.session_file {
-        Some(path) => load_sessions(path, total, args.session_max_age_secs, &found.url),
-        None => Default::default(),
-    };
-    let drain = Duration::from_millis(args.drain_timeout_ms.max(1));
-    let mut gateway = GatewayConfig::new(token.clone(), args.intents);
+    let Upstream {
+        lookup: found,
+        ids,
+        total,
+        sessions,
+        drain,
+    } = args.upstream.resolve(&token).await?;
+    let mut gateway = GatewayConfig::new(token.clone(), args.upstream.intents);
     gateway.gateway_url = found.url;
-    gateway.compression = args.compression.into();
+    gateway.compression = args.upstream.compression.into();
     let mut config = FleetConfig::new(
         gateway,
         ShardSelection::Range {
@@ -147,7 +99,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), CliError> {
     })?;
     let mut hub = HubConfig::new(
         token,
-        args.intents,
+        args.upstream.intents,
         ids.clone().collect(),
         total,
         public_url,
@@ -196,7 +148,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), CliError> {
     if stopped.is_err() {
         return Err(CliError::DrainTimedOut(drain));
     }
-    if let Some(path) = &args.session_file {
+    if let Some(path) = &args.upstream.session_file {
         let sessions = fleet.sessions();
         if !sessions.is_empty()
             && let Err(e) = session_file::save(path, total, &sessions, session_file::now_ms())

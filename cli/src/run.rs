@@ -40,28 +40,9 @@ const BATCH: usize = 1024;
 #[derive(Debug, Clone, clap::Args)]
 #[non_exhaustive]
 pub struct RunArgs {
-    /// Gateway intents: names joined by `,` or `|` (GUILDS,GUILD_MESSAGES) or a decimal bit set
-    /// (`0` for none; an empty list is refused).
-    #[arg(long, default_value = "GUILDS,GUILD_MESSAGES", value_parser = parse_intents)]
-    pub intents: Intents,
-
-    /// Shards to run: `auto` (the count Discord recommends; one shard with --gateway-url),
-    /// `N` (shards 0..N of N) or `A..B/N` (shards A to B-1 of N, for a bot split over
-    /// processes).
-    #[arg(long, default_value = "auto", value_parser = parse_shards)]
-    pub shards: ShardsArg,
-
-    /// Base URL of Discord's HTTP API, asked for `GET /api/v10/gateway/bot`.
-    #[arg(long, default_value = DEFAULT_API_BASE, value_name = "URL")]
-    pub api_base: String,
-
-    /// Gateway URL (ws:// or wss:// with a host); skips the `GET /gateway/bot` lookup.
-    #[arg(long, value_name = "URL")]
-    pub gateway_url: Option<String>,
-
-    /// Transport compression.
-    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
-    pub compression: CompressionArg,
+    /// Which shards run, where they connect, and their sessions.
+    #[command(flatten)]
+    pub upstream: UpstreamArgs,
 
     /// Serve the HTTP control API on `[ADDR:]PORT` (ADDR defaults to 127.0.0.1; port 0 picks a
     /// free one, announced in the `started` line).
@@ -72,23 +53,6 @@ pub struct RunArgs {
     /// reaches it can restart shards.
     #[arg(long)]
     pub http_allow_remote: bool,
-
-    /// On SIGTERM/SIGINT, save every shard's session here (mode 0600); at start, resume from
-    /// it if it is fresh (the file is removed once read). Its directory must exist and be
-    /// writable, and the path must not be a symbolic link: checked at start (exit 2).
-    #[arg(long, value_name = "PATH")]
-    pub session_file: Option<PathBuf>,
-
-    /// A session file older than this is not used (the gateway forgets sessions after a few
-    /// minutes).
-    #[arg(long, default_value_t = 180, value_name = "SECS")]
-    pub session_max_age_secs: u64,
-
-    /// Longest wait for a close handshake before the socket is aborted, per shard (a live
-    /// gateway answers in one round trip; the session stays resumable either way). Bounds
-    /// shutdown too.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
-    pub drain_timeout_ms: u64,
 
     /// On SIGTERM/SIGINT, once the shards are drained, how long stdout's reader has to take
     /// the last events. What it has not taken by then is left to the next process (the
@@ -105,6 +69,98 @@ pub struct RunArgs {
     #[cfg(feature = "redis")]
     #[command(flatten)]
     pub redis: super::redis_run::RedisArgs,
+}
+
+/// The upstream flags `handover run` and `handover proxy` share: which shards run, where they
+/// connect, and the sessions they resume and save.
+#[derive(Debug, Clone, clap::Args)]
+#[non_exhaustive]
+pub struct UpstreamArgs {
+    /// Gateway intents: names joined by `,` or `|` (GUILDS,GUILD_MESSAGES) or a decimal bit set
+    /// (`0` for none; an empty list is refused).
+    #[arg(long, default_value = "GUILDS,GUILD_MESSAGES", value_parser = parse_intents)]
+    pub intents: Intents,
+    /// Shards to run: `auto` (the count Discord recommends; one shard with --gateway-url),
+    /// `N` (shards 0..N of N) or `A..B/N` (shards A to B-1 of N, for a bot split over
+    /// processes).
+    #[arg(long, default_value = "auto", value_parser = parse_shards)]
+    pub shards: ShardsArg,
+    /// Base URL of Discord's HTTP API, asked for `GET /api/v10/gateway/bot`.
+    #[arg(long, default_value = DEFAULT_API_BASE, value_name = "URL")]
+    pub api_base: String,
+    /// Gateway URL (ws:// or wss:// with a host); skips the `GET /gateway/bot` lookup.
+    #[arg(long, value_name = "URL")]
+    pub gateway_url: Option<String>,
+    /// Transport compression.
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    pub compression: CompressionArg,
+    /// On SIGTERM/SIGINT, save every shard's session here (mode 0600); at start, resume from
+    /// it if it is fresh (the file is removed once read). Its directory must exist and be
+    /// writable, and the path must not be a symbolic link: checked at start (exit 2).
+    #[arg(long, value_name = "PATH")]
+    pub session_file: Option<PathBuf>,
+    /// A session file older than this is not used (the gateway forgets sessions after a few
+    /// minutes).
+    #[arg(long, default_value_t = 180, value_name = "SECS")]
+    pub session_max_age_secs: u64,
+    /// Longest wait for a close handshake before the socket is aborted, per shard (a live
+    /// gateway answers in one round trip; the session stays resumable either way). Bounds
+    /// shutdown too.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub drain_timeout_ms: u64,
+}
+
+/// What the upstream flags resolve to at start: where to connect, the shard range, the
+/// sessions saved earlier, the drain deadline.
+pub(crate) struct Upstream {
+    pub(crate) lookup: Lookup,
+    pub(crate) ids: Range<u32>,
+    pub(crate) total: u32,
+    pub(crate) sessions: BTreeMap<u32, Session>,
+    pub(crate) drain: Duration,
+}
+
+impl UpstreamArgs {
+    /// Checks made before anything starts: a usable `--gateway-url` and `--session-file`
+    /// (found now rather than at shutdown, when the sessions would be lost).
+    pub(crate) fn check(&self) -> Result<(), CliError> {
+        if let Some(url) = &self.gateway_url
+            && let Err(e) = super::ws_url::WsEndpoint::parse(url)
+        {
+            return Err(CliError::Usage(format!(
+                "--gateway-url is not a usable gateway url: {e} (for example wss://gateway.discord.gg)"
+            )));
+        }
+        if let Some(path) = &self.session_file {
+            session_file::check_usable(path).map_err(CliError::SessionFile)?;
+        }
+        Ok(())
+    }
+
+    /// Asks `GET /gateway/bot` (unless `--gateway-url`), picks the shards and loads the
+    /// session file.
+    pub(crate) async fn resolve(&self, token: &Token) -> Result<Upstream, CliError> {
+        let lookup = match &self.gateway_url {
+            Some(url) => Lookup {
+                url: url.clone(),
+                recommended: None,
+                limit: None,
+            },
+            None => lookup(&self.api_base, token).await?,
+        };
+        let (ids, total) = resolve_shards(&self.shards, lookup.recommended)?;
+        let sessions = match &self.session_file {
+            Some(path) => load_sessions(path, total, self.session_max_age_secs, &lookup.url),
+            None => BTreeMap::new(),
+        };
+        Ok(Upstream {
+            lookup,
+            ids,
+            total,
+            sessions,
+            drain: Duration::from_millis(self.drain_timeout_ms.max(1)),
+        })
+    }
 }
 
 /// Transport compression, as a flag value.
@@ -236,17 +292,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
              pass --http-allow-remote to expose it anyway"
         )));
     }
-    if let Some(url) = &args.gateway_url
-        && let Err(e) = super::ws_url::WsEndpoint::parse(url)
-    {
-        return Err(CliError::Usage(format!(
-            "--gateway-url is not a usable gateway url: {e} (for example wss://gateway.discord.gg)"
-        )));
-    }
-    // Found now rather than at shutdown, when the sessions would be lost.
-    if let Some(path) = &args.session_file {
-        session_file::check_usable(path).map_err(CliError::SessionFile)?;
-    }
+    args.upstream.check()?;
     let mut signals = Signals::install()?;
     // Bound before any shard starts, so a busy port fails the start without spending an
     // identify.
@@ -264,22 +310,15 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         None => None,
     };
 
-    let lookup = match &args.gateway_url {
-        Some(url) => Lookup {
-            url: url.clone(),
-            recommended: None,
-            limit: None,
-        },
-        None => lookup(&args.api_base, &token).await?,
-    };
-    let (ids, total) = resolve_shards(&args.shards, lookup.recommended)?;
     #[allow(unused_mut)]
-    let mut sessions = match &args.session_file {
-        Some(path) => load_sessions(path, total, args.session_max_age_secs, &lookup.url),
-        None => BTreeMap::new(),
-    };
+    let Upstream {
+        lookup,
+        ids,
+        total,
+        mut sessions,
+        drain,
+    } = args.upstream.resolve(&token).await?;
     let window = Duration::from_millis(args.identify_window_ms.max(1));
-    let drain = Duration::from_millis(args.drain_timeout_ms.max(1));
     #[cfg(feature = "redis")]
     let coordination = {
         let shard_list: Vec<u32> = ids.clone().collect();
@@ -309,9 +348,9 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         .map(|(id, s)| (*id, s.session_id.clone()))
         .collect();
 
-    let mut gateway = GatewayConfig::new(token, args.intents);
+    let mut gateway = GatewayConfig::new(token, args.upstream.intents);
     gateway.gateway_url = lookup.url;
-    gateway.compression = args.compression.into();
+    gateway.compression = args.upstream.compression.into();
     let fleet = start_fleet(
         gateway,
         ids.clone(),
@@ -390,7 +429,12 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     }
     let write_deadline = Duration::from_millis(args.write_timeout_ms);
     let drained = adapter
-        .drain(args.session_file.as_deref(), total, drain, write_deadline)
+        .drain(
+            args.upstream.session_file.as_deref(),
+            total,
+            drain,
+            write_deadline,
+        )
         .await;
     #[cfg(feature = "redis")]
     if let (Some(c), Some(leases)) = (&coordination, leases) {
