@@ -10,7 +10,7 @@
 //!   `O_NONBLOCK` (a file description of its own, so the flag is never seen by the process
 //!   that shares stdout). Each write hands the kernel everything queued; the kernel takes what
 //!   fits (up to the pipe's size, 64 KiB by default) and the writer waits with `poll(2)` only
-//!   when it took nothing. Under load that is one system call per pipe-full of lines, not one
+//!   once the pipe is full (the kernel took part of the write, or nothing). Under load that is one system call per pipe-full of lines, not one
 //!   per event;
 //! - a regular file: plain writes of everything queued (they never wait for a reader);
 //! - anything else, or when the second open is refused (a socket, no `/proc`): `poll(2)` before
@@ -26,9 +26,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{
-    Receiver, Sender, SyncSender, TryRecvError, TrySendError, channel, sync_channel,
-};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError, channel, sync_channel};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -86,7 +84,7 @@ pub(crate) struct Progress {
 /// How the thread writes (see the module's documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WriteMode {
-    /// Non-blocking writes of everything queued; `poll` only when nothing was taken.
+    /// Non-blocking writes of everything queued; `poll` only once the pipe is full.
     NonBlocking,
     /// Blocking writes of everything queued (a regular file).
     Whole,
@@ -148,10 +146,8 @@ impl Writer {
     /// An empty batch to build the next one in: a written one, with its buffers' capacity,
     /// when there is one.
     pub(crate) fn empty_batch(&mut self) -> Batch {
-        match self.spare.try_recv() {
-            Ok(batch) => batch,
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => Batch::default(),
-        }
+        // None written yet (or the thread is gone): a fresh one.
+        self.spare.try_recv().unwrap_or_default()
     }
 
     /// Whether a batch handed over now would be taken without waiting.
@@ -317,7 +313,7 @@ impl Thread {
         let mut marks = marks.drain(..).peekable();
         let mut written = 0;
         let mut stop_seen: Option<Instant> = None;
-        // The non-blocking mode writes first and polls only when the kernel took nothing.
+        // The non-blocking mode writes first and polls only once the pipe is full.
         let mut must_poll = self.mode == WriteMode::Sliced;
         while written < bytes.len() {
             // At a line's end the writer may stop; inside a line it finishes the line first,
@@ -345,9 +341,11 @@ impl Thread {
             match self.out.write(&bytes[written..end]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
+                    // A write the kernel took only in part found the pipe full: the next one
+                    // waits for room rather than failing with EAGAIN first.
+                    must_poll = self.mode == WriteMode::Sliced || written + n < end;
                     written += n;
                     self.writes += 1;
-                    must_poll = self.mode == WriteMode::Sliced;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
