@@ -7,7 +7,8 @@
 //! 512, as the sinks do when events queue up:
 //!
 //! - `stdout`: `ndjson::write_event` of each event into one buffer, one `write` of the batch to
-//!   /dev/null (the formatting and the system call of the stdout writer, without a reader);
+//!   /dev/null (the formatting and the system call of the stdout writer, which hands a pipe
+//!   everything queued in one non-blocking write, without a reader);
 //! - `redis`: `StreamSink::publish` of the batch (one EVALSHA round trip: XADD per event with its
 //!   derived id) to a redis-server started by the bench on 127.0.0.1, awaited before the next
 //!   batch, as the sink confirms receipts.

@@ -182,7 +182,9 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
 fn push_raw(out: &mut Vec<u8>, raw: &[u8]) {
     let start = out.len();
     out.extend_from_slice(raw);
-    if raw.iter().any(|&b| b == b'\n' || b == b'\r') {
+    // Checked with `memchr` (word- and SIMD-wide): a byte-by-byte look was most of the cost of
+    // formatting a 1 KiB dispatch line.
+    if memchr::memchr2(b'\n', b'\r', raw).is_some() {
         for b in &mut out[start..] {
             if *b == b'\n' || *b == b'\r' {
                 *b = b' ';

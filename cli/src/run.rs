@@ -763,7 +763,12 @@ impl Adapter {
         if self.batch.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
+        if !self.writer.has_room() {
+            return;
+        }
+        // The next batch is built in a written one's buffers: no allocation per batch.
+        let next = self.writer.empty_batch();
+        let batch = std::mem::replace(&mut self.batch, next);
         if let Err(back) = self.writer.offer(batch) {
             self.batch = back;
         }

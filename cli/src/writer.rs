@@ -2,41 +2,57 @@
 //! never blocks the adapter (signals, draining, the control API go on), and an event counts as
 //! delivered only once its last byte is written (the sink contract).
 //!
-//! The writer waits for stdout to be writable with `poll(2)` before each write, in slices no
-//! larger than the pipe's atomic write size (`PIPE_BUF`, 4096 bytes on Linux) unless stdout is
-//! a regular file. A write that `poll` cleared does not block, so when the adapter stops the
-//! writer at its write deadline, the writer is never stuck inside a write: it stops between
-//! two, and what it has confirmed is exactly what was written. The session file saved after
-//! that resumes right after the last event written, so nothing is skipped and nothing is
-//! written twice across processes.
+//! The writer never blocks inside a write, so that when the adapter stops it at its write
+//! deadline it stops between two writes, and what it has confirmed is exactly what was
+//! written. How it writes depends on what stdout is:
+//!
+//! - a pipe, a FIFO or a terminal: opened a second time through `/proc/self/fd` with
+//!   `O_NONBLOCK` (a file description of its own, so the flag is never seen by the process
+//!   that shares stdout). Each write hands the kernel everything queued; the kernel takes what
+//!   fits (up to the pipe's size, 64 KiB by default) and the writer waits with `poll(2)` only
+//!   once the pipe is full (the kernel took part of the write, or nothing). Under load that is one system call per pipe-full of lines, not one
+//!   per event;
+//! - a regular file: plain writes of everything queued (they never wait for a reader);
+//! - anything else, or when the second open is refused (a socket, no `/proc`): `poll(2)` before
+//!   each write, in slices no larger than the pipe's atomic write size (`PIPE_BUF`, 4096
+//!   bytes), which a `poll` that cleared guarantees not to block.
+//!
+//! The buffers go back to the adapter once written, so a steady stream allocates nothing per
+//! event. The session file saved after a stop resumes right after the last event written, so
+//! nothing is skipped and nothing is written twice across processes.
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError, channel, sync_channel};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::fs::{FileType, Mode, OFlags};
 use tokio::sync::watch;
 
 use super::control::AdapterCounters;
 use handover_runtime::Receipt;
 
-/// Largest slice written at once to a pipe, socket or terminal: the atomic pipe write size, so
-/// that a write `poll` cleared never blocks.
+/// Largest slice written at once in the sliced mode (see the module's documentation): the
+/// atomic pipe write size, so that a write `poll` cleared never blocks.
 const SLICE: usize = 4096;
 
 /// How often a writer waiting for a writable stdout checks whether it must stop.
 const STOP_CHECK: Duration = Duration::from_millis(20);
 
-/// How long a stopped writer may go on to finish a line it has begun (only a line longer than
-/// [`SLICE`] is ever begun and not finished in one write).
+/// How long a stopped writer may go on to finish a line it has begun (a line is begun and not
+/// finished in one write only when the reader is slower than the writer).
 const FINISH_LINE: Duration = Duration::from_millis(500);
 
 /// Batches queued for the thread beyond the one it is writing.
 const QUEUED_BATCHES: usize = 1;
+
+/// A written buffer bigger than this is not kept for reuse (a burst of large events must not
+/// pin its memory for the rest of the run).
+const KEEP_CAPACITY: usize = 512 * 1024;
 
 /// Bytes for stdout, with a receipt per event ending at each offset.
 #[derive(Debug, Default)]
@@ -57,56 +73,81 @@ impl Batch {
 pub(crate) struct Progress {
     /// Batches written whole.
     pub(crate) batches: u64,
+    /// `write(2)` calls that took bytes, up to the last batch written whole.
+    pub(crate) writes: u64,
     /// A write failed (the reader went away); nothing more is written.
     pub(crate) failed: bool,
     /// The thread has ended (asked to stop, or failed).
     pub(crate) ended: bool,
 }
 
+/// How the thread writes (see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteMode {
+    /// Non-blocking writes of everything queued; `poll` only once the pipe is full.
+    NonBlocking,
+    /// Blocking writes of everything queued (a regular file).
+    Whole,
+    /// `poll` before each write of at most [`SLICE`] bytes.
+    Sliced,
+}
+
 /// The adapter's side of the writer thread.
 #[derive(Debug)]
 pub(crate) struct Writer {
     tx: Option<SyncSender<Batch>>,
+    /// Written batches coming back, emptied, for reuse.
+    spare: Receiver<Batch>,
     progress: watch::Receiver<Progress>,
     stop: Arc<AtomicBool>,
     sent: u64,
 }
 
 impl Writer {
-    /// Starts the thread writing to a duplicate of the process's stdout.
+    /// Starts the thread writing to the process's stdout (see the module's documentation for
+    /// how it is opened).
     pub(crate) fn stdout(counters: Arc<AdapterCounters>) -> io::Result<Writer> {
         let fd = io::stdout().as_fd().try_clone_to_owned()?;
-        Writer::spawn(File::from(fd), counters)
+        Writer::spawn(fd, counters)
     }
 
     /// Starts the thread writing to `out`.
-    pub(crate) fn spawn(out: File, counters: Arc<AdapterCounters>) -> io::Result<Writer> {
+    pub(crate) fn spawn(out: OwnedFd, counters: Arc<AdapterCounters>) -> io::Result<Writer> {
+        let (out, mode) = open_for_writing(out);
         let (tx, rx) = sync_channel(QUEUED_BATCHES);
+        let (spare_tx, spare) = channel();
         let (progress_tx, progress) = watch::channel(Progress::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let sliced = !out
-            .metadata()
-            .map(|m| m.file_type().is_file())
-            .unwrap_or(false);
         let thread_stop = stop.clone();
+        tracing::debug!(?mode, "stdout writer");
         std::thread::Builder::new()
             .name("handover-stdout".into())
             .spawn(move || {
                 let mut thread = Thread {
                     out,
-                    sliced,
+                    mode,
                     stop: thread_stop,
                     counters,
                     progress: progress_tx,
+                    spare: spare_tx,
+                    writes: 0,
                 };
                 thread.run(rx);
             })?;
         Ok(Writer {
             tx: Some(tx),
+            spare,
             progress,
             stop,
             sent: 0,
         })
+    }
+
+    /// An empty batch to build the next one in: a written one, with its buffers' capacity,
+    /// when there is one.
+    pub(crate) fn empty_batch(&mut self) -> Batch {
+        // None written yet (or the thread is gone): a fresh one.
+        self.spare.try_recv().unwrap_or_default()
     }
 
     /// Whether a batch handed over now would be taken without waiting.
@@ -170,9 +211,40 @@ impl Writer {
     }
 }
 
-/// Where the next slice of `bytes` from `at` ends: after the last whole line that fits in
-/// [`SLICE`] bytes, so a stop between two slices falls between two lines; a line longer than a
-/// slice is cut at the slice's size.
+/// The file the thread writes to, and how. A pipe, FIFO or terminal is opened again through
+/// `/proc/self/fd` with `O_NONBLOCK`: a new file description, so the flag does not reach the
+/// file description the process shares with its parent (setting it there would make the
+/// parent's own writes fail with `EAGAIN`).
+fn open_for_writing(out: OwnedFd) -> (File, WriteMode) {
+    let kind = rustix::fs::fstat(&out).map(|st| FileType::from_raw_mode(st.st_mode));
+    match kind {
+        Ok(FileType::RegularFile) => (File::from(out), WriteMode::Whole),
+        Ok(FileType::Fifo | FileType::CharacterDevice) => {
+            let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&out));
+            match rustix::fs::open(
+                path.as_str(),
+                OFlags::WRONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+                Mode::empty(),
+            ) {
+                Ok(again) if same_file(&out, &again) => (File::from(again), WriteMode::NonBlocking),
+                Ok(_) | Err(_) => (File::from(out), WriteMode::Sliced),
+            }
+        }
+        Ok(_) | Err(_) => (File::from(out), WriteMode::Sliced),
+    }
+}
+
+/// Whether two descriptors name the same file (the second open found what stdout is).
+fn same_file(a: &OwnedFd, b: &OwnedFd) -> bool {
+    match (rustix::fs::fstat(a), rustix::fs::fstat(b)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
+    }
+}
+
+/// Where the next slice of `bytes` from `at` ends in the sliced mode: after the last whole
+/// line that fits in [`SLICE`] bytes, so a stop between two slices falls between two lines; a
+/// line longer than a slice is cut at the slice's size.
 fn slice_end(bytes: &[u8], at: usize) -> usize {
     let limit = bytes.len().min(at + SLICE);
     if limit == bytes.len() && bytes.len() - at <= SLICE {
@@ -184,19 +256,42 @@ fn slice_end(bytes: &[u8], at: usize) -> usize {
     }
 }
 
+/// The end of the line `at` is in (just after its `\n`), or of `bytes`.
+fn line_end(bytes: &[u8], at: usize) -> usize {
+    bytes[at..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(bytes.len(), |i| at + i + 1)
+}
+
 struct Thread {
     out: File,
-    sliced: bool,
+    mode: WriteMode,
     stop: Arc<AtomicBool>,
     counters: Arc<AdapterCounters>,
     progress: watch::Sender<Progress>,
+    spare: Sender<Batch>,
+    /// `write(2)` calls that took bytes.
+    writes: u64,
 }
 
 impl Thread {
     fn run(&mut self, batches: Receiver<Batch>) {
-        while let Ok(batch) = batches.recv() {
-            match self.write(batch) {
-                Ok(true) => self.progress.send_modify(|p| p.batches += 1),
+        while let Ok(mut batch) = batches.recv() {
+            match self.write(&mut batch) {
+                Ok(true) => {
+                    let writes = self.writes;
+                    self.progress.send_modify(|p| {
+                        p.batches += 1;
+                        p.writes = writes;
+                    });
+                    if batch.bytes.capacity() <= KEEP_CAPACITY {
+                        batch.bytes.clear();
+                        batch.marks.clear();
+                        // The adapter may have ended; the batch is then dropped.
+                        let _ = self.spare.send(batch);
+                    }
+                }
                 Ok(false) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "stdout closed");
@@ -211,36 +306,65 @@ impl Thread {
         self.progress.send_modify(|p| p.ended = true);
     }
 
-    /// Writes one batch, confirming each event once its last byte is out. `Ok(false)` when
-    /// asked to stop first.
-    fn write(&mut self, batch: Batch) -> io::Result<bool> {
+    /// Writes one batch, confirming each event once its last byte is out (its receipts are
+    /// taken out of the batch). `Ok(false)` when asked to stop first.
+    fn write(&mut self, batch: &mut Batch) -> io::Result<bool> {
         let Batch { bytes, marks } = batch;
-        let mut marks = marks.into_iter().peekable();
+        let mut marks = marks.drain(..).peekable();
         let mut written = 0;
         let mut stop_seen: Option<Instant> = None;
+        // The non-blocking mode writes first and polls only once the pipe is full.
+        let mut must_poll = self.mode == WriteMode::Sliced;
         while written < bytes.len() {
             // At a line's end the writer may stop; inside a line it finishes the line first,
             // for at most FINISH_LINE after the stop, so a reader rarely sees half a line.
             let mid_line = written > 0 && bytes[written - 1] != b'\n';
-            if !self.wait_writable(mid_line, &mut stop_seen)? {
+            if (must_poll || self.stop.load(Ordering::Relaxed))
+                && !self.wait_writable(mid_line, &mut stop_seen)?
+            {
                 return Ok(false);
             }
-            let end = if self.sliced {
-                slice_end(&bytes, written)
-            } else {
-                bytes.len()
+            // A stop asked for while the writer waited: from here only the line in progress
+            // is finished.
+            if stop_seen.is_none() && self.stop.load(Ordering::SeqCst) {
+                stop_seen = Some(Instant::now());
+                if !mid_line {
+                    return Ok(false);
+                }
+            }
+            let end = match (self.mode, stop_seen) {
+                (WriteMode::Sliced, _) => slice_end(bytes, written),
+                // Stopped in the middle of a line: only that line is finished.
+                (_, Some(_)) => line_end(bytes, written),
+                (WriteMode::NonBlocking | WriteMode::Whole, None) => bytes.len(),
             };
             match self.out.write(&bytes[written..end]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => written += n,
+                Ok(n) => {
+                    // A write the kernel took only in part found the pipe full: the next one
+                    // waits for room rather than failing with EAGAIN first.
+                    must_poll = self.mode == WriteMode::Sliced || written + n < end;
+                    written += n;
+                    self.writes += 1;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    must_poll = true;
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
+            let mut confirmed = 0;
             while let Some((_, receipt)) = marks.next_if(|(at, _)| *at <= written) {
                 if receipt.counts() {
-                    self.counters.events_written.fetch_add(1, Ordering::Relaxed);
+                    confirmed += 1;
                 }
                 receipt.confirm();
+            }
+            if confirmed > 0 {
+                self.counters
+                    .events_written
+                    .fetch_add(confirmed, Ordering::Relaxed);
             }
         }
         Ok(true)
@@ -278,13 +402,11 @@ mod tests {
     use super::*;
     use handover_runtime::ReceiptBook;
     use std::io::Read;
+    use std::os::unix::net::UnixStream;
 
-    fn pipe() -> (File, File) {
+    fn pipe() -> (File, OwnedFd) {
         let (r, w) = std::io::pipe().expect("pipe");
-        (
-            File::from(std::os::fd::OwnedFd::from(r)),
-            File::from(std::os::fd::OwnedFd::from(w)),
-        )
+        (File::from(OwnedFd::from(r)), OwnedFd::from(w))
     }
 
     fn batch(lines: &[&str]) -> Batch {
@@ -295,6 +417,141 @@ mod tests {
         b
     }
 
+    /// `lines`, each with a dispatch receipt of `book` (seq 1, 2...) ending at its last byte.
+    fn receipted(book: &ReceiptBook, lines: &[String]) -> Batch {
+        let mut b = Batch::default();
+        for (i, l) in lines.iter().enumerate() {
+            b.bytes.extend_from_slice(l.as_bytes());
+            b.marks.push((b.bytes.len(), book.dispatch(i as u64 + 1)));
+        }
+        b
+    }
+
+    /// Waits (bounded) until `f` holds, checking every 5 ms; whether it did within 10 s.
+    async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..2000 {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        f()
+    }
+
+    fn unread(r: &File) -> u64 {
+        rustix::io::ioctl_fionread(r).expect("FIONREAD")
+    }
+
+    async fn wait_idle(writer: &mut Writer) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !writer.is_idle() {
+                writer.changed().await;
+            }
+        })
+        .await
+        .expect("everything written in time");
+    }
+
+    #[test]
+    fn stdout_is_opened_according_to_what_it_is() {
+        let (_r, w) = pipe();
+        let original = w.try_clone().expect("dup");
+        let (out, mode) = open_for_writing(w);
+        assert_eq!(mode, WriteMode::NonBlocking);
+        assert!(
+            rustix::fs::fcntl_getfl(&out)
+                .unwrap()
+                .contains(OFlags::NONBLOCK)
+        );
+        // The descriptor shared with the parent stays blocking.
+        assert!(
+            !rustix::fs::fcntl_getfl(&original)
+                .unwrap()
+                .contains(OFlags::NONBLOCK)
+        );
+        let file = tempfile::tempfile().expect("temp file");
+        assert_eq!(open_for_writing(OwnedFd::from(file)).1, WriteMode::Whole);
+        let (a, _b) = UnixStream::pair().expect("socket pair");
+        assert_eq!(open_for_writing(OwnedFd::from(a)).1, WriteMode::Sliced);
+    }
+
+    #[tokio::test]
+    async fn a_pipe_takes_many_lines_in_one_write() {
+        let (_r, w) = pipe();
+        rustix::pipe::fcntl_setpipe_size(&w, 64 * 1024).expect("pipe size");
+        let counters = Arc::new(AdapterCounters::default());
+        let mut writer = Writer::spawn(w, counters.clone()).expect("spawn");
+        let book = ReceiptBook::new();
+        // 64 lines of 500 bytes, 32,000 bytes: half the pipe, nobody reading.
+        let lines: Vec<String> = (0..64).map(|_| "z".repeat(499) + "\n").collect();
+        assert!(writer.offer(receipted(&book, &lines)).is_ok());
+        wait_idle(&mut writer).await;
+        assert_eq!(
+            writer.progress.borrow().writes,
+            1,
+            "one write for the batch"
+        );
+        assert_eq!(book.confirmed(), (64, 64));
+        assert_eq!(counters.events_written.load(Ordering::Relaxed), 64);
+        // The written batch comes back emptied, with its capacity, for the next one.
+        assert!(
+            eventually(|| match writer.spare.try_recv() {
+                Ok(b) => b.is_empty() && b.marks.is_empty() && b.bytes.capacity() >= 32_000,
+                Err(_) => false,
+            })
+            .await
+        );
+    }
+
+    #[tokio::test]
+    async fn a_line_cut_between_two_writes_counts_once_when_whole() {
+        let (mut r, w) = pipe();
+        let size = rustix::pipe::fcntl_setpipe_size(&w, 4096).expect("pipe size");
+        assert_eq!(size, 4096);
+        let counters = Arc::new(AdapterCounters::default());
+        let mut writer = Writer::spawn(w, counters.clone()).expect("spawn");
+        let book = ReceiptBook::new();
+        // The pipe holds the first line and the start of the second.
+        let lines = vec!["a".repeat(2999) + "\n", "b".repeat(2999) + "\n"];
+        assert!(writer.offer(receipted(&book, &lines)).is_ok());
+        assert!(
+            eventually(|| unread(&r) == 4096).await,
+            "the pipe fills: {} bytes",
+            unread(&r)
+        );
+        // The first line is out; the second only in part, so it does not count yet.
+        assert!(eventually(|| book.confirmed() == (1, 1)).await);
+        assert!(!writer.is_idle());
+        assert_eq!(counters.events_written.load(Ordering::Relaxed), 1);
+        let mut got = vec![0u8; 4096];
+        r.read_exact(&mut got).expect("read");
+        wait_idle(&mut writer).await;
+        let mut rest = vec![0u8; 6000 - 4096];
+        r.read_exact(&mut rest).expect("read");
+        got.extend_from_slice(&rest);
+        assert_eq!(got, lines.concat().into_bytes());
+        assert_eq!(book.confirmed(), (2, 2), "the second line counted once");
+        assert_eq!(counters.events_written.load(Ordering::Relaxed), 2);
+        assert!(writer.progress.borrow().writes >= 2);
+    }
+
+    #[tokio::test]
+    async fn a_lone_batch_is_written_without_waiting_for_more() {
+        let (mut r, w) = pipe();
+        let counters = Arc::new(AdapterCounters::default());
+        let mut writer = Writer::spawn(w, counters).expect("spawn");
+        let book = ReceiptBook::new();
+        assert!(writer.offer(receipted(&book, &["one\n".into()])).is_ok());
+        // Nothing else is offered: the line reaches the reader all the same.
+        let reader = std::thread::spawn(move || {
+            let mut got = [0u8; 4];
+            r.read_exact(&mut got).map(|()| got)
+        });
+        wait_idle(&mut writer).await;
+        assert_eq!(&reader.join().expect("reader").expect("read"), b"one\n");
+        assert_eq!(book.confirmed(), (1, 1));
+    }
+
     #[tokio::test]
     async fn a_stalled_reader_never_holds_the_stop() {
         let (mut r, w) = pipe();
@@ -303,14 +560,9 @@ mod tests {
         // Far more than a pipe holds (64 KiB): the thread ends up waiting for the reader.
         let line = "x".repeat(1023) + "\n";
         let book = ReceiptBook::new();
-        let mut big = Batch::default();
-        for seq in 1..=512u64 {
-            big.bytes.extend_from_slice(line.as_bytes());
-            let receipt = book.dispatch(seq);
-            big.marks.push((big.bytes.len(), receipt));
-        }
-        assert!(writer.offer(big).is_ok());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let lines: Vec<String> = (0..512).map(|_| line.clone()).collect();
+        assert!(writer.offer(receipted(&book, &lines)).is_ok());
+        assert!(eventually(|| unread(&r) > 0).await);
         assert!(
             !writer.is_idle(),
             "half a megabyte cannot fit in a pipe nobody reads"
@@ -332,6 +584,34 @@ mod tests {
         assert_eq!(book.confirmed(), (whole, whole));
     }
 
+    #[tokio::test]
+    async fn a_stop_in_the_middle_of_a_line_finishes_that_line_only() {
+        let (mut r, w) = pipe();
+        rustix::pipe::fcntl_setpipe_size(&w, 4096).expect("pipe size");
+        let counters = Arc::new(AdapterCounters::default());
+        let mut writer = Writer::spawn(w, counters).expect("spawn");
+        let book = ReceiptBook::new();
+        // The pipe takes the first line and 1,096 bytes of the second; then it is stopped.
+        let lines: Vec<String> = (0..4).map(|i| format!("{i}").repeat(2999) + "\n").collect();
+        assert!(writer.offer(receipted(&book, &lines)).is_ok());
+        assert!(eventually(|| unread(&r) == 4096).await);
+        // Stopped before the reader reads on: the writer is in the middle of the second line.
+        writer.stop.store(true, Ordering::SeqCst);
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).map(|_| got)
+        });
+        assert!(writer.stop(Duration::from_secs(5)).await);
+        drop(writer);
+        let got = reader.join().expect("reader").expect("read");
+        assert_eq!(
+            got,
+            lines[..2].concat().into_bytes(),
+            "two whole lines, no more"
+        );
+        assert_eq!(book.confirmed(), (2, 2));
+    }
+
     #[test]
     fn slices_end_at_line_ends_when_a_line_fits() {
         let line = |n: usize| "y".repeat(n - 1) + "\n";
@@ -344,11 +624,11 @@ mod tests {
         // The tail that fits is written whole.
         let end = bytes.len();
         assert_eq!(slice_end(bytes.as_bytes(), end - 100), end);
+        assert_eq!(line_end(bytes.as_bytes(), 10), 1000);
+        assert_eq!(line_end(bytes.as_bytes(), end - 1), end);
     }
 
-    #[tokio::test]
-    async fn everything_is_written_in_order_to_a_reader() {
-        let (mut r, w) = pipe();
+    async fn written_in_order(w: OwnedFd, mut r: impl Read + Send + 'static) {
         let counters = Arc::new(AdapterCounters::default());
         let mut writer = Writer::spawn(w, counters).expect("spawn");
         let reader = std::thread::spawn(move || {
@@ -368,20 +648,29 @@ mod tests {
                 }
             }
         }
-        while !writer.is_idle() {
-            writer.changed().await;
-        }
+        wait_idle(&mut writer).await;
         assert!(writer.stop(Duration::from_secs(5)).await);
         drop(writer);
         assert_eq!(reader.join().expect("reader"), expected);
     }
 
     #[tokio::test]
+    async fn everything_is_written_in_order_to_a_reader() {
+        let (r, w) = pipe();
+        written_in_order(w, r).await;
+        // A socket: the sliced mode.
+        let (a, b) = UnixStream::pair().expect("socket pair");
+        written_in_order(OwnedFd::from(a), b).await;
+    }
+
+    #[tokio::test]
     async fn a_reader_that_goes_away_is_reported() {
         let (r, w) = pipe();
-        drop(r);
+        // The second open needs a reader; without one the writer falls back to the sliced
+        // mode, which reports the broken pipe the same way.
         let counters = Arc::new(AdapterCounters::default());
         let mut writer = Writer::spawn(w, counters).expect("spawn");
+        drop(r);
         assert!(writer.offer(batch(&["hello\n"])).is_ok());
         tokio::time::timeout(Duration::from_secs(5), async {
             while !writer.failed() {
