@@ -44,6 +44,46 @@ const SCRATCH: usize = 32 * 1024;
 #[cfg(any(feature = "zlib", feature = "zstd"))]
 const SLAB: usize = 64 * 1024;
 
+/// The buffers a decoder needs only while it decompresses one message: the scratch the
+/// decompressor writes into and the slab messages are cut from. A decoder takes them from its
+/// thread ([`with_buffers`]), so a thread running a thousand idle connections holds one pair,
+/// not a thousand: only the stream contexts, which the protocol requires per connection, stay
+/// per decoder.
+#[cfg(any(feature = "zlib", feature = "zstd"))]
+#[derive(Default)]
+struct Buffers {
+    /// Allocated on first use ([`SCRATCH`] bytes).
+    scratch: Vec<u8>,
+    out: BytesMut,
+}
+
+#[cfg(any(feature = "zlib", feature = "zstd"))]
+impl Buffers {
+    fn scratch(&mut self) -> &mut [u8] {
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; SCRATCH];
+        }
+        &mut self.scratch
+    }
+}
+
+#[cfg(any(feature = "zlib", feature = "zstd"))]
+thread_local! {
+    static BUFFERS: std::cell::Cell<Buffers> = std::cell::Cell::default();
+}
+
+/// Runs `f` with this thread's shared [`Buffers`] (`out` empty on entry and on return: all of
+/// a message is split off it or cleared). They are taken out of the thread-local for the call
+/// and put back after it, so a nested call (which nothing makes) or a thread being torn down
+/// gets an empty pair of its own: slower, never wrong.
+#[cfg(any(feature = "zlib", feature = "zstd"))]
+fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
+    let mut buffers = BUFFERS.try_with(std::cell::Cell::take).unwrap_or_default();
+    let r = f(&mut buffers);
+    let _ = BUFFERS.try_with(|cell| cell.set(buffers));
+    r
+}
+
 /// Appends `data` to `out`, taking a new [`SLAB`] (or reclaiming the old one) when full.
 #[cfg(any(feature = "zlib", feature = "zstd"))]
 fn append(out: &mut BytesMut, data: &[u8]) {
@@ -105,9 +145,9 @@ impl Compression {
 #[cfg(feature = "zlib")]
 pub struct ZlibStreamDecoder {
     inflate: Decompress,
+    /// Compressed bytes of a message whose suffix has not arrived yet; empty (no allocation)
+    /// between messages.
     buf: Vec<u8>,
-    scratch: Box<[u8]>,
-    out: BytesMut,
     max: usize,
     poisoned: bool,
 }
@@ -120,8 +160,6 @@ impl ZlibStreamDecoder {
         ZlibStreamDecoder {
             inflate: Decompress::new(true),
             buf: Vec::new(),
-            scratch: vec![0; SCRATCH].into_boxed_slice(),
-            out: BytesMut::new(),
             max,
             poisoned: false,
         }
@@ -133,8 +171,9 @@ impl ZlibStreamDecoder {
         Ok(self.push_shared(frame)?.map(|b| b.to_vec()))
     }
 
-    /// [`push`](Self::push), the message as a slice of the decoder's reused output buffer
-    /// (no allocation per message while the buffer has room).
+    /// [`push`](Self::push), the message as a slice of a reused output buffer (no allocation
+    /// per message while the buffer has room). The buffer, like the decompressor's scratch, is
+    /// shared by every decoder on the thread: an idle decoder holds only its inflate context.
     pub fn push_shared(&mut self, frame: &[u8]) -> Result<Option<Bytes>, ProtocolError> {
         if self.poisoned {
             return Err(ProtocolError::StreamPoisoned);
@@ -150,45 +189,50 @@ impl ZlibStreamDecoder {
                 return Ok(None);
             }
         }
+        // Messages split over several frames are rare: their buffer is not kept for the next.
         let input = std::mem::take(&mut self.buf);
         let data: &[u8] = if input.is_empty() { frame } else { &input };
-        let result = self.inflate_all(data);
-        // Keep the allocation for the next partial message.
-        self.buf = input;
-        self.buf.clear();
-        match result {
-            Ok(()) => Ok(Some(self.out.split().freeze())),
-            Err(e) => {
-                self.out.clear();
-                self.poisoned = true;
-                Err(e)
+        let result = with_buffers(|buffers| {
+            let result = Self::inflate_all(&mut self.inflate, self.max, buffers, data);
+            match result {
+                Ok(()) => Ok(Some(buffers.out.split().freeze())),
+                Err(e) => {
+                    buffers.out.clear();
+                    Err(e)
+                }
             }
-        }
+        });
+        self.poisoned = result.is_err();
+        result
     }
 
-    /// Inflates `input` onto the end of `self.out` (empty on entry).
-    fn inflate_all(&mut self, mut input: &[u8]) -> Result<(), ProtocolError> {
+    /// Inflates `input` onto the end of `buffers.out` (empty on entry).
+    fn inflate_all(
+        inflate: &mut Decompress,
+        max: usize,
+        buffers: &mut Buffers,
+        mut input: &[u8],
+    ) -> Result<(), ProtocolError> {
         loop {
-            let (in0, out0) = (self.inflate.total_in(), self.inflate.total_out());
-            let status = self
-                .inflate
-                .decompress(input, &mut self.scratch, FlushDecompress::Sync)
+            let (in0, out0) = (inflate.total_in(), inflate.total_out());
+            let status = inflate
+                .decompress(input, buffers.scratch(), FlushDecompress::Sync)
                 .map_err(|e| ProtocolError::DecompressionFailed {
                     reason: format!("zlib: {e}"),
                 })?;
-            let consumed = usize::try_from(self.inflate.total_in() - in0).unwrap_or(usize::MAX);
-            let produced = usize::try_from(self.inflate.total_out() - out0).unwrap_or(usize::MAX);
+            let consumed = usize::try_from(inflate.total_in() - in0).unwrap_or(usize::MAX);
+            let produced = usize::try_from(inflate.total_out() - out0).unwrap_or(usize::MAX);
             input = input.get(consumed..).unwrap_or_default();
-            if self.out.len().saturating_add(produced) > self.max {
-                return Err(ProtocolError::DecompressedTooLarge { limit: self.max });
+            if buffers.out.len().saturating_add(produced) > max {
+                return Err(ProtocolError::DecompressedTooLarge { limit: max });
             }
-            append(&mut self.out, &self.scratch[..produced]);
+            append(&mut buffers.out, &buffers.scratch[..produced]);
             if status == Status::StreamEnd && !input.is_empty() {
                 return Err(ProtocolError::DecompressionFailed {
                     reason: "zlib: data after the end of the stream".into(),
                 });
             }
-            if input.is_empty() && produced < self.scratch.len() {
+            if input.is_empty() && produced < SCRATCH {
                 return Ok(());
             }
             if consumed == 0 && produced == 0 {
@@ -217,8 +261,6 @@ impl fmt::Debug for ZlibStreamDecoder {
 #[cfg(feature = "zstd")]
 pub struct ZstdStreamDecoder {
     dctx: zstd::stream::raw::Decoder<'static>,
-    scratch: Box<[u8]>,
-    out: BytesMut,
     max: usize,
     poisoned: bool,
 }
@@ -233,8 +275,6 @@ impl ZstdStreamDecoder {
             })?;
         Ok(ZstdStreamDecoder {
             dctx,
-            scratch: vec![0; SCRATCH].into_boxed_slice(),
-            out: BytesMut::new(),
             max,
             poisoned: false,
         })
@@ -245,40 +285,48 @@ impl ZstdStreamDecoder {
         self.push_shared(frame).map(|b| b.to_vec())
     }
 
-    /// [`push`](Self::push), the message as a slice of the decoder's reused output buffer
-    /// (no allocation per message while the buffer has room).
+    /// [`push`](Self::push), the message as a slice of a reused output buffer (no allocation
+    /// per message while the buffer has room). The buffer, like the decompressor's scratch, is
+    /// shared by every decoder on the thread: an idle decoder holds only its zstd context.
     pub fn push_shared(&mut self, frame: &[u8]) -> Result<Bytes, ProtocolError> {
         if self.poisoned {
             return Err(ProtocolError::StreamPoisoned);
         }
-        match self.decompress(frame) {
-            Ok(()) => Ok(self.out.split().freeze()),
-            Err(e) => {
-                self.out.clear();
-                self.poisoned = true;
-                Err(e)
+        let result = with_buffers(|buffers| {
+            match Self::decompress(&mut self.dctx, self.max, buffers, frame) {
+                Ok(()) => Ok(buffers.out.split().freeze()),
+                Err(e) => {
+                    buffers.out.clear();
+                    Err(e)
+                }
             }
-        }
+        });
+        self.poisoned = result.is_err();
+        result
     }
 
-    /// Decompresses `frame` onto the end of `self.out` (empty on entry).
-    fn decompress(&mut self, frame: &[u8]) -> Result<(), ProtocolError> {
+    /// Decompresses `frame` onto the end of `buffers.out` (empty on entry).
+    fn decompress(
+        dctx: &mut zstd::stream::raw::Decoder<'static>,
+        max: usize,
+        buffers: &mut Buffers,
+        frame: &[u8],
+    ) -> Result<(), ProtocolError> {
         let mut input = InBuffer::around(frame);
         loop {
             let before = input.pos();
-            let mut output = OutBuffer::around(&mut self.scratch[..]);
-            self.dctx.run(&mut input, &mut output).map_err(|e| {
-                ProtocolError::DecompressionFailed {
+            let mut output = OutBuffer::around(buffers.scratch());
+            dctx.run(&mut input, &mut output)
+                .map_err(|e| ProtocolError::DecompressionFailed {
                     reason: format!("zstd: {e}"),
-                }
-            })?;
+                })?;
             let produced = output.pos();
-            if self.out.len().saturating_add(produced) > self.max {
-                return Err(ProtocolError::DecompressedTooLarge { limit: self.max });
+            if buffers.out.len().saturating_add(produced) > max {
+                return Err(ProtocolError::DecompressedTooLarge { limit: max });
             }
-            append(&mut self.out, &self.scratch[..produced]);
+            append(&mut buffers.out, &buffers.scratch[..produced]);
             let done = input.pos() == frame.len();
-            if done && produced < self.scratch.len() {
+            if done && produced < SCRATCH {
                 return Ok(());
             }
             if input.pos() == before && produced == 0 {
@@ -540,6 +588,28 @@ mod tests {
     }
 
     #[cfg(feature = "zlib")]
+    #[test]
+    fn decoders_of_one_thread_share_buffers_without_mixing_messages() {
+        // Two connections' decoders interleaved on one thread, every message held: each held
+        // message is a slice of the thread's shared slab and must stay intact.
+        let msgs = messages();
+        let (mut za, mut zb) = (ZlibStreamEncoder::new(), ZlibStreamEncoder::new());
+        let (mut da, mut db) = (
+            ZlibStreamDecoder::new(DEFAULT_MAX_DECOMPRESSED_BYTES),
+            ZlibStreamDecoder::new(DEFAULT_MAX_DECOMPRESSED_BYTES),
+        );
+        let mut held = Vec::new();
+        for m in &msgs {
+            let a = da.push_shared(&za.compress(m)).unwrap().unwrap();
+            let b = db.push_shared(&zb.compress(m)).unwrap().unwrap();
+            held.push((m.clone(), a, b));
+        }
+        for (m, a, b) in &held {
+            assert_eq!(&a[..], &m[..]);
+            assert_eq!(&b[..], &m[..]);
+        }
+    }
+
     #[test]
     fn zlib_message_split_across_frames() {
         let mut enc = ZlibStreamEncoder::new();

@@ -49,7 +49,9 @@ impl SendLimiter {
     pub fn new(cfg: RateLimitConfig) -> Self {
         SendLimiter {
             cfg,
-            sent: VecDeque::with_capacity(cfg.limit as usize),
+            // Grown as sends happen: an idle connection sends a heartbeat or two per window,
+            // and a full window reserved up front cost every shard 16 bytes per allowed send.
+            sent: VecDeque::new(),
             heartbeat_interval: None,
         }
     }

@@ -8,6 +8,9 @@
 //! VmRSS (from /proc/self/status) divided by N. Children keep the server out of the figure, and
 //! each kind starts from a fresh heap.
 
+#[path = "../../runtime/benches/process/mod.rs"]
+mod process;
+
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -112,12 +115,7 @@ async fn serve(listener: TcpListener) {
 }
 
 fn rss_kib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0)
+    process::status_kib("VmRSS:") as f64
 }
 
 fn client(kind: &str, addr: &str, n: usize) {
