@@ -757,7 +757,7 @@ async fn bursts_larger_than_the_event_queue_arrive_whole_and_in_order() {
         let mut read = 0usize;
         while next < N {
             read += 1;
-            if read % 7 == 0 {
+            if read.is_multiple_of(7) {
                 tokio::task::yield_now().await;
             }
             match tokio::time::timeout(LIMIT, c.events.next_event()).await {
