@@ -51,9 +51,10 @@ pub(crate) struct Taken {
 
 /// A shard's ledger of what its sink took; shared by the shard's handles and receipts.
 ///
-/// A dispatch, the event path, moves two atomics and takes no lock; the lock guards only the
-/// session, which changes on READY, RESUMED and gap reports. Receipts of one shard are
-/// confirmed in order by one sink, so the two never race.
+/// A dispatch, the event path, is two plain loads and stores of atomics (no lock, no locked
+/// read-modify-write); the lock guards only the session, which changes on READY, RESUMED and
+/// gap reports. One writer per shard: with [`Delivery::OnReturn`] the shard's `next_event()`,
+/// with [`Delivery::Confirmed`] its sink confirming receipts in order, so writes never race.
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
     seq: AtomicU64,
@@ -85,9 +86,14 @@ impl Ledger {
 
     pub(crate) fn take(&self, what: &Entry) {
         match what {
+            // One writer per shard (its `next_event()` or its sink's receipts, in order), so a
+            // load and a store suffice: no locked read-modify-write on the event path.
             Entry::Dispatch { seq } => {
-                self.seq.fetch_max(*seq, Ordering::Release);
-                self.delivered.fetch_add(1, Ordering::Relaxed);
+                if *seq > self.seq.load(Ordering::Relaxed) {
+                    self.seq.store(*seq, Ordering::Release);
+                }
+                let delivered = self.delivered.load(Ordering::Relaxed);
+                self.delivered.store(delivered + 1, Ordering::Relaxed);
             }
             Entry::Session {
                 id,

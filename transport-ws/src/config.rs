@@ -62,8 +62,10 @@ pub struct TransportConfig {
     pub write_buffer_size: usize,
     /// Capacity of the command channel from handles to the driver task. Default 16; at least 1.
     pub command_capacity: usize,
-    /// Capacity of the event channel from the driver task to the application. Default 64; at
-    /// least 1.
+    /// Capacity of the event channel from the driver task to the application, in events.
+    /// Events cross it in bursts and the application's side takes a whole batch at once; an
+    /// event counts until the application has read the batch it came in. Default 64; at least
+    /// 1.
     pub event_capacity: usize,
     /// Events the driver may hold locally when the event channel is full. While this many are
     /// waiting, the driver stops reading the socket (timers keep running). Default 32; at

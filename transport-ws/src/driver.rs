@@ -16,6 +16,7 @@ use crate::clock;
 use crate::config::TransportConfig;
 use crate::error::{DriverGone, PermitDenied, SendError, TransportError};
 use crate::event::DriverEvent;
+use crate::handoff;
 use crate::link::{Action, CoreSettings, DriverCore, ReadMode};
 use crate::socket::{
     self, ConnectSettings, QueueError, SocketEvent, TlsSetup, Transport, TransportWake,
@@ -23,6 +24,11 @@ use crate::socket::{
 
 /// The future a [`PermitSource`] hands out.
 pub type PermitFuture = Pin<Box<dyn Future<Output = Result<(), PermitDenied>> + Send>>;
+
+/// Messages read from the socket in one driver step, at most: the messages one socket read
+/// brought are decoded back to back and their events handed to the application at once.
+/// Bounded so that a flood still lets the timers, commands and permits in between steps.
+const MAX_BURST: usize = 128;
 
 /// Grants permits to start new sessions (Discord: the shared identify queue and budget).
 ///
@@ -66,7 +72,7 @@ impl Driver {
     {
         let config = config.normalized();
         let (cmd_tx, cmd_rx) = mpsc::channel(config.command_capacity);
-        let (ev_tx, ev_rx) = mpsc::channel(config.event_capacity);
+        let (ev_tx, ev_rx) = handoff::channel(config.event_capacity);
         let (status_tx, status_rx) = watch::channel(connection.status());
         let live = Arc::new(AtomicUsize::new(0));
         let core_settings = CoreSettings {
@@ -226,8 +232,13 @@ impl<C: Codec> DriverHandle<C> {
 /// reading the socket (the peer's sends back up in TCP); timers keep running, so heartbeats are
 /// still sent. A stall longer than the heartbeat interval plus the probe grace therefore makes
 /// the core judge the connection a zombie and reconnect (resuming the session).
+///
+/// The driver hands events over in bursts (everything one step decoded, in one operation) and
+/// this side takes every queued event at once into a local buffer it pops without locking. The
+/// capacity bounds events, not bursts: an event counts until the burst it was taken in has been
+/// read to its end.
 pub struct DriverEvents<C: Codec> {
-    events: mpsc::Receiver<DriverEvent<C::Item>>,
+    events: handoff::Receiver<DriverEvent<C::Item>>,
 }
 
 impl<C: Codec> std::fmt::Debug for DriverEvents<C> {
@@ -241,12 +252,12 @@ impl<C: Codec> std::fmt::Debug for DriverEvents<C> {
 impl<C: Codec> DriverEvents<C> {
     /// The next event, or `None` once the driver task has exited and every event was read.
     pub async fn next_event(&mut self) -> Option<DriverEvent<C::Item>> {
-        self.events.recv().await
+        poll_fn(|cx| self.events.poll_recv(cx)).await
     }
 
     /// The next event if one is ready now.
     pub fn try_next_event(&mut self) -> Option<DriverEvent<C::Item>> {
-        self.events.try_recv().ok()
+        self.events.try_recv()
     }
 
     /// Polls for the next event (for a stream or a hand-written future): `Ready(None)` once the
@@ -283,7 +294,7 @@ struct Task<C: Codec> {
     /// The one transport that may exist, dropped only when the core says so.
     transport: Option<Transport>,
     permit: Option<PendingPermit>,
-    events: mpsc::Sender<DriverEvent<C::Item>>,
+    events: handoff::Sender<DriverEvent<C::Item>>,
     status: watch::Sender<ConnectionStatus>,
     stop_waiters: Vec<oneshot::Sender<()>>,
     exiting: bool,
@@ -352,14 +363,10 @@ where
                         None => Poll::Pending,
                     }) => Wake::Permit(conn, result),
                     cmd = commands.recv(), if commands_open => Wake::Command(cmd),
-                    slot = events.reserve(), if want_slot => {
-                        match slot {
-                            Ok(slot) => {
-                                if let Some(ev) = core.pop_event() {
-                                    slot.send(ev);
-                                }
-                            }
-                            Err(_) => core.close_events(),
+                    room = poll_fn(|cx| events.poll_room(cx)), if want_slot => {
+                        // Room: the next step's flush hands over what fits.
+                        if room.is_err() {
+                            core.close_events();
                         }
                         Wake::EventSent
                     }
@@ -377,7 +384,17 @@ where
                     debug!("all handles dropped; stopping");
                     self.begin_exit(now);
                 }
-                Wake::Transport(w) => self.transport_wake(now, w),
+                Wake::Transport(w) => {
+                    let message = matches!(w, TransportWake::Socket(SocketEvent::Message(_)));
+                    self.transport_wake(now, w);
+                    if message {
+                        poll_fn(|cx| {
+                            self.read_burst(cx, now);
+                            Poll::Ready(())
+                        })
+                        .await;
+                    }
+                }
                 Wake::Timer => {
                     armed = None;
                     self.core.handle_timeout(now);
@@ -526,20 +543,43 @@ where
         self.core.dropped(clock::now(), conn);
     }
 
-    fn flush_events(&mut self) {
-        while let Some(ev) = self.core.pop_event() {
-            match self.events.try_send(ev) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(ev)) => {
-                    self.core.unpop_event(ev);
-                    return;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    debug!("event receiver dropped; events are discarded from now on");
-                    self.core.close_events();
-                    return;
-                }
+    /// After a message: decodes the messages already readable on the same socket, up to
+    /// [`MAX_BURST`] in all, without going back through the select (whose every branch costs a
+    /// poll). Stops at the first thing that is not a data message, when the core has actions
+    /// for the shell (a reply, a drop: they go out before more is read), and when the
+    /// application is behind (the read mode is no longer `Data`; the next step reports the
+    /// pause to the core as before). A `Pending` poll leaves the task's waker with the socket.
+    fn read_burst(&mut self, cx: &mut std::task::Context<'_>, now: Instant) {
+        for _ in 1..MAX_BURST {
+            if self.core.has_actions() {
+                return;
             }
+            let Some(transport) = self.transport.as_mut() else {
+                return;
+            };
+            let mode = self.core.read_mode(transport.conn());
+            if mode != ReadMode::Data {
+                return;
+            }
+            let Poll::Ready(wake) = transport.poll(cx, mode) else {
+                return;
+            };
+            let message = matches!(wake, TransportWake::Socket(SocketEvent::Message(_)));
+            self.transport_wake(now, wake);
+            if !message {
+                return;
+            }
+        }
+    }
+
+    /// Hands every waiting event the application has room for over in one operation.
+    fn flush_events(&mut self) {
+        if !self.core.has_events() {
+            return;
+        }
+        if self.events.send_from(self.core.pending_events()).is_err() {
+            debug!("event receiver dropped; events are discarded from now on");
+            self.core.close_events();
         }
     }
 

@@ -48,6 +48,7 @@ pub mod connector;
 mod driver;
 mod error;
 mod event;
+mod handoff;
 mod link;
 pub mod memory;
 mod read_ahead;

@@ -236,19 +236,26 @@ impl<C: Codec> DriverCore<C> {
         self.events_open && !self.pending.is_empty()
     }
 
+    #[cfg(test)]
     pub(crate) fn pop_event(&mut self) -> Option<DriverEvent<C::Item>> {
         self.pending.pop_front()
-    }
-
-    /// Puts back an event the application had no room for.
-    pub(crate) fn unpop_event(&mut self, event: DriverEvent<C::Item>) {
-        self.pending.push_front(event);
     }
 
     /// The application is gone: discard events from now on.
     pub(crate) fn close_events(&mut self) {
         self.events_open = false;
         self.pending.clear();
+    }
+
+    /// The events waiting for the application, oldest first, for the shell to hand over a
+    /// burst at once (it takes what fits from the front and leaves the rest).
+    pub(crate) fn pending_events(&mut self) -> &mut VecDeque<DriverEvent<C::Item>> {
+        &mut self.pending
+    }
+
+    /// Whether actions wait for the shell.
+    pub(crate) fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
     }
 
     pub(crate) fn take_events(&mut self) -> Vec<DriverEvent<C::Item>> {

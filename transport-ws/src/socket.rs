@@ -14,19 +14,19 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use handover_core::{Message, TransportId};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes, error::CapacityError};
 
 use crate::config::TransportConfig;
@@ -98,7 +98,126 @@ impl AsyncWrite for MaybeTls {
     }
 }
 
-type Ws = WebSocketStream<MaybeTls>;
+/// The byte stream under the WebSocket, as the upgrade and then the frame reader see it.
+///
+/// During the HTTP upgrade it hands out bytes only up to the end of the response head
+/// (`\r\n\r\n`) and keeps what the peer sent after it (frames that came in the same read) for
+/// the frame reader, so tungstenite's handshake leaves no bytes behind. The socket then goes to
+/// [`WebSocketStream::from_raw_socket`], whose frame reader cuts frames from receive buffers of
+/// `read_buffer_size` bytes: while the application holds frames, one buffer is allocated per
+/// buffer's worth of frames. After tungstenite's own hand-over (`from_partially_read`) the
+/// buffer forgets its size and every held frame allocated on its own (finding 1 in
+/// `docs/benchmarks.md`).
+pub(crate) struct Upgrade<S> {
+    inner: S,
+    /// Bytes read and not yet handed out.
+    kept: BytesMut,
+    /// Bytes of `kept` up to the end of the head, once that end was found.
+    head_left: Option<usize>,
+    /// The whole head has been handed out: reads go through (after what `kept` holds).
+    through: bool,
+    /// How much of `kept` has been searched for the end of the head.
+    searched: usize,
+}
+
+/// Read size while looking for the end of the response head.
+const HEAD_READ: usize = 1024;
+
+impl<S> Upgrade<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Upgrade {
+            inner,
+            kept: BytesMut::new(),
+            head_left: None,
+            through: false,
+            searched: 0,
+        }
+    }
+
+    /// Hands out what `kept` holds, during the upgrade only up to the end of the head. Returns
+    /// whether anything was handed out.
+    fn give(&mut self, out: &mut ReadBuf<'_>) -> bool {
+        if !self.through && self.head_left.is_none() {
+            let from = self.searched.saturating_sub(3);
+            if let Some(at) = self.kept[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+                self.head_left = Some(from + at + 4);
+            }
+            self.searched = self.kept.len();
+        }
+        let limit = match self.head_left {
+            Some(left) if !self.through => left,
+            _ => self.kept.len(),
+        };
+        let n = limit.min(out.remaining());
+        if n == 0 {
+            return false;
+        }
+        out.put_slice(&self.kept[..n]);
+        self.kept.advance(n);
+        self.searched = self.searched.saturating_sub(n);
+        if let Some(left) = self.head_left.as_mut() {
+            *left -= n;
+            if *left == 0 {
+                self.through = true;
+                self.head_left = None;
+            }
+        }
+        if self.kept.is_empty() {
+            // Hold no memory once everything was handed out.
+            self.kept = BytesMut::new();
+        }
+        true
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Upgrade<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if out.remaining() == 0 || (!this.kept.is_empty() && this.give(out)) {
+            return Poll::Ready(Ok(()));
+        }
+        if this.through {
+            return Pin::new(&mut this.inner).poll_read(cx, out);
+        }
+        // Still in the head, and everything kept was handed out: read more.
+        this.kept.reserve(HEAD_READ);
+        let read = std::pin::pin!(this.inner.read_buf(&mut this.kept));
+        match read.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            // End of stream: nothing filled.
+            Poll::Ready(Ok(0)) => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(_)) => {
+                this.give(out);
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Upgrade<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+type Ws = WebSocketStream<Upgrade<MaybeTls>>;
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<Ws, TransportError>> + Send>>;
 
 /// Everything a connect attempt needs, cheap to clone into the connect future.
@@ -307,13 +426,16 @@ async fn connect_inner(
             }
         }
     };
-    let (ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config))
-        .await
-        .map_err(|e| TransportError::Handshake {
-            conn,
-            source: Box::new(e),
-        })?;
-    Ok(ws)
+    let (ws, _response) =
+        tokio_tungstenite::client_async_with_config(url, Upgrade::new(stream), Some(ws_config))
+            .await
+            .map_err(|e| TransportError::Handshake {
+                conn,
+                source: Box::new(e),
+            })?;
+    // The handshake saw nothing past the response head (`Upgrade` kept it), so no bytes are
+    // left in its frame reader: start a fresh one whose receive buffer keeps its size.
+    Ok(WebSocketStream::from_raw_socket(ws.into_inner(), Role::Client, Some(ws_config)).await)
 }
 
 fn server_name(conn: TransportId, target: &Target) -> Result<ServerName<'static>, TransportError> {
@@ -566,6 +688,44 @@ impl Transport {
                 }
             },
             Phase::Open(s) => s.poll(self.conn, cx, mode).map(TransportWake::Socket),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::Upgrade;
+
+    const HEAD: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+
+    /// Bytes that follow the response head in the same read are held back until the head has
+    /// been read to its end, then handed out first, whatever the read sizes.
+    #[tokio::test]
+    async fn the_upgrade_sees_the_head_only_and_the_frames_follow_in_order() {
+        let mut wire = HEAD.to_vec();
+        let frames: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        wire.extend_from_slice(&frames);
+        for size in [1, 2, 3, 7, 64, 4096] {
+            let mut up = Upgrade::new(&wire[..]);
+            let mut head = Vec::new();
+            let mut buf = vec![0u8; size];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = up.read(&mut buf).await.unwrap();
+                assert!(n > 0, "read size {size}: ended inside the head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(head, HEAD, "read size {size}: a read went past the head");
+            let mut rest = Vec::new();
+            for _ in 0..10_000 {
+                let n = up.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                rest.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(rest, frames, "read size {size}");
         }
     }
 }

@@ -733,6 +733,53 @@ async fn restart_storm_never_opens_a_second_socket() {
     assert_eq!(counts.identifies, 1, "restarts must resume: {counts:?}");
 }
 
+/// The driver hands the events of a burst over at once and the reader takes a whole batch at
+/// once. With event queues far smaller than one socket read's worth of messages, batch
+/// boundaries fall inside bursts and inside the reader's batches (it yields to the driver
+/// every few events): no message is lost, doubled or reordered at any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_larger_than_the_event_queue_arrive_whole_and_in_order() {
+    const N: usize = 4_000;
+    for (capacity, pending) in [(1, 1), (3, 7), (5, 200), (64, 2)] {
+        let server = TestServer::start(Behavior {
+            flood: Some((N, 600)),
+            ..Behavior::default()
+        })
+        .await;
+        let transport = TransportConfig {
+            event_capacity: capacity,
+            max_pending_events: pending,
+            ..TransportConfig::default()
+        };
+        let mut c = Client::spawn(server.url(), core_config(), transport);
+        c.handle.start().await.unwrap();
+        let mut next = 0usize;
+        let mut read = 0usize;
+        while next < N {
+            read += 1;
+            if read.is_multiple_of(7) {
+                tokio::task::yield_now().await;
+            }
+            match tokio::time::timeout(LIMIT, c.events.next_event()).await {
+                Ok(Some(DriverEvent::Item(item))) => {
+                    let index: usize = item.split(' ').next().unwrap().parse().unwrap();
+                    assert_eq!(index, next, "capacity {capacity}, pending {pending}");
+                    next += 1;
+                }
+                Ok(Some(DriverEvent::Error(e))) => panic!("capacity {capacity}: {e}"),
+                Ok(Some(_)) => {}
+                other => panic!("capacity {capacity}: events ended early at {next}: {other:?}"),
+            }
+        }
+        c.handle.stop(StopIntent::EndSession).await.unwrap();
+        assert_eq!(
+            c.handle.status().opens,
+            1,
+            "capacity {capacity}: no reconnect"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_pauses_the_socket_but_not_the_timers() {
     const N: usize = 24_000;
