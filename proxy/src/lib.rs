@@ -18,9 +18,10 @@
 pub mod buffer;
 mod frames;
 pub mod hub;
+pub mod intents;
 pub mod server;
 
-pub use buffer::{Buffered, ReplayBuffer};
+pub use buffer::{Audience, Buffered, ReplayBuffer};
 pub use hub::{
     Action, ClientId, CommandOutcome, HEARTBEAT_GRACE_MS, HEARTBEAT_INTERVAL_MS, Hub, HubConfig,
     HubStats, HubStatus, SessionView, ShardView, Upstream,

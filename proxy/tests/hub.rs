@@ -3,6 +3,8 @@
 
 use bytes::Bytes;
 use handover_protocol::{Intents, RawJson, Token};
+use std::collections::BTreeMap;
+
 use handover_proxy::{Action, ClientId, Hub, HubConfig, Upstream};
 use serde_json::{Value, json};
 
@@ -429,4 +431,326 @@ fn client_commands_are_forwarded_and_over_budget_closes_4008() {
     let (b, _) = hub.connect();
     let big = json!({"op": 1, "d": null, "pad": "x".repeat(4096)});
     assert_eq!(close_of(&send(&mut hub, b, big), b), Some(4002));
+}
+
+/// A client of the random-interleaving test: one bot that connects, identifies, resumes,
+/// reads part of what it was sent and disappears, again and again.
+#[derive(Default)]
+struct Bot {
+    intents: u64,
+    conn: Option<ClientId>,
+    session: Option<String>,
+    last_seq: u64,
+    /// Frames sent to its connection, not read yet (lost when the connection goes).
+    inbox: std::collections::VecDeque<Value>,
+    /// Event numbers received in its session, in order.
+    got: Vec<u64>,
+    /// What the model says the session must receive, in order.
+    expected: Vec<u64>,
+    /// Its identify is answered: it may send commands.
+    attached: bool,
+    resumes: u64,
+    chunks: u64,
+    /// Identifies so far: which session a request was made in.
+    generation: u64,
+    /// The model knows the session is gone (the bot has not read its op 9 yet).
+    dead: bool,
+}
+
+/// Which intents let a session see the test's event kinds (Discord's table, restated).
+fn model_admits(kind: &str, in_guild: bool, intents: u64) -> bool {
+    let need = match (kind, in_guild) {
+        ("MESSAGE_CREATE", true) => Intents::GUILD_MESSAGES,
+        ("MESSAGE_CREATE", false) => Intents::DIRECT_MESSAGES,
+        ("GUILD_MEMBER_ADD", _) => Intents::GUILD_MEMBERS,
+        ("CHANNEL_UPDATE", _) => Intents::GUILDS,
+        _ => return true,
+    };
+    intents & need.bits() != 0
+}
+
+#[test]
+fn random_interleavings_give_each_session_its_own_stream_across_restarts() {
+    let upstream_intents = Intents::GUILDS
+        | Intents::GUILD_MESSAGES
+        | Intents::DIRECT_MESSAGES
+        | Intents::GUILD_MEMBERS;
+    let bot_intents = [
+        upstream_intents.bits(),
+        (Intents::GUILDS | Intents::GUILD_MESSAGES).bits(),
+        Intents::DIRECT_MESSAGES.bits(),
+        Intents::GUILD_MEMBERS.bits(),
+    ];
+    let mut total_resumes = 0;
+    let mut total_chunks = 0;
+    let mut total_events = 0;
+    for seed in 0..40u64 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let capacity = [32, 256, 4096][rng.usize(..3)];
+        let mut config = HubConfig::new(
+            Token::new(TOKEN).unwrap(),
+            upstream_intents,
+            vec![0],
+            1,
+            "ws://127.0.0.1:9".into(),
+        );
+        config.replay_capacity = capacity;
+        config.seed = seed;
+        let mut hub = Hub::new(config);
+        let mut upstream_session = 0;
+        ready(&mut hub, 0, "up-0", &[]);
+        let mut bots: Vec<Bot> = bot_intents
+            .iter()
+            .map(|&intents| Bot {
+                intents,
+                ..Bot::default()
+            })
+            .collect();
+        // Upstream nonce -> (bot, its session then, the client's nonce): the model of routing.
+        let mut requests: BTreeMap<String, (usize, u64, Option<String>, u64, u64)> =
+            BTreeMap::new();
+        let mut next_event = 0u64;
+        // Bounded: a fixed number of steps per seed.
+        for _ in 0..600 {
+            let mut out = Vec::new();
+            let roll = rng.u32(..100);
+            let b = rng.usize(..bots.len());
+            match roll {
+                0..=39 => {
+                    next_event += 1;
+                    let (kind, in_guild) = [
+                        ("MESSAGE_CREATE", true),
+                        ("MESSAGE_CREATE", false),
+                        ("GUILD_MEMBER_ADD", true),
+                        ("CHANNEL_UPDATE", true),
+                        ("INTERACTION_CREATE", true),
+                    ][rng.usize(..5)];
+                    let mut data = json!({"n": next_event, "channel_id": "5"});
+                    if in_guild {
+                        data["guild_id"] = json!("1");
+                    }
+                    for bot in bots.iter_mut().filter(|b| b.session.is_some() && !b.dead) {
+                        if model_admits(kind, in_guild, bot.intents) {
+                            bot.expected.push(next_event);
+                        }
+                    }
+                    out = dispatch(&mut hub, 0, kind, data);
+                }
+                40..=59 => {
+                    // The bot reads some of what it was sent.
+                    let n = rng.usize(..12);
+                    read(&mut bots[b], n);
+                }
+                60..=67 => {
+                    if let Some(conn) = bots[b].conn.take() {
+                        hub.client_gone(conn);
+                        bots[b].inbox.clear();
+                        bots[b].attached = false;
+                    }
+                }
+                68..=69 => {
+                    if let Some(conn) = bots[b].conn.take() {
+                        hub.client_lagged(conn, &mut out);
+                        bots[b].inbox.clear();
+                        bots[b].attached = false;
+                    }
+                }
+                70..=79 => {
+                    if bots[b].conn.is_none() {
+                        let (conn, _hello) = hub.connect();
+                        let bot = &mut bots[b];
+                        bot.conn = Some(conn);
+                        // A READY it never read gave it no session to resume.
+                        if bot.session.as_deref() == Some("") {
+                            bot.session = None;
+                        }
+                        let payload = match &bot.session {
+                            Some(id) => {
+                                json!({"op": 6, "d": {"token": TOKEN, "session_id": id, "seq": bot.last_seq}})
+                            }
+                            None => identify(TOKEN, None, bot.intents),
+                        };
+                        if bot.session.is_none() {
+                            bot.got.clear();
+                            bot.expected.clear();
+                            bot.generation += 1;
+                            bot.dead = false;
+                            // The session exists from here on: events after this are its.
+                            bot.session = Some(String::new());
+                        }
+                        bot.attached = true;
+                        out = send(&mut hub, conn, payload);
+                    }
+                }
+                80..=89 => {
+                    let bot = &bots[b];
+                    if let (Some(conn), true, Some(_)) = (bot.conn, bot.attached, &bot.session) {
+                        let generation = bot.generation;
+                        // Every bot uses the same nonce, or none.
+                        let nonce = rng.bool().then(|| "same".to_owned());
+                        let mut d = json!({"guild_id": "1", "query": "", "limit": 0});
+                        if let Some(n) = &nonce {
+                            d["nonce"] = json!(n);
+                        }
+                        out = send(&mut hub, conn, json!({"op": 8, "d": d}));
+                        for a in &out {
+                            if let Action::Forward { op: 8, d, .. } = a {
+                                let d: Value = serde_json::from_str(d.as_str()).unwrap();
+                                let up = d["nonce"].as_str().unwrap().to_owned();
+                                let count = 1 + rng.u64(..3);
+                                requests.insert(up, (b, generation, nonce.clone(), 0, count));
+                            }
+                        }
+                    }
+                }
+                90..=97 => {
+                    // Discord answers one open request with its next chunk.
+                    if let Some(up) = requests
+                        .keys()
+                        .nth(rng.usize(..requests.len().max(1)))
+                        .cloned()
+                    {
+                        let (who, generation, nonce, index, count) = requests[&up].clone();
+                        next_event += 1;
+                        let data = json!({"guild_id": "1", "members": [], "chunk_index": index,
+                            "chunk_count": count, "nonce": up, "n": next_event});
+                        if index + 1 == count {
+                            requests.remove(&up);
+                        } else if let Some(r) = requests.get_mut(&up) {
+                            r.3 += 1;
+                        }
+                        let bot = &mut bots[who];
+                        if bot.generation == generation && bot.session.is_some() && !bot.dead {
+                            bot.expected.push(next_event);
+                            bot.chunks += 1;
+                        }
+                        let mut expect_nonce = std::collections::HashMap::new();
+                        expect_nonce.insert(next_event, nonce);
+                        out = dispatch(&mut hub, 0, "GUILD_MEMBERS_CHUNK", data);
+                        for f in out.iter().flat_map(|a| match a {
+                            Action::Send { frames, .. } => frames.clone(),
+                            _ => Vec::new(),
+                        }) {
+                            let v: Value = serde_json::from_slice(&f).unwrap();
+                            assert_eq!(
+                                v["d"].get("nonce").and_then(Value::as_str),
+                                expect_nonce[&next_event].as_deref(),
+                                "the client's own nonce comes back"
+                            );
+                        }
+                    }
+                }
+                _ if rng.u32(..8) != 0 => {}
+                _ => {
+                    upstream_session += 1;
+                    let mut lost = Vec::new();
+                    hub.upstream(Upstream::Lost { shard: 0 }, &mut lost);
+                    out = lost;
+                    out.extend(ready(&mut hub, 0, &format!("up-{upstream_session}"), &[]));
+                    requests.clear();
+                    for bot in &mut bots {
+                        bot.dead = true;
+                    }
+                }
+            }
+            deliver(&mut bots, &out);
+            for bot in &bots {
+                assert!(
+                    bot.got.len() <= bot.expected.len(),
+                    "seed {seed}: more than sent"
+                );
+                assert_eq!(bot.got[..], bot.expected[..bot.got.len()], "seed {seed}");
+            }
+        }
+        // Every bot comes back, resumes (or identifies) and reads everything.
+        for bot in &mut bots {
+            if let Some(conn) = bot.conn.take() {
+                hub.client_gone(conn);
+                bot.inbox.clear();
+            }
+            let Some(id) = bot.session.clone() else {
+                continue;
+            };
+            let (conn, _) = hub.connect();
+            bot.conn = Some(conn);
+            let out = send(
+                &mut hub,
+                conn,
+                json!({"op": 6, "d": {"token": TOKEN, "session_id": id, "seq": bot.last_seq}}),
+            );
+            let mut tmp = vec![std::mem::take(bot)];
+            deliver(&mut tmp, &out);
+            *bot = tmp.pop().unwrap();
+            read(bot, usize::MAX);
+            if bot.session.is_some() {
+                assert_eq!(bot.got, bot.expected, "seed {seed}: the whole stream, once");
+            }
+            total_resumes += bot.resumes;
+            total_chunks += bot.chunks;
+            total_events += bot.got.len();
+        }
+    }
+    assert!(total_resumes > 150, "resumes exercised: {total_resumes}");
+    assert!(total_chunks > 500, "chunks routed: {total_chunks}");
+    assert!(total_events > 3000, "events checked: {total_events}");
+}
+
+fn deliver(bots: &mut [Bot], out: &[Action]) {
+    for a in out {
+        match a {
+            Action::Send { client, frames } => {
+                if let Some(bot) = bots.iter_mut().find(|b| b.conn == Some(*client)) {
+                    for f in frames {
+                        bot.inbox.push_back(serde_json::from_slice(f).unwrap());
+                    }
+                }
+            }
+            Action::Close { client, .. } => {
+                if let Some(bot) = bots.iter_mut().find(|b| b.conn == Some(*client)) {
+                    bot.conn = None;
+                    bot.inbox.clear();
+                    bot.attached = false;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The bot reads up to `n` frames, as a library would: checks each seq follows the last.
+fn read(bot: &mut Bot, n: usize) {
+    for _ in 0..n {
+        let Some(f) = bot.inbox.pop_front() else {
+            return;
+        };
+        match (f["op"].as_u64(), f["t"].as_str()) {
+            (Some(9), _) => {
+                bot.session = None;
+                bot.dead = false;
+                bot.got.clear();
+                bot.expected.clear();
+                bot.attached = false;
+            }
+            (Some(0), Some("READY")) => {
+                bot.session = Some(f["d"]["session_id"].as_str().unwrap().to_owned());
+                bot.last_seq = f["s"].as_u64().unwrap();
+            }
+            (Some(0), Some("GUILD_CREATE")) => bot.last_seq = f["s"].as_u64().unwrap(),
+            (Some(0), Some("RESUMED")) => {
+                assert_eq!(
+                    f["s"].as_u64(),
+                    Some(bot.last_seq),
+                    "RESUMED repeats the last seq"
+                );
+                bot.resumes += 1;
+            }
+            (Some(0), Some(_)) => {
+                let s = f["s"].as_u64().unwrap();
+                assert_eq!(s, bot.last_seq + 1, "seqs follow one another: {f}");
+                bot.last_seq = s;
+                bot.got.push(f["d"]["n"].as_u64().unwrap());
+            }
+            _ => {}
+        }
+    }
 }
