@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use tracing::{debug, info};
 
 use crate::buffer::{Audience, ReplayBuffer};
+use crate::cache::{CacheKinds, GuildCache};
 use crate::frames;
 use crate::intents;
 
@@ -85,6 +86,8 @@ pub struct HubConfig {
     pub heartbeat_interval_ms: u64,
     /// See `heartbeat_interval_ms`. Default [`HEARTBEAT_GRACE_MS`].
     pub heartbeat_grace_ms: u64,
+    /// The resource kinds the guild cache keeps (`--cache`). Default all.
+    pub cache: CacheKinds,
 }
 
 /// How long past its heartbeat interval a silent client is kept.
@@ -110,6 +113,7 @@ impl HubConfig {
             seed: fastrand::u64(..),
             heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
             heartbeat_grace_ms: HEARTBEAT_GRACE_MS,
+            cache: CacheKinds::all(),
         }
     }
 }
@@ -186,7 +190,11 @@ enum ClientState {
     /// HELLO sent; waiting for IDENTIFY or RESUME.
     Hello,
     /// Identified, waiting for the upstream shard's READY.
-    Pending { shard: u32, intents: u64 },
+    Pending {
+        shard: u32,
+        intents: u64,
+        large_threshold: Option<u64>,
+    },
     /// Attached to a session.
     Attached { session: String },
 }
@@ -272,7 +280,7 @@ struct ShardState {
     upstream: Option<UpstreamSession>,
     /// Guilds of the upstream session, by id: the latest GUILD_CREATE's `d`, or `None` while
     /// unavailable.
-    guilds: BTreeMap<String, Option<RawJson>>,
+    guilds: GuildCache,
     pending: Vec<ClientId>,
     /// Open member requests by the number in the nonce the proxy sent upstream.
     requests: BTreeMap<u64, MemberRequest>,
@@ -291,6 +299,8 @@ struct IdentifyData {
     token: Value,
     intents: Option<u64>,
     shard: Option<Vec<u64>>,
+    #[serde(default)]
+    large_threshold: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -303,8 +313,6 @@ struct ResumeData {
 #[derive(Deserialize)]
 struct GuildData {
     id: String,
-    #[serde(default)]
-    unavailable: Option<bool>,
 }
 
 /// Whether an event's data carries a guild.
@@ -432,7 +440,7 @@ impl Hub {
                     ShardState {
                         buffer: ReplayBuffer::new(config.replay_capacity),
                         upstream: None,
-                        guilds: BTreeMap::new(),
+                        guilds: GuildCache::new(config.cache),
                         pending: Vec::new(),
                         requests: BTreeMap::new(),
                         next_nonce: 0,
@@ -789,10 +797,17 @@ impl Hub {
         let Some(state) = self.shards.get_mut(&shard) else {
             return self.close(client, close::INVALID_SHARD, "invalid shard", out);
         };
-        self.clients
-            .insert(client, ClientState::Pending { shard, intents });
+        let large_threshold = data.large_threshold;
+        self.clients.insert(
+            client,
+            ClientState::Pending {
+                shard,
+                intents,
+                large_threshold,
+            },
+        );
         if state.upstream.is_some() {
-            self.start_session(client, shard, intents, out);
+            self.start_session(client, shard, intents, large_threshold, out);
         } else {
             debug!(
                 client = client.0,
@@ -808,7 +823,14 @@ impl Hub {
     }
 
     /// READY and one GUILD_CREATE per cached guild, for a new session of `client`.
-    fn start_session(&mut self, client: ClientId, shard: u32, intents: u64, out: &mut Vec<Action>) {
+    fn start_session(
+        &mut self,
+        client: ClientId,
+        shard: u32,
+        intents: u64,
+        large_threshold: Option<u64>,
+        out: &mut Vec<Action>,
+    ) {
         let session_id = self.new_session_id();
         self.evict(shard);
         let (total, url) = (self.config.total, self.config.public_url.clone());
@@ -824,7 +846,7 @@ impl Hub {
         ready.insert("shard".into(), Value::from(vec![shard, total]));
         let guilds: Vec<Value> = state
             .guilds
-            .keys()
+            .ids()
             .map(|id| serde_json::json!({ "id": id, "unavailable": true }))
             .collect();
         ready.insert("guilds".into(), Value::Array(guilds));
@@ -832,9 +854,9 @@ impl Hub {
         let mut batch = vec![frames::dispatch_value("READY", seq, &Value::Object(ready))];
         // GUILD_CREATE is a GUILDS event: a session without that intent gets none.
         if intents & Intents::GUILDS.bits() != 0 {
-            for data in state.guilds.values().flatten() {
+            for data in state.guilds.guild_creates(large_threshold) {
                 seq += 1;
-                batch.push(frames::dispatch("GUILD_CREATE", seq, data.as_bytes()));
+                batch.push(frames::dispatch("GUILD_CREATE", seq, &data));
             }
         }
         let start = state.buffer.last_pos();
@@ -1026,22 +1048,24 @@ impl Hub {
         for key in ["session_id", "resume_gateway_url", "guilds", "shard"] {
             ready.remove(key);
         }
-        // The guilds of the new session: cached GUILD_CREATEs of guilds it still lists are kept
-        // (Discord sends them again shortly).
-        let mut guilds = BTreeMap::new();
-        for g in listed.guilds {
-            let kept = state.guilds.remove(&g.id).flatten();
-            guilds.insert(g.id, kept);
-        }
-        state.guilds = guilds;
+        // The guilds of the new session: cached guilds it still lists are kept (Discord sends
+        // their GUILD_CREATE again shortly).
+        state
+            .guilds
+            .retain_listed(listed.guilds.into_iter().map(|g| g.id));
         state.upstream = Some(UpstreamSession {
             id: session_id,
             ready,
         });
         let pending = std::mem::take(&mut state.pending);
         for client in pending {
-            if let Some(&ClientState::Pending { intents, .. }) = self.clients.get(&client) {
-                self.start_session(client, shard, intents, out);
+            if let Some(&ClientState::Pending {
+                intents,
+                large_threshold,
+                ..
+            }) = self.clients.get(&client)
+            {
+                self.start_session(client, shard, intents, large_threshold, out);
             }
         }
     }
@@ -1056,23 +1080,7 @@ impl Hub {
         let Some(state) = self.shards.get_mut(&shard) else {
             return;
         };
-        match event_type {
-            "GUILD_CREATE" => {
-                if let Ok(g) = serde_json::from_slice::<GuildData>(data.as_bytes()) {
-                    state.guilds.insert(g.id, Some(data.clone()));
-                }
-            }
-            "GUILD_DELETE" => {
-                if let Ok(g) = serde_json::from_slice::<GuildData>(data.as_bytes()) {
-                    if g.unavailable == Some(true) {
-                        state.guilds.insert(g.id, None);
-                    } else {
-                        state.guilds.remove(&g.id);
-                    }
-                }
-            }
-            _ => {}
-        }
+        state.guilds.apply(event_type, &data);
         let mut data = data;
         let mut audience = Audience::ALL;
         if event_type == "GUILD_MEMBERS_CHUNK"

@@ -754,3 +754,306 @@ fn read(bot: &mut Bot, n: usize) {
         }
     }
 }
+
+/// Resource arrays sorted by their ids, so that two GUILD_CREATEs compare as Discord's
+/// clients read them (the order of a guild's channels, roles... carries no meaning).
+fn normalised(mut guild: Value) -> Value {
+    let key = |field: &str, v: &Value| -> String {
+        let id = match field {
+            "members" | "presences" => &v["user"]["id"],
+            "voice_states" => &v["user_id"],
+            "soundboard_sounds" => &v["sound_id"],
+            _ => &v["id"],
+        };
+        id.as_str().unwrap_or_default().to_owned()
+    };
+    if let Value::Object(fields) = &mut guild {
+        for (field, v) in fields.iter_mut() {
+            if let Value::Array(items) = v {
+                items.sort_by_key(|item| key(field, item));
+            }
+        }
+    }
+    guild
+}
+
+fn guild_creates_of(hub: &mut Hub, intents: u64, large_threshold: Option<u64>) -> Vec<Value> {
+    let (client, _) = hub.connect();
+    let mut payload = identify(TOKEN, None, intents);
+    if let Some(t) = large_threshold {
+        payload["d"]["large_threshold"] = json!(t);
+    }
+    let out = send(hub, client, payload);
+    frames_to(&out, client)
+        .into_iter()
+        .filter(|f| f["t"] == "GUILD_CREATE")
+        .map(|f| normalised(f["d"].clone()))
+        .collect()
+}
+
+fn member(id: &str, nick: Option<&str>) -> Value {
+    json!({"user": {"id": id, "username": format!("u{id}")}, "roles": [], "nick": nick, "joined_at": "2020-01-01T00:00:00Z"})
+}
+
+/// The guild of the cache test, as its GUILD_CREATE first arrives.
+fn first_guild() -> Value {
+    json!({
+        "id": "10", "name": "before", "owner_id": "1", "member_count": 2, "large": false,
+        "joined_at": "2020-01-01T00:00:00Z", "unknown_new_field": {"kept": true},
+        "channels": [{"id": "100", "type": 0, "name": "general"}, {"id": "101", "type": 2, "name": "voice"}],
+        "threads": [{"id": "300", "type": 11, "parent_id": "100", "name": "t1", "thread_metadata": {"archived": false}}],
+        "roles": [{"id": "10", "name": "@everyone", "permissions": "0"}],
+        "emojis": [{"id": "500", "name": "e"}],
+        "stickers": [],
+        "members": [member("1", None), member("2", None)],
+        "voice_states": [],
+        "presences": [{"user": {"id": "2"}, "status": "online", "activities": [], "client_status": {}}],
+        "stage_instances": [],
+        "guild_scheduled_events": [],
+        "soundboard_sounds": []
+    })
+}
+
+/// The updates of the cache test, in order.
+fn guild_updates() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "GUILD_UPDATE",
+            json!({"id": "10", "name": "after", "owner_id": "1",
+            "roles": [{"id": "10", "name": "@everyone", "permissions": "8"}],
+            "emojis": [{"id": "500", "name": "e"}], "stickers": []}),
+        ),
+        (
+            "CHANNEL_CREATE",
+            json!({"id": "102", "guild_id": "10", "type": 0, "name": "new"}),
+        ),
+        (
+            "CHANNEL_UPDATE",
+            json!({"id": "100", "guild_id": "10", "type": 0, "name": "renamed"}),
+        ),
+        (
+            "CHANNEL_DELETE",
+            json!({"id": "101", "guild_id": "10", "type": 2, "name": "voice"}),
+        ),
+        (
+            "THREAD_CREATE",
+            json!({"id": "301", "guild_id": "10", "type": 11, "parent_id": "102", "name": "t2", "newly_created": true, "thread_metadata": {"archived": false}}),
+        ),
+        (
+            "THREAD_UPDATE",
+            json!({"id": "300", "guild_id": "10", "type": 11, "parent_id": "100", "name": "t1", "thread_metadata": {"archived": true}}),
+        ),
+        (
+            "THREAD_CREATE",
+            json!({"id": "302", "guild_id": "10", "type": 11, "parent_id": "100", "name": "t3", "thread_metadata": {"archived": false}}),
+        ),
+        (
+            "THREAD_DELETE",
+            json!({"id": "302", "guild_id": "10", "type": 11, "parent_id": "100"}),
+        ),
+        (
+            "THREAD_LIST_SYNC",
+            json!({"guild_id": "10", "channel_ids": ["100"], "threads": [
+            {"id": "303", "guild_id": "10", "type": 11, "parent_id": "100", "name": "t4", "thread_metadata": {"archived": false}}], "members": []}),
+        ),
+        (
+            "GUILD_ROLE_CREATE",
+            json!({"guild_id": "10", "role": {"id": "11", "name": "mod", "permissions": "4"}}),
+        ),
+        (
+            "GUILD_ROLE_CREATE",
+            json!({"guild_id": "10", "role": {"id": "12", "name": "gone", "permissions": "0"}}),
+        ),
+        (
+            "GUILD_ROLE_UPDATE",
+            json!({"guild_id": "10", "role": {"id": "11", "name": "moderator", "permissions": "4"}}),
+        ),
+        (
+            "GUILD_ROLE_DELETE",
+            json!({"guild_id": "10", "role_id": "12"}),
+        ),
+        ("GUILD_MEMBER_ADD", {
+            let mut m = member("3", None);
+            m["guild_id"] = json!("10");
+            m
+        }),
+        (
+            "GUILD_MEMBER_UPDATE",
+            json!({"guild_id": "10", "user": {"id": "3", "username": "u3"}, "roles": ["11"], "nick": "three"}),
+        ),
+        (
+            "GUILD_MEMBER_REMOVE",
+            json!({"guild_id": "10", "user": {"id": "2", "username": "u2"}}),
+        ),
+        (
+            "GUILD_EMOJIS_UPDATE",
+            json!({"guild_id": "10", "emojis": [{"id": "501", "name": "f"}]}),
+        ),
+        (
+            "GUILD_STICKERS_UPDATE",
+            json!({"guild_id": "10", "stickers": [{"id": "600", "name": "s"}]}),
+        ),
+        (
+            "VOICE_STATE_UPDATE",
+            json!({"guild_id": "10", "user_id": "3", "channel_id": "102", "session_id": "v", "mute": false}),
+        ),
+        (
+            "VOICE_STATE_UPDATE",
+            json!({"guild_id": "10", "user_id": "1", "channel_id": "102", "session_id": "w", "mute": false}),
+        ),
+        (
+            "VOICE_STATE_UPDATE",
+            json!({"guild_id": "10", "user_id": "1", "channel_id": null, "session_id": "w", "mute": false}),
+        ),
+        (
+            "PRESENCE_UPDATE",
+            json!({"guild_id": "10", "user": {"id": "3"}, "status": "idle", "activities": [], "client_status": {}}),
+        ),
+        (
+            "PRESENCE_UPDATE",
+            json!({"guild_id": "10", "user": {"id": "2"}, "status": "offline", "activities": [], "client_status": {}}),
+        ),
+        (
+            "STAGE_INSTANCE_CREATE",
+            json!({"id": "700", "guild_id": "10", "channel_id": "102", "topic": "a"}),
+        ),
+        (
+            "STAGE_INSTANCE_UPDATE",
+            json!({"id": "700", "guild_id": "10", "channel_id": "102", "topic": "b"}),
+        ),
+        (
+            "STAGE_INSTANCE_CREATE",
+            json!({"id": "701", "guild_id": "10", "channel_id": "102", "topic": "c"}),
+        ),
+        (
+            "STAGE_INSTANCE_DELETE",
+            json!({"id": "701", "guild_id": "10", "channel_id": "102", "topic": "c"}),
+        ),
+        (
+            "GUILD_SCHEDULED_EVENT_CREATE",
+            json!({"id": "800", "guild_id": "10", "name": "x", "status": 1}),
+        ),
+        (
+            "GUILD_SCHEDULED_EVENT_UPDATE",
+            json!({"id": "800", "guild_id": "10", "name": "y", "status": 2}),
+        ),
+        (
+            "GUILD_SCHEDULED_EVENT_CREATE",
+            json!({"id": "801", "guild_id": "10", "name": "z", "status": 1}),
+        ),
+        (
+            "GUILD_SCHEDULED_EVENT_DELETE",
+            json!({"id": "801", "guild_id": "10", "name": "z", "status": 3}),
+        ),
+        (
+            "GUILD_SOUNDBOARD_SOUND_CREATE",
+            json!({"sound_id": "900", "guild_id": "10", "name": "boom"}),
+        ),
+        // A guild the cache never had: ignored.
+        (
+            "CHANNEL_CREATE",
+            json!({"id": "199", "guild_id": "99", "type": 0, "name": "elsewhere"}),
+        ),
+        // Not about guilds.
+        (
+            "MESSAGE_CREATE",
+            json!({"id": "1000", "guild_id": "10", "channel_id": "100", "content": "hi"}),
+        ),
+    ]
+}
+
+/// What Discord sends for the guild after those updates, written out by hand.
+fn guild_after_updates() -> Value {
+    json!({
+        "id": "10", "name": "after", "owner_id": "1", "member_count": 2, "large": false,
+        "joined_at": "2020-01-01T00:00:00Z", "unknown_new_field": {"kept": true},
+        "channels": [{"id": "100", "type": 0, "name": "renamed"}, {"id": "102", "type": 0, "name": "new"}],
+        "threads": [
+            {"id": "301", "guild_id": "10", "type": 11, "parent_id": "102", "name": "t2", "thread_metadata": {"archived": false}},
+            {"id": "303", "guild_id": "10", "type": 11, "parent_id": "100", "name": "t4", "thread_metadata": {"archived": false}}],
+        "roles": [{"id": "10", "name": "@everyone", "permissions": "8"}, {"id": "11", "name": "moderator", "permissions": "4"}],
+        "emojis": [{"id": "501", "name": "f"}],
+        "stickers": [{"id": "600", "name": "s"}],
+        "members": [member("1", None), {"user": {"id": "3", "username": "u3"}, "roles": ["11"], "nick": "three", "joined_at": "2020-01-01T00:00:00Z"}],
+        "voice_states": [{"user_id": "3", "channel_id": "102", "session_id": "v", "mute": false}],
+        "presences": [{"user": {"id": "3"}, "status": "idle", "activities": [], "client_status": {}}],
+        "stage_instances": [{"id": "700", "guild_id": "10", "channel_id": "102", "topic": "b"}],
+        "guild_scheduled_events": [{"id": "800", "guild_id": "10", "name": "y", "status": 2}],
+        "soundboard_sounds": [{"sound_id": "900", "guild_id": "10", "name": "boom"}]
+    })
+}
+
+#[test]
+fn a_fresh_identify_gets_the_guilds_patched_by_every_update() {
+    let mut hub = hub_with(vec![0], 1, 64);
+    ready(&mut hub, 0, "up-1", &["10", "11"]);
+    dispatch(&mut hub, 0, "GUILD_CREATE", first_guild());
+    dispatch(
+        &mut hub,
+        0,
+        "GUILD_CREATE",
+        json!({"id": "11", "unavailable": true}),
+    );
+    assert_eq!(
+        guild_creates_of(&mut hub, Intents::GUILDS.bits(), None),
+        [normalised(first_guild())]
+    );
+    for (event, data) in guild_updates() {
+        dispatch(&mut hub, 0, event, data);
+    }
+    assert_eq!(
+        guild_creates_of(&mut hub, Intents::GUILDS.bits(), None),
+        [normalised(guild_after_updates())]
+    );
+    // A guild that goes away is not sent; one that comes back is.
+    dispatch(
+        &mut hub,
+        0,
+        "GUILD_DELETE",
+        json!({"id": "10", "unavailable": true}),
+    );
+    assert!(guild_creates_of(&mut hub, Intents::GUILDS.bits(), None).is_empty());
+    dispatch(&mut hub, 0, "GUILD_CREATE", first_guild());
+    assert_eq!(
+        guild_creates_of(&mut hub, Intents::GUILDS.bits(), None).len(),
+        1
+    );
+    // Without GUILDS, no GUILD_CREATE at all (it is a GUILDS event).
+    assert!(guild_creates_of(&mut hub, Intents::GUILD_MESSAGES.bits(), None).is_empty());
+}
+
+#[test]
+fn resource_kinds_not_cached_are_sent_empty() {
+    let mut config = HubConfig::new(
+        Token::new(TOKEN).unwrap(),
+        Intents::GUILDS,
+        vec![0],
+        1,
+        "ws://127.0.0.1:9".into(),
+    );
+    config.cache = handover_proxy::CacheKinds::parse("channels,roles").unwrap();
+    let mut hub = Hub::new(config);
+    ready(&mut hub, 0, "up-1", &["10"]);
+    dispatch(&mut hub, 0, "GUILD_CREATE", first_guild());
+    for (event, data) in guild_updates() {
+        dispatch(&mut hub, 0, event, data);
+    }
+    let mut expected = guild_after_updates();
+    for field in [
+        "threads",
+        "emojis",
+        "stickers",
+        "members",
+        "voice_states",
+        "presences",
+        "stage_instances",
+        "guild_scheduled_events",
+        "soundboard_sounds",
+    ] {
+        expected[field] = json!([]);
+    }
+    assert_eq!(
+        guild_creates_of(&mut hub, Intents::GUILDS.bits(), None),
+        [normalised(expected)]
+    );
+}
