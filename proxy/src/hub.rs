@@ -144,6 +144,10 @@ pub enum Action {
         op: u8,
         /// The `d` field.
         d: RawJson,
+        /// The presence of the client's IDENTIFY, not a command it sent: report the outcome
+        /// with [`Hub::identify_presence_sent`] (over the budget it is dropped, the client is
+        /// not closed).
+        from_identify: bool,
     },
     /// Close the client's connection with this code (after what was queued before).
     Close {
@@ -190,11 +194,7 @@ enum ClientState {
     /// HELLO sent; waiting for IDENTIFY or RESUME.
     Hello,
     /// Identified, waiting for the upstream shard's READY.
-    Pending {
-        shard: u32,
-        intents: u64,
-        large_threshold: Option<u64>,
-    },
+    Pending { shard: u32, identified: Identified },
     /// Attached to a session.
     Attached { session: String },
 }
@@ -301,6 +301,17 @@ struct IdentifyData {
     shard: Option<Vec<u64>>,
     #[serde(default)]
     large_threshold: Option<u64>,
+    #[serde(default)]
+    presence: Option<Box<RawValue>>,
+}
+
+/// What an accepted IDENTIFY asked for, kept while it waits for the upstream READY.
+#[derive(Debug, Clone)]
+struct Identified {
+    intents: u64,
+    large_threshold: Option<u64>,
+    /// Its `presence`, sent upstream as a presence update once the session starts.
+    presence: Option<RawJson>,
 }
 
 #[derive(Deserialize)]
@@ -646,6 +657,7 @@ impl Hub {
                                 shard,
                                 op: 8,
                                 d,
+                                from_identify: false,
                             }),
                             None => self.close(client, close::DECODE_ERROR, "decode error", out),
                         }
@@ -656,6 +668,7 @@ impl Hub {
                         // One of the opcodes matched above.
                         op: u8::try_from(op).unwrap_or_default(),
                         d: RawJson::from_raw(d),
+                        from_identify: false,
                     }),
                     // Identified, waiting for the upstream READY: nowhere to send it yet.
                     (None, Some(_)) => self.stats.commands_dropped += 1,
@@ -746,6 +759,17 @@ impl Hub {
         Some((session, RawJson::parse(text).ok()?))
     }
 
+    /// The outcome of the [`Action::Forward`] of an IDENTIFY's presence: counted like a
+    /// command, but over the budget it is only dropped (the IDENTIFY itself was fine).
+    pub fn identify_presence_sent(&mut self, outcome: CommandOutcome) {
+        match outcome {
+            CommandOutcome::Sent => self.stats.forwarded += 1,
+            CommandOutcome::Dropped | CommandOutcome::OverBudget => {
+                self.stats.commands_dropped += 1;
+            }
+        }
+    }
+
     fn token_ok(&self, token: &Value) -> bool {
         let Some(token) = token.as_str() else {
             return false;
@@ -797,17 +821,20 @@ impl Hub {
         let Some(state) = self.shards.get_mut(&shard) else {
             return self.close(client, close::INVALID_SHARD, "invalid shard", out);
         };
-        let large_threshold = data.large_threshold;
+        let identified = Identified {
+            intents,
+            large_threshold: data.large_threshold,
+            presence: data.presence.as_deref().map(RawJson::from_raw),
+        };
         self.clients.insert(
             client,
             ClientState::Pending {
                 shard,
-                intents,
-                large_threshold,
+                identified: identified.clone(),
             },
         );
         if state.upstream.is_some() {
-            self.start_session(client, shard, intents, large_threshold, out);
+            self.start_session(client, shard, identified, out);
         } else {
             debug!(
                 client = client.0,
@@ -827,10 +854,14 @@ impl Hub {
         &mut self,
         client: ClientId,
         shard: u32,
-        intents: u64,
-        large_threshold: Option<u64>,
+        identified: Identified,
         out: &mut Vec<Action>,
     ) {
+        let Identified {
+            intents,
+            large_threshold,
+            presence,
+        } = identified;
         let session_id = self.new_session_id();
         self.evict(shard);
         let (total, url) = (self.config.total, self.config.public_url.clone());
@@ -890,6 +921,17 @@ impl Hub {
             "client identified"
         );
         Hub::send(client, batch, out);
+        // Discord sets a session's presence from its IDENTIFY; the upstream connection is
+        // shared, so the latest client's presence becomes the bot's, within the send budget.
+        if let Some(d) = presence {
+            out.push(Action::Forward {
+                client,
+                shard,
+                op: 3,
+                d,
+                from_identify: true,
+            });
+        }
     }
 
     /// Keeps the shard's sessions within bounds: forgets the one detached longest ago.
@@ -1059,13 +1101,9 @@ impl Hub {
         });
         let pending = std::mem::take(&mut state.pending);
         for client in pending {
-            if let Some(&ClientState::Pending {
-                intents,
-                large_threshold,
-                ..
-            }) = self.clients.get(&client)
-            {
-                self.start_session(client, shard, intents, large_threshold, out);
+            if let Some(ClientState::Pending { identified, .. }) = self.clients.get(&client) {
+                let identified = identified.clone();
+                self.start_session(client, shard, identified, out);
             }
         }
     }

@@ -81,6 +81,8 @@ struct Forward {
     client: ClientId,
     shard: u32,
     command: Command,
+    /// The presence of an IDENTIFY, not a command the client sent.
+    from_identify: bool,
 }
 
 /// Client commands queued for the forwarder before more are refused (4008).
@@ -111,16 +113,22 @@ impl State {
                     shard,
                     op,
                     d,
+                    from_identify,
                 } => {
                     let command = Command::Raw { op, d };
                     let queued = self.forward.try_send(Forward {
                         client,
                         shard,
                         command,
+                        from_identify,
                     });
                     if queued.is_err() {
-                        self.hub
-                            .command_sent(client, CommandOutcome::OverBudget, actions);
+                        if from_identify {
+                            self.hub.identify_presence_sent(CommandOutcome::OverBudget);
+                        } else {
+                            self.hub
+                                .command_sent(client, CommandOutcome::OverBudget, actions);
+                        }
                     }
                 }
                 Action::Close {
@@ -474,7 +482,11 @@ async fn forwarder(
             None => CommandOutcome::Dropped,
         };
         let mut state = shared.lock();
-        state.hub.command_sent(f.client, sent, &mut actions);
+        if f.from_identify {
+            state.hub.identify_presence_sent(sent);
+        } else {
+            state.hub.command_sent(f.client, sent, &mut actions);
+        }
         state.apply(&mut actions);
     }
 }

@@ -407,6 +407,7 @@ fn client_commands_are_forwarded_and_over_budget_closes_4008() {
                 shard,
                 op,
                 d,
+                from_identify: false,
             },
         ] => {
             assert_eq!((*client, *shard, *op), (a, 1, 3));
@@ -1056,4 +1057,80 @@ fn resource_kinds_not_cached_are_sent_empty() {
         guild_creates_of(&mut hub, Intents::GUILDS.bits(), None),
         [normalised(expected)]
     );
+}
+
+#[test]
+fn an_identify_presence_goes_upstream_and_over_budget_is_only_dropped() {
+    let mut hub = hub_with(vec![0], 1, 16);
+    let (client, _) = hub.connect();
+    let presence = json!({"since": null, "activities": [{"name": "x", "type": 0}], "status": "dnd", "afk": false});
+    let mut payload = identify(TOKEN, None, 1);
+    payload["d"]["presence"] = presence.clone();
+    // Before the upstream READY: nothing goes upstream yet.
+    let out = send(&mut hub, client, payload);
+    assert!(out.is_empty(), "{out:?}");
+    let out = ready(&mut hub, 0, "up-1", &[]);
+    let forwarded: Vec<(u8, Value, bool)> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Forward {
+                client: c,
+                op,
+                d,
+                from_identify,
+                ..
+            } if *c == client => Some((
+                *op,
+                serde_json::from_str(d.as_str()).unwrap(),
+                *from_identify,
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(forwarded, [(3, presence, true)]);
+    assert_eq!(frames_to(&out, client)[0]["t"], "READY");
+    let mut out = Vec::new();
+    hub.identify_presence_sent(handover_proxy::CommandOutcome::OverBudget);
+    assert_eq!(close_of(&out, client), None);
+    assert_eq!(hub.stats().commands_dropped, 1);
+    // Without a presence, nothing is forwarded.
+    let (other, _) = hub.connect();
+    hub.client_text(
+        other,
+        identify(TOKEN, None, 1).to_string().as_bytes(),
+        &mut out,
+    );
+    assert!(!out.iter().any(|a| matches!(a, Action::Forward { .. })));
+}
+
+#[test]
+fn large_threshold_trims_the_members_of_a_large_guild() {
+    let mut hub = hub_with(vec![0], 1, 64);
+    ready(&mut hub, 0, "up-1", &["10"]);
+    let mut guild = first_guild();
+    guild["members"] = json!([member("1", None), member("2", None), member("3", None)]);
+    guild["member_count"] = json!(3);
+    guild["voice_states"] = json!([{"user_id": "3", "channel_id": "101", "session_id": "v"}]);
+    dispatch(&mut hub, 0, "GUILD_CREATE", guild.clone());
+    let ids = |g: &Value| -> Vec<String> {
+        g["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["user"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let full = guild_creates_of(&mut hub, Intents::GUILDS.bits(), None);
+    assert_eq!(ids(&full[0]), ["1", "2", "3"]);
+    assert_eq!(
+        full[0]["large"], false,
+        "the upstream's own flag without a threshold"
+    );
+    let small = guild_creates_of(&mut hub, Intents::GUILDS.bits(), Some(250));
+    assert_eq!(ids(&small[0]), ["1", "2", "3"]);
+    assert_eq!(small[0]["large"], false);
+    // Above the threshold: the online member (2, a presence) and the one in voice (3).
+    let large = guild_creates_of(&mut hub, Intents::GUILDS.bits(), Some(2));
+    assert_eq!(ids(&large[0]), ["2", "3"]);
+    assert_eq!(large[0]["large"], true);
 }
