@@ -195,7 +195,8 @@ impl Shared {
         .to_string()
     }
 
-    /// Prometheus text: the hub's counters, per shard and per client session.
+    /// Prometheus text: the hub's counters, per shard and per client session, then the
+    /// upstream shards' own metrics (`handover_shard_*`, as `handover run --http` serves them).
     fn metrics_text(&self) -> String {
         use std::fmt::Write as _;
         let (status, queued) = self.snapshot();
@@ -298,6 +299,9 @@ impl Shared {
                 );
             }
         }
+        // The upstream shards' own families, rendered by the runtime as for `handover run`.
+        let upstream: Vec<_> = self.upstream.values().map(ShardHandle::status).collect();
+        handover_runtime::metrics::write_shard_metrics(&mut out, &upstream);
         out
     }
 

@@ -388,6 +388,16 @@ async fn status_and_metrics_show_each_client_session() {
     assert!(metrics.contains(&line), "{metrics}");
     let line = format!("handover_proxy_session_connected{{shard=\"0\",session=\"{session}\"}} 0");
     assert!(metrics.contains(&line), "{metrics}");
+    // The upstream shard's own metrics, as `handover run --http` renders them.
+    for line in [
+        "handover_shard_phase{shard=\"0\",phase=\"receiving\"} 1\n",
+        "handover_shard_identifies_total{shard=\"0\"} 1\n",
+        // READY and the four dispatches.
+        "handover_shard_events_received_total{shard=\"0\"} 5\n",
+        "handover_shard_live_sockets{shard=\"0\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     if let Some(fleet) = proxy.stop().await {
         fleet
             .shutdown(handover_core::StopIntent::KeepResumable)
