@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use handover_protocol::RawJson;
+use handover_protocol::{EventName, RawJson};
 
 /// One dispatch kept for replay: its proxy-side position, its event name and its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,8 +11,9 @@ pub struct Buffered {
     /// proxy ever received on this shard; positions never repeat, not even across upstream
     /// sessions).
     pub pos: u64,
-    /// The event name (`t`).
-    pub event_type: Box<str>,
+    /// The event name (`t`): static for the names Discord documents, else sharing the frame's
+    /// buffer; never a copy per event.
+    pub event_type: EventName,
     /// The event data (`d`), raw JSON. It shares the buffer of the frame it was received in
     /// (a GUILD_MEMBERS_CHUNK whose nonce the proxy restored is a copy).
     pub data: RawJson,
@@ -48,8 +49,8 @@ impl Audience {
 /// The last `capacity` dispatches of one upstream shard, by position.
 ///
 /// Memory per event: the received frame's buffer (the `d` shares it, so a kept event holds the
-/// whole upstream frame, about its size on the wire after decompression), plus the event name
-/// and about 96 bytes of
+/// whole upstream frame, about its size on the wire after decompression; the event name is
+/// static or shares the same buffer) plus about 96 bytes of
 /// bookkeeping (position, audience, buffer handles).
 #[derive(Debug, Clone)]
 pub struct ReplayBuffer {
@@ -71,14 +72,14 @@ impl ReplayBuffer {
     }
 
     /// Appends an event, dropping the oldest one if full. Returns its position.
-    pub fn push(&mut self, event_type: &str, data: RawJson, audience: Audience) -> u64 {
+    pub fn push(&mut self, event_type: EventName, data: RawJson, audience: Audience) -> u64 {
         if self.events.len() == self.capacity {
             self.events.pop_front();
         }
         self.last += 1;
         self.events.push_back(Buffered {
             pos: self.last,
-            event_type: event_type.into(),
+            event_type,
             data,
             audience,
         });
@@ -148,7 +149,7 @@ mod tests {
         let mut b = ReplayBuffer::new(3);
         assert_eq!(b.after(0).unwrap().count(), 0);
         for n in 1..=5 {
-            assert_eq!(b.push("E", data(n), Audience::ALL), n);
+            assert_eq!(b.push(EventName::new("E"), data(n), Audience::ALL), n);
         }
         assert_eq!(b.len(), 3);
         let after2: Vec<u64> = b.after(2).unwrap().map(|e| e.pos).collect();
@@ -161,6 +162,6 @@ mod tests {
         b.clear();
         assert!(b.after(4).is_none());
         assert_eq!(b.after(5).unwrap().count(), 0);
-        assert_eq!(b.push("E", data(6), Audience::ALL), 6);
+        assert_eq!(b.push(EventName::new("E"), data(6), Audience::ALL), 6);
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
-use handover_protocol::{Intents, RawJson, Token};
+use handover_protocol::{EventName, Intents, RawJson, Token};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -177,8 +177,8 @@ pub enum Upstream {
     Dispatch {
         /// The shard.
         shard: u32,
-        /// The event name.
-        event_type: String,
+        /// The event name, as the runtime delivers it (no copy per event).
+        event_type: EventName,
         /// The event data.
         data: RawJson,
     },
@@ -1051,7 +1051,7 @@ impl Hub {
                 shard,
                 event_type,
                 data,
-            } => self.upstream_dispatch(shard, &event_type, data, out),
+            } => self.upstream_dispatch(shard, event_type, data, out),
             Upstream::Lost { shard } => self.lose(shard, out),
         }
     }
@@ -1111,14 +1111,14 @@ impl Hub {
     fn upstream_dispatch(
         &mut self,
         shard: u32,
-        event_type: &str,
+        event_type: EventName,
         data: RawJson,
         out: &mut Vec<Action>,
     ) {
         let Some(state) = self.shards.get_mut(&shard) else {
             return;
         };
-        state.guilds.apply(event_type, &data);
+        state.guilds.apply(&event_type, &data);
         let mut data = data;
         let mut audience = Audience::ALL;
         if event_type == "GUILD_MEMBERS_CHUNK"
@@ -1135,12 +1135,14 @@ impl Hub {
             .values()
             .any(|s| s.shard == shard && s.intents & upstream != upstream);
         if narrow {
-            audience.intents = intents::governing(event_type, || {
+            audience.intents = intents::governing(&event_type, || {
                 serde_json::from_slice::<InGuild>(data.as_bytes())
                     .is_ok_and(|g| g.guild_id.is_some())
             });
         }
-        let pos = state.buffer.push(event_type, data.clone(), audience);
+        let pos = state
+            .buffer
+            .push(event_type.clone(), data.clone(), audience);
         for session in self.sessions.values_mut() {
             if session.shard != shard {
                 continue;
@@ -1153,7 +1155,7 @@ impl Hub {
                 continue;
             }
             session.seq += 1;
-            let frame = frames::dispatch(event_type, session.seq, data.as_bytes());
+            let frame = frames::dispatch(&event_type, session.seq, data.as_bytes());
             out.push(Action::Send {
                 client,
                 frames: vec![frame],

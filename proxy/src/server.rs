@@ -525,7 +525,7 @@ fn upstream_of(event: ShardEvent) -> Option<Upstream> {
         }),
         ShardEventKind::Dispatch(d) => Some(Upstream::Dispatch {
             shard,
-            event_type: d.event_type.into(),
+            event_type: d.event_type,
             data: d.data,
         }),
         ShardEventKind::Gap(g) => {
