@@ -283,7 +283,13 @@ impl GuildCache {
                 | "GUILD_SOUNDBOARD_SOUND_UPDATE"
                 | "GUILD_SOUNDBOARD_SOUND_DELETE"
         );
-        if !relevant {
+        // The busiest events, when their kind is not cached, are not even parsed.
+        let uncached = match event_type {
+            "PRESENCE_UPDATE" => !self.kinds.contains(CacheKind::Presences),
+            "VOICE_STATE_UPDATE" => !self.kinds.contains(CacheKind::VoiceStates),
+            _ => false,
+        };
+        if !relevant || uncached || self.guilds.is_empty() {
             return;
         }
         let Ok(Value::Object(mut d)) = serde_json::from_slice::<Value>(data.as_bytes()) else {
