@@ -30,15 +30,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
+use handover_runtime::metrics::write_header as header;
 use handover_runtime::{ShardHandle, ShardStatus};
-
-/// A per-shard metric family: name, type, help, and the value of one shard (if known).
-type Family = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&ShardStatus) -> Option<u64>,
-);
 
 /// How long a client may take to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -222,121 +215,7 @@ pub fn health_body(statuses: &[ShardStatus]) -> (bool, String) {
 /// `handover_restarts_requested_total`.
 pub fn metrics_text(statuses: &[ShardStatus], counters: &AdapterCounters) -> String {
     let mut out = String::with_capacity(2048 + statuses.len() * 1024);
-    header(
-        &mut out,
-        "handover_shard_phase",
-        "gauge",
-        "lifecycle phase of the shard (1 for the current phase)",
-    );
-    for s in statuses {
-        for phase in Phase::ALL {
-            let v = u8::from(s.phase == phase);
-            let phase = phase.name();
-            let _ = writeln!(
-                out,
-                "handover_shard_phase{{shard=\"{}\",phase=\"{phase}\"}} {v}",
-                s.shard
-            );
-        }
-    }
-    let per_shard: [Family; 12] = [
-        (
-            "handover_shard_reconnects_total",
-            "counter",
-            "reconnects scheduled",
-            |s| Some(s.reconnects),
-        ),
-        (
-            "handover_shard_identifies_total",
-            "counter",
-            "IDENTIFY payloads sent (each spends from the daily session budget)",
-            |s| Some(s.identifies),
-        ),
-        (
-            "handover_shard_resumes_total",
-            "counter",
-            "RESUME payloads sent",
-            |s| Some(s.resumes),
-        ),
-        (
-            "handover_shard_events_delivered_total",
-            "counter",
-            "dispatches the sink took (for handover run: written to stdout)",
-            |s| Some(s.delivered),
-        ),
-        (
-            "handover_shard_events_received_total",
-            "counter",
-            "dispatches received from the gateway, once each (delivered or still queued)",
-            |s| Some(s.received),
-        ),
-        (
-            "handover_shard_duplicates_dropped_total",
-            "counter",
-            "replayed dispatches dropped as already delivered",
-            |s| Some(s.duplicates_dropped),
-        ),
-        (
-            "handover_shard_gaps_total",
-            "counter",
-            "sessions lost after delivering events (events missed)",
-            |s| Some(s.gaps),
-        ),
-        (
-            "handover_shard_latency_milliseconds",
-            "gauge",
-            "heartbeat round trip of the last ACK",
-            |s| s.latency.map(millis),
-        ),
-        (
-            "handover_shard_latency_average_milliseconds",
-            "gauge",
-            "mean heartbeat round trip over the current connection",
-            |s| s.latency_average.map(millis),
-        ),
-        (
-            "handover_shard_live_sockets",
-            "gauge",
-            "sockets live for the shard (0 or 1)",
-            |s| u64::try_from(s.live_sockets).ok(),
-        ),
-        (
-            "handover_shard_resumable",
-            "gauge",
-            "1 when a session is held that a reconnect would resume",
-            |s| Some(u64::from(s.resumable)),
-        ),
-        (
-            "handover_shard_gave_up",
-            "gauge",
-            "1 when the shard stopped trying on its own (fatal close code, identify budget)",
-            |s| Some(u64::from(s.gave_up.is_some())),
-        ),
-    ];
-    for (name, kind, help, get) in per_shard {
-        header(&mut out, name, kind, help);
-        for s in statuses {
-            if let Some(v) = get(s) {
-                let _ = writeln!(out, "{name}{{shard=\"{}\"}} {v}", s.shard);
-            }
-        }
-    }
-    header(
-        &mut out,
-        "handover_shard_latency_recent_milliseconds",
-        "gauge",
-        "the last heartbeat round trips (age 0 is the newest)",
-    );
-    for s in statuses {
-        for (age, d) in s.latency_recent.iter().rev().enumerate() {
-            let _ = writeln!(
-                out,
-                "handover_shard_latency_recent_milliseconds{{shard=\"{}\",age=\"{age}\"}} {}",
-                s.shard,
-                millis(*d)
-            );
-        }
-    }
+    handover_runtime::metrics::write_shard_metrics(&mut out, statuses);
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     header(
         &mut out,
@@ -387,16 +266,6 @@ pub fn metrics_text(statuses: &[ShardStatus], counters: &AdapterCounters) -> Str
         let _ = writeln!(out, "handover_redis_reachable {}", u8::from(redis == 1));
     }
     out
-}
-
-/// A duration as whole milliseconds (saturating), as the metrics show durations.
-fn millis(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 #[cfg(test)]

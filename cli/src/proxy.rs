@@ -7,7 +7,7 @@ use std::time::Duration;
 use handover_core::StopIntent;
 use handover_protocol::{GatewayConfig, IdentifyQueueConfig};
 use handover_proxy::server::Proxy;
-use handover_proxy::{HubConfig, ProxyConfig};
+use handover_proxy::{CacheKinds, HubConfig, ProxyConfig};
 use handover_runtime::{Fleet, FleetConfig, ShardSelection};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
@@ -42,6 +42,17 @@ pub struct ProxyArgs {
     /// Frame batches queued per client before it is closed with 4000 (it can resume).
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub client_queue: usize,
+
+    /// Resource kinds the guild cache keeps, comma-separated: all, none, or channels, threads,
+    /// roles, emojis, stickers, members, voice_states, presences, stage_instances,
+    /// scheduled_events, soundboard_sounds. The others are sent as empty arrays in the
+    /// synthesised GUILD_CREATEs.
+    #[arg(long, default_value = "all", value_name = "KINDS", value_parser = parse_cache)]
+    pub cache: CacheKinds,
+}
+
+fn parse_cache(list: &str) -> Result<CacheKinds, String> {
+    CacheKinds::parse(list).map_err(|e| e.to_string())
 }
 
 /// Runs the proxy until SIGTERM/SIGINT (then drains the upstream shards, keeping their
@@ -105,6 +116,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), CliError> {
         public_url,
     );
     hub.replay_capacity = args.replay_buffer.max(1);
+    hub.cache = args.cache;
     let mut proxy_config = ProxyConfig::new(hub);
     proxy_config.client_queue = args.client_queue.max(1);
     let proxy = Proxy::start(listener, fleet, proxy_config).map_err(|e| {

@@ -80,7 +80,7 @@ async fn the_proxy_serves_a_client_in_front_of_the_mock_and_drains_on_sigterm() 
         .unwrap();
     assert_eq!(next_json(&mut ws).await["op"], 10);
     let identify = json!({"op": 2, "d": {"token": format!("Bot {}", cli_common::TOKEN),
-        "intents": 1, "properties": {"os": "linux", "browser": "t", "device": "t"}}});
+        "intents": 513, "properties": {"os": "linux", "browser": "t", "device": "t"}}});
     ws.send(Message::text(identify.to_string())).await.unwrap();
     let ready = next_json(&mut ws).await;
     assert_eq!(ready["t"], "READY", "{ready}");
@@ -88,7 +88,7 @@ async fn the_proxy_serves_a_client_in_front_of_the_mock_and_drains_on_sigterm() 
     mock.handle().dispatch(
         0,
         "MESSAGE_CREATE",
-        &json!({ "content": "through the proxy" }),
+        &json!({ "content": "through the proxy", "guild_id": "1" }),
     );
     let event = loop {
         let v = next_json(&mut ws).await;

@@ -4,14 +4,17 @@ use bytes::Bytes;
 use serde_json::Value;
 
 /// `{"op":0,"t":T,"s":S,"d":D}` with `data` written as it is (valid JSON text).
+///
+/// One allocation for the frame (the name and the seq are written into it, not formatted apart).
 pub(crate) fn dispatch(event_type: &str, seq: u64, data: &[u8]) -> Bytes {
-    let name = serde_json::to_string(event_type).unwrap_or_else(|_| "\"\"".to_owned());
-    let mut out = Vec::with_capacity(data.len() + name.len() + 40);
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(data.len() + event_type.len() + 48);
     out.extend_from_slice(b"{\"op\":0,\"t\":");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b",\"s\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
-    out.extend_from_slice(b",\"d\":");
+    if serde_json::to_writer(&mut out, event_type).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, ",\"s\":{seq},\"d\":");
     out.extend_from_slice(data);
     out.push(b'}');
     Bytes::from(out)

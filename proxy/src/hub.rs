@@ -7,14 +7,23 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
-use handover_protocol::{Intents, RawJson, Token};
+use handover_protocol::{EventName, Intents, RawJson, Token};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tracing::{debug, info};
 
-use crate::buffer::ReplayBuffer;
+use crate::buffer::{Audience, ReplayBuffer};
+use crate::cache::{CacheKinds, GuildCache};
 use crate::frames;
+use crate::intents;
+
+/// REQUEST_GUILD_MEMBERS kept per shard awaiting their GUILD_MEMBERS_CHUNKs; beyond it the
+/// oldest is forgotten (its chunks then go to every session).
+const MAX_OPEN_REQUESTS: usize = 256;
+
+/// Prefix of the nonces the proxy puts on the REQUEST_GUILD_MEMBERS it sends upstream.
+const NONCE_PREFIX: &str = "handover-";
 
 /// The heartbeat interval announced to clients in HELLO, in milliseconds (Discord's).
 pub const HEARTBEAT_INTERVAL_MS: u64 = 41_250;
@@ -77,6 +86,8 @@ pub struct HubConfig {
     pub heartbeat_interval_ms: u64,
     /// See `heartbeat_interval_ms`. Default [`HEARTBEAT_GRACE_MS`].
     pub heartbeat_grace_ms: u64,
+    /// The resource kinds the guild cache keeps (`--cache`). Default all.
+    pub cache: CacheKinds,
 }
 
 /// How long past its heartbeat interval a silent client is kept.
@@ -102,6 +113,7 @@ impl HubConfig {
             seed: fastrand::u64(..),
             heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
             heartbeat_grace_ms: HEARTBEAT_GRACE_MS,
+            cache: CacheKinds::all(),
         }
     }
 }
@@ -132,6 +144,10 @@ pub enum Action {
         op: u8,
         /// The `d` field.
         d: RawJson,
+        /// The presence of the client's IDENTIFY, not a command it sent: report the outcome
+        /// with [`Hub::identify_presence_sent`] (over the budget it is dropped, the client is
+        /// not closed).
+        from_identify: bool,
     },
     /// Close the client's connection with this code (after what was queued before).
     Close {
@@ -161,8 +177,8 @@ pub enum Upstream {
     Dispatch {
         /// The shard.
         shard: u32,
-        /// The event name.
-        event_type: String,
+        /// The event name, as the runtime delivers it (no copy per event).
+        event_type: EventName,
         /// The event data.
         data: RawJson,
     },
@@ -178,7 +194,7 @@ enum ClientState {
     /// HELLO sent; waiting for IDENTIFY or RESUME.
     Hello,
     /// Identified, waiting for the upstream shard's READY.
-    Pending { shard: u32 },
+    Pending { shard: u32, identified: Identified },
     /// Attached to a session.
     Attached { session: String },
 }
@@ -186,13 +202,19 @@ enum ClientState {
 #[derive(Debug)]
 struct Session {
     shard: u32,
+    /// The session's number in the buffers' audiences.
+    key: u64,
+    /// The intents the client identified with: it sees the dispatches they govern.
+    intents: u64,
     /// Client seq of the last synthesized dispatch (READY and the GUILD_CREATEs).
     prefix: u64,
-    /// Buffer position when the session started: position `start + k` is client seq
-    /// `prefix + k`.
+    /// Buffer position when the session started: the events after it are the session's.
     start: u64,
-    /// Last position handed to the shell for this session.
+    /// Last buffer position handed to the shell for this session, or skipped (not for it).
     sent: u64,
+    /// Client seq of the last dispatch handed (at `sent` or before it): the session's own
+    /// numbering, one per event its audience admits.
+    seq: u64,
     client: Option<ClientId>,
     /// When (in hub steps) it was detached, for eviction.
     detached_at: u64,
@@ -201,9 +223,48 @@ struct Session {
 }
 
 impl Session {
-    fn seq_of(&self, pos: u64) -> u64 {
-        self.prefix + (pos - self.start)
+    fn admits(&self, audience: &Audience) -> bool {
+        audience.admits(self.key, self.intents)
     }
+
+    /// The buffer position after which a client that has seen client seq `seq` of this
+    /// session resumes, found walking the buffer back from `sent`; `None` if `seq` was never
+    /// handed, lies in the synthesized prefix, or the events after it are no longer kept.
+    fn resume_point(&self, buffer: &ReplayBuffer, seq: u64) -> Option<u64> {
+        if seq > self.seq || seq < self.prefix {
+            return None;
+        }
+        let mut q = self.seq;
+        if q == seq {
+            return Some(self.sent);
+        }
+        // Bounded by the buffer's length.
+        for e in buffer.newest_first() {
+            if e.pos > self.sent {
+                continue;
+            }
+            if e.pos <= self.start {
+                return None;
+            }
+            if self.admits(&e.audience) {
+                // `e` carried client seq `q`.
+                q -= 1;
+                if q == seq {
+                    return Some(e.pos - 1);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A REQUEST_GUILD_MEMBERS a client sent, awaiting its chunks.
+#[derive(Debug)]
+struct MemberRequest {
+    /// The key of the session that asked.
+    session: u64,
+    /// The client's own nonce, restored on the chunks (absent: removed from them).
+    nonce: Option<Box<RawValue>>,
 }
 
 #[derive(Debug)]
@@ -219,8 +280,11 @@ struct ShardState {
     upstream: Option<UpstreamSession>,
     /// Guilds of the upstream session, by id: the latest GUILD_CREATE's `d`, or `None` while
     /// unavailable.
-    guilds: BTreeMap<String, Option<RawJson>>,
+    guilds: GuildCache,
     pending: Vec<ClientId>,
+    /// Open member requests by the number in the nonce the proxy sent upstream.
+    requests: BTreeMap<u64, MemberRequest>,
+    next_nonce: u64,
 }
 
 #[derive(Deserialize)]
@@ -235,6 +299,19 @@ struct IdentifyData {
     token: Value,
     intents: Option<u64>,
     shard: Option<Vec<u64>>,
+    #[serde(default)]
+    large_threshold: Option<u64>,
+    #[serde(default)]
+    presence: Option<Box<RawValue>>,
+}
+
+/// What an accepted IDENTIFY asked for, kept while it waits for the upstream READY.
+#[derive(Debug, Clone)]
+struct Identified {
+    intents: u64,
+    large_threshold: Option<u64>,
+    /// Its `presence`, sent upstream as a presence update once the session starts.
+    presence: Option<RawJson>,
 }
 
 #[derive(Deserialize)]
@@ -247,8 +324,13 @@ struct ResumeData {
 #[derive(Deserialize)]
 struct GuildData {
     id: String,
+}
+
+/// Whether an event's data carries a guild.
+#[derive(Deserialize)]
+struct InGuild {
     #[serde(default)]
-    unavailable: Option<bool>,
+    guild_id: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -351,6 +433,7 @@ pub struct Hub {
     clients: HashMap<ClientId, ClientState>,
     sessions: HashMap<String, Session>,
     next_client: u64,
+    next_session_key: u64,
     steps: u64,
     rng: fastrand::Rng,
     stats: HubStats,
@@ -368,8 +451,10 @@ impl Hub {
                     ShardState {
                         buffer: ReplayBuffer::new(config.replay_capacity),
                         upstream: None,
-                        guilds: BTreeMap::new(),
+                        guilds: GuildCache::new(config.cache),
                         pending: Vec::new(),
+                        requests: BTreeMap::new(),
+                        next_nonce: 0,
                     },
                 )
             })
@@ -381,6 +466,7 @@ impl Hub {
             clients: HashMap::new(),
             sessions: HashMap::new(),
             next_client: 0,
+            next_session_key: 0,
             steps: 0,
             rng,
             stats: HubStats::default(),
@@ -426,7 +512,7 @@ impl Hub {
                     session_id: id.clone(),
                     shard: s.shard,
                     client: s.client.map(|c| c.0),
-                    seq: s.seq_of(s.sent),
+                    seq: s.seq,
                     behind: last.saturating_sub(s.sent),
                     resumes: s.resumes,
                 }
@@ -465,7 +551,7 @@ impl Hub {
         self.steps += 1;
         match self.clients.remove(&client) {
             Some(ClientState::Attached { session }) => self.detach(&session, client),
-            Some(ClientState::Pending { shard }) => {
+            Some(ClientState::Pending { shard, .. }) => {
                 if let Some(s) = self.shards.get_mut(&shard) {
                     s.pending.retain(|c| *c != client);
                 }
@@ -564,12 +650,25 @@ impl Hub {
                     _ => None,
                 };
                 match (shard, payload.d) {
+                    (Some(shard), Some(d)) if op == 8 => {
+                        match self.member_request(client, shard, d) {
+                            Some(d) => out.push(Action::Forward {
+                                client,
+                                shard,
+                                op: 8,
+                                d,
+                                from_identify: false,
+                            }),
+                            None => self.close(client, close::DECODE_ERROR, "decode error", out),
+                        }
+                    }
                     (Some(shard), Some(d)) => out.push(Action::Forward {
                         client,
                         shard,
                         // One of the opcodes matched above.
                         op: u8::try_from(op).unwrap_or_default(),
                         d: RawJson::from_raw(d),
+                        from_identify: false,
                     }),
                     // Identified, waiting for the upstream READY: nowhere to send it yet.
                     (None, Some(_)) => self.stats.commands_dropped += 1,
@@ -598,6 +697,75 @@ impl Hub {
                 if self.clients.contains_key(&client) {
                     self.close(client, close::RATE_LIMITED, "rate limited", out);
                 }
+            }
+        }
+    }
+
+    /// A client's REQUEST_GUILD_MEMBERS as it goes upstream: its nonce replaced by one unique
+    /// to the proxy (two clients may use the same nonce, or none), remembered so that the
+    /// GUILD_MEMBERS_CHUNKs go back to the client's session only, with its own nonce. `None`
+    /// if `d` is not an object.
+    fn member_request(&mut self, client: ClientId, shard: u32, d: &RawValue) -> Option<RawJson> {
+        let mut fields: Map<String, Value> = serde_json::from_str(d.get()).ok()?;
+        let key = match self.clients.get(&client) {
+            Some(ClientState::Attached { session }) => self.sessions.get(session)?.key,
+            _ => return None,
+        };
+        let state = self.shards.get_mut(&shard)?;
+        state.next_nonce += 1;
+        let n = state.next_nonce;
+        let nonce = fields
+            .remove("nonce")
+            .and_then(|v| serde_json::value::to_raw_value(&v).ok());
+        fields.insert("nonce".into(), Value::String(format!("{NONCE_PREFIX}{n}")));
+        state.requests.insert(
+            n,
+            MemberRequest {
+                session: key,
+                nonce,
+            },
+        );
+        while state.requests.len() > MAX_OPEN_REQUESTS {
+            state.requests.pop_first();
+        }
+        RawJson::parse(Value::Object(fields).to_string()).ok()
+    }
+
+    /// A GUILD_MEMBERS_CHUNK of a request the proxy forwarded: the session it is for, and its
+    /// data with the client's nonce back. `None` for a chunk of no open request.
+    fn member_chunk(state: &mut ShardState, data: &RawJson) -> Option<(u64, RawJson)> {
+        #[derive(Deserialize)]
+        struct Chunk<'a> {
+            #[serde(borrow)]
+            nonce: Option<&'a str>,
+            chunk_index: Option<u64>,
+            chunk_count: Option<u64>,
+        }
+        let chunk: Chunk<'_> = serde_json::from_slice(data.as_bytes()).ok()?;
+        let n: u64 = chunk.nonce?.strip_prefix(NONCE_PREFIX)?.parse().ok()?;
+        let request = state.requests.get(&n)?;
+        let session = request.session;
+        let mut fields: BTreeMap<String, Box<RawValue>> =
+            serde_json::from_slice(data.as_bytes()).ok()?;
+        match &request.nonce {
+            Some(nonce) => fields.insert("nonce".into(), nonce.clone()),
+            None => fields.remove("nonce"),
+        };
+        let last = chunk.chunk_index.unwrap_or(0) + 1 >= chunk.chunk_count.unwrap_or(1);
+        if last {
+            state.requests.remove(&n);
+        }
+        let text = serde_json::to_string(&fields).ok()?;
+        Some((session, RawJson::parse(text).ok()?))
+    }
+
+    /// The outcome of the [`Action::Forward`] of an IDENTIFY's presence: counted like a
+    /// command, but over the budget it is only dropped (the IDENTIFY itself was fine).
+    pub fn identify_presence_sent(&mut self, outcome: CommandOutcome) {
+        match outcome {
+            CommandOutcome::Sent => self.stats.forwarded += 1,
+            CommandOutcome::Dropped | CommandOutcome::OverBudget => {
+                self.stats.commands_dropped += 1;
             }
         }
     }
@@ -653,9 +821,20 @@ impl Hub {
         let Some(state) = self.shards.get_mut(&shard) else {
             return self.close(client, close::INVALID_SHARD, "invalid shard", out);
         };
-        self.clients.insert(client, ClientState::Pending { shard });
+        let identified = Identified {
+            intents,
+            large_threshold: data.large_threshold,
+            presence: data.presence.as_deref().map(RawJson::from_raw),
+        };
+        self.clients.insert(
+            client,
+            ClientState::Pending {
+                shard,
+                identified: identified.clone(),
+            },
+        );
         if state.upstream.is_some() {
-            self.start_session(client, shard, out);
+            self.start_session(client, shard, identified, out);
         } else {
             debug!(
                 client = client.0,
@@ -671,7 +850,18 @@ impl Hub {
     }
 
     /// READY and one GUILD_CREATE per cached guild, for a new session of `client`.
-    fn start_session(&mut self, client: ClientId, shard: u32, out: &mut Vec<Action>) {
+    fn start_session(
+        &mut self,
+        client: ClientId,
+        shard: u32,
+        identified: Identified,
+        out: &mut Vec<Action>,
+    ) {
+        let Identified {
+            intents,
+            large_threshold,
+            presence,
+        } = identified;
         let session_id = self.new_session_id();
         self.evict(shard);
         let (total, url) = (self.config.total, self.config.public_url.clone());
@@ -687,24 +877,31 @@ impl Hub {
         ready.insert("shard".into(), Value::from(vec![shard, total]));
         let guilds: Vec<Value> = state
             .guilds
-            .keys()
+            .ids()
             .map(|id| serde_json::json!({ "id": id, "unavailable": true }))
             .collect();
         ready.insert("guilds".into(), Value::Array(guilds));
         let mut seq = 1;
         let mut batch = vec![frames::dispatch_value("READY", seq, &Value::Object(ready))];
-        for data in state.guilds.values().flatten() {
-            seq += 1;
-            batch.push(frames::dispatch("GUILD_CREATE", seq, data.as_bytes()));
+        // GUILD_CREATE is a GUILDS event: a session without that intent gets none.
+        if intents & Intents::GUILDS.bits() != 0 {
+            for data in state.guilds.guild_creates(large_threshold) {
+                seq += 1;
+                batch.push(frames::dispatch("GUILD_CREATE", seq, &data));
+            }
         }
         let start = state.buffer.last_pos();
+        self.next_session_key += 1;
         self.sessions.insert(
             session_id.clone(),
             Session {
                 shard,
+                key: self.next_session_key,
+                intents,
                 prefix: seq,
                 start,
                 sent: start,
+                seq,
                 client: Some(client),
                 detached_at: 0,
                 resumes: 0,
@@ -724,6 +921,17 @@ impl Hub {
             "client identified"
         );
         Hub::send(client, batch, out);
+        // Discord sets a session's presence from its IDENTIFY; the upstream connection is
+        // shared, so the latest client's presence becomes the bot's, within the send budget.
+        if let Some(d) = presence {
+            out.push(Action::Forward {
+                client,
+                shard,
+                op: 3,
+                d,
+                from_identify: true,
+            });
+        }
     }
 
     /// Keeps the shard's sessions within bounds: forgets the one detached longest ago.
@@ -772,11 +980,7 @@ impl Hub {
         let Some(state) = self.shards.get(&session.shard) else {
             return self.invalid_session(client, out);
         };
-        let pos = match seq.checked_sub(session.prefix) {
-            Some(k) => session.start.checked_add(k).filter(|p| *p <= session.sent),
-            None => None,
-        };
-        let Some(pos) = pos else {
+        let Some(pos) = session.resume_point(&state.buffer, seq) else {
             debug!(
                 client = client.0,
                 seq, "resume from a seq this session cannot replay"
@@ -790,13 +994,18 @@ impl Hub {
             );
             return self.invalid_session(client, out);
         };
+        let mut next = seq;
         let mut batch: Vec<Bytes> = missed
-            .map(|e| frames::dispatch(&e.event_type, session.seq_of(e.pos), e.data.as_bytes()))
+            .filter(|e| session.admits(&e.audience))
+            .map(|e| {
+                next += 1;
+                frames::dispatch(&e.event_type, next, e.data.as_bytes())
+            })
             .collect();
         let last = state.buffer.last_pos();
         let replayed = batch.len() as u64;
         // RESUMED carries the last seq again: it is not an event a later resume must replay.
-        batch.push(frames::dispatch("RESUMED", session.seq_of(last), b"{}"));
+        batch.push(frames::dispatch("RESUMED", next, b"{}"));
         let previous = session.client;
         let session_id = session_id.to_owned();
         if let Some(old) = previous
@@ -813,6 +1022,7 @@ impl Hub {
         }
         if let Some(s) = self.sessions.get_mut(&session_id) {
             s.sent = last;
+            s.seq = next;
             s.client = Some(client);
             s.resumes += 1;
         }
@@ -841,7 +1051,7 @@ impl Hub {
                 shard,
                 event_type,
                 data,
-            } => self.upstream_dispatch(shard, &event_type, data, out),
+            } => self.upstream_dispatch(shard, event_type, data, out),
             Upstream::Lost { shard } => self.lose(shard, out),
         }
     }
@@ -880,22 +1090,20 @@ impl Hub {
         for key in ["session_id", "resume_gateway_url", "guilds", "shard"] {
             ready.remove(key);
         }
-        // The guilds of the new session: cached GUILD_CREATEs of guilds it still lists are kept
-        // (Discord sends them again shortly).
-        let mut guilds = BTreeMap::new();
-        for g in listed.guilds {
-            let kept = state.guilds.remove(&g.id).flatten();
-            guilds.insert(g.id, kept);
-        }
-        state.guilds = guilds;
+        // The guilds of the new session: cached guilds it still lists are kept (Discord sends
+        // their GUILD_CREATE again shortly).
+        state
+            .guilds
+            .retain_listed(listed.guilds.into_iter().map(|g| g.id));
         state.upstream = Some(UpstreamSession {
             id: session_id,
             ready,
         });
         let pending = std::mem::take(&mut state.pending);
         for client in pending {
-            if matches!(self.clients.get(&client), Some(ClientState::Pending { .. })) {
-                self.start_session(client, shard, out);
+            if let Some(ClientState::Pending { identified, .. }) = self.clients.get(&client) {
+                let identified = identified.clone();
+                self.start_session(client, shard, identified, out);
             }
         }
     }
@@ -903,31 +1111,38 @@ impl Hub {
     fn upstream_dispatch(
         &mut self,
         shard: u32,
-        event_type: &str,
+        event_type: EventName,
         data: RawJson,
         out: &mut Vec<Action>,
     ) {
         let Some(state) = self.shards.get_mut(&shard) else {
             return;
         };
-        match event_type {
-            "GUILD_CREATE" => {
-                if let Ok(g) = serde_json::from_slice::<GuildData>(data.as_bytes()) {
-                    state.guilds.insert(g.id, Some(data.clone()));
-                }
-            }
-            "GUILD_DELETE" => {
-                if let Ok(g) = serde_json::from_slice::<GuildData>(data.as_bytes()) {
-                    if g.unavailable == Some(true) {
-                        state.guilds.insert(g.id, None);
-                    } else {
-                        state.guilds.remove(&g.id);
-                    }
-                }
-            }
-            _ => {}
+        state.guilds.apply(&event_type, &data);
+        let mut data = data;
+        let mut audience = Audience::ALL;
+        if event_type == "GUILD_MEMBERS_CHUNK"
+            && let Some((session, restored)) = Hub::member_chunk(state, &data)
+        {
+            audience.only = Some(session);
+            data = restored;
         }
-        let pos = state.buffer.push(event_type, data.clone());
+        // The intents matter only if a session of the shard lacks some of the upstream's
+        // (sessions started later never see this event): the common case parses nothing.
+        let upstream = self.config.intents.bits();
+        let narrow = self
+            .sessions
+            .values()
+            .any(|s| s.shard == shard && s.intents & upstream != upstream);
+        if narrow {
+            audience.intents = intents::governing(&event_type, || {
+                serde_json::from_slice::<InGuild>(data.as_bytes())
+                    .is_ok_and(|g| g.guild_id.is_some())
+            });
+        }
+        let pos = state
+            .buffer
+            .push(event_type.clone(), data.clone(), audience);
         for session in self.sessions.values_mut() {
             if session.shard != shard {
                 continue;
@@ -936,7 +1151,11 @@ impl Hub {
                 continue;
             };
             session.sent = pos;
-            let frame = frames::dispatch(event_type, session.seq_of(pos), data.as_bytes());
+            if !session.admits(&audience) {
+                continue;
+            }
+            session.seq += 1;
+            let frame = frames::dispatch(&event_type, session.seq, data.as_bytes());
             out.push(Action::Send {
                 client,
                 frames: vec![frame],
@@ -952,6 +1171,7 @@ impl Hub {
         };
         state.upstream = None;
         state.buffer.clear();
+        state.requests.clear();
         let lost: Vec<String> = self
             .sessions
             .iter()

@@ -16,11 +16,14 @@
 //! See `docs/proxy.md` for what is done, what differs from Discord and what is not done yet.
 
 pub mod buffer;
+pub mod cache;
 mod frames;
 pub mod hub;
+pub mod intents;
 pub mod server;
 
-pub use buffer::{Buffered, ReplayBuffer};
+pub use buffer::{Audience, Buffered, ReplayBuffer};
+pub use cache::{CacheKind, CacheKinds, CacheKindsError, GuildCache};
 pub use hub::{
     Action, ClientId, CommandOutcome, HEARTBEAT_GRACE_MS, HEARTBEAT_INTERVAL_MS, Hub, HubConfig,
     HubStats, HubStatus, SessionView, ShardView, Upstream,

@@ -81,6 +81,8 @@ struct Forward {
     client: ClientId,
     shard: u32,
     command: Command,
+    /// The presence of an IDENTIFY, not a command the client sent.
+    from_identify: bool,
 }
 
 /// Client commands queued for the forwarder before more are refused (4008).
@@ -111,16 +113,22 @@ impl State {
                     shard,
                     op,
                     d,
+                    from_identify,
                 } => {
                     let command = Command::Raw { op, d };
                     let queued = self.forward.try_send(Forward {
                         client,
                         shard,
                         command,
+                        from_identify,
                     });
                     if queued.is_err() {
-                        self.hub
-                            .command_sent(client, CommandOutcome::OverBudget, actions);
+                        if from_identify {
+                            self.hub.identify_presence_sent(CommandOutcome::OverBudget);
+                        } else {
+                            self.hub
+                                .command_sent(client, CommandOutcome::OverBudget, actions);
+                        }
                     }
                 }
                 Action::Close {
@@ -187,7 +195,8 @@ impl Shared {
         .to_string()
     }
 
-    /// Prometheus text: the hub's counters, per shard and per client session.
+    /// Prometheus text: the hub's counters, per shard and per client session, then the
+    /// upstream shards' own metrics (`handover_shard_*`, as `handover run --http` serves them).
     fn metrics_text(&self) -> String {
         use std::fmt::Write as _;
         let (status, queued) = self.snapshot();
@@ -290,6 +299,9 @@ impl Shared {
                 );
             }
         }
+        // The upstream shards' own families, rendered by the runtime as for `handover run`.
+        let upstream: Vec<_> = self.upstream.values().map(ShardHandle::status).collect();
+        handover_runtime::metrics::write_shard_metrics(&mut out, &upstream);
         out
     }
 
@@ -474,7 +486,11 @@ async fn forwarder(
             None => CommandOutcome::Dropped,
         };
         let mut state = shared.lock();
-        state.hub.command_sent(f.client, sent, &mut actions);
+        if f.from_identify {
+            state.hub.identify_presence_sent(sent);
+        } else {
+            state.hub.command_sent(f.client, sent, &mut actions);
+        }
         state.apply(&mut actions);
     }
 }
@@ -509,7 +525,7 @@ fn upstream_of(event: ShardEvent) -> Option<Upstream> {
         }),
         ShardEventKind::Dispatch(d) => Some(Upstream::Dispatch {
             shard,
-            event_type: d.event_type.into(),
+            event_type: d.event_type,
             data: d.data,
         }),
         ShardEventKind::Gap(g) => {

@@ -3,6 +3,8 @@
 
 use bytes::Bytes;
 use handover_protocol::{Intents, RawJson, Token};
+use std::collections::BTreeMap;
+
 use handover_proxy::{Action, ClientId, Hub, HubConfig, Upstream};
 use serde_json::{Value, json};
 
@@ -405,6 +407,7 @@ fn client_commands_are_forwarded_and_over_budget_closes_4008() {
                 shard,
                 op,
                 d,
+                from_identify: false,
             },
         ] => {
             assert_eq!((*client, *shard, *op), (a, 1, 3));
@@ -429,4 +432,705 @@ fn client_commands_are_forwarded_and_over_budget_closes_4008() {
     let (b, _) = hub.connect();
     let big = json!({"op": 1, "d": null, "pad": "x".repeat(4096)});
     assert_eq!(close_of(&send(&mut hub, b, big), b), Some(4002));
+}
+
+/// A client of the random-interleaving test: one bot that connects, identifies, resumes,
+/// reads part of what it was sent and disappears, again and again.
+#[derive(Default)]
+struct Bot {
+    intents: u64,
+    conn: Option<ClientId>,
+    session: Option<String>,
+    last_seq: u64,
+    /// Frames sent to its connection, not read yet (lost when the connection goes).
+    inbox: std::collections::VecDeque<Value>,
+    /// Event numbers received in its session, in order.
+    got: Vec<u64>,
+    /// What the model says the session must receive, in order.
+    expected: Vec<u64>,
+    /// Its identify is answered: it may send commands.
+    attached: bool,
+    resumes: u64,
+    chunks: u64,
+    /// Identifies so far: which session a request was made in.
+    generation: u64,
+    /// The model knows the session is gone (the bot has not read its op 9 yet).
+    dead: bool,
+}
+
+/// Which intents let a session see the test's event kinds (Discord's table, restated).
+fn model_admits(kind: &str, in_guild: bool, intents: u64) -> bool {
+    let need = match (kind, in_guild) {
+        ("MESSAGE_CREATE", true) => Intents::GUILD_MESSAGES,
+        ("MESSAGE_CREATE", false) => Intents::DIRECT_MESSAGES,
+        ("GUILD_MEMBER_ADD", _) => Intents::GUILD_MEMBERS,
+        ("CHANNEL_UPDATE", _) => Intents::GUILDS,
+        _ => return true,
+    };
+    intents & need.bits() != 0
+}
+
+#[test]
+fn random_interleavings_give_each_session_its_own_stream_across_restarts() {
+    let upstream_intents = Intents::GUILDS
+        | Intents::GUILD_MESSAGES
+        | Intents::DIRECT_MESSAGES
+        | Intents::GUILD_MEMBERS;
+    let bot_intents = [
+        upstream_intents.bits(),
+        (Intents::GUILDS | Intents::GUILD_MESSAGES).bits(),
+        Intents::DIRECT_MESSAGES.bits(),
+        Intents::GUILD_MEMBERS.bits(),
+    ];
+    let mut total_resumes = 0;
+    let mut total_chunks = 0;
+    let mut total_events = 0;
+    for seed in 0..40u64 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let capacity = [32, 256, 4096][rng.usize(..3)];
+        let mut config = HubConfig::new(
+            Token::new(TOKEN).unwrap(),
+            upstream_intents,
+            vec![0],
+            1,
+            "ws://127.0.0.1:9".into(),
+        );
+        config.replay_capacity = capacity;
+        config.seed = seed;
+        let mut hub = Hub::new(config);
+        let mut upstream_session = 0;
+        ready(&mut hub, 0, "up-0", &[]);
+        let mut bots: Vec<Bot> = bot_intents
+            .iter()
+            .map(|&intents| Bot {
+                intents,
+                ..Bot::default()
+            })
+            .collect();
+        // Upstream nonce -> (bot, its session then, the client's nonce): the model of routing.
+        let mut requests: BTreeMap<String, (usize, u64, Option<String>, u64, u64)> =
+            BTreeMap::new();
+        let mut next_event = 0u64;
+        // Bounded: a fixed number of steps per seed.
+        for _ in 0..600 {
+            let mut out = Vec::new();
+            let roll = rng.u32(..100);
+            let b = rng.usize(..bots.len());
+            match roll {
+                0..=39 => {
+                    next_event += 1;
+                    let (kind, in_guild) = [
+                        ("MESSAGE_CREATE", true),
+                        ("MESSAGE_CREATE", false),
+                        ("GUILD_MEMBER_ADD", true),
+                        ("CHANNEL_UPDATE", true),
+                        ("INTERACTION_CREATE", true),
+                    ][rng.usize(..5)];
+                    let mut data = json!({"n": next_event, "channel_id": "5"});
+                    if in_guild {
+                        data["guild_id"] = json!("1");
+                    }
+                    for bot in bots.iter_mut().filter(|b| b.session.is_some() && !b.dead) {
+                        if model_admits(kind, in_guild, bot.intents) {
+                            bot.expected.push(next_event);
+                        }
+                    }
+                    out = dispatch(&mut hub, 0, kind, data);
+                }
+                40..=59 => {
+                    // The bot reads some of what it was sent.
+                    let n = rng.usize(..12);
+                    read(&mut bots[b], n);
+                }
+                60..=67 => {
+                    if let Some(conn) = bots[b].conn.take() {
+                        hub.client_gone(conn);
+                        bots[b].inbox.clear();
+                        bots[b].attached = false;
+                    }
+                }
+                68..=69 => {
+                    if let Some(conn) = bots[b].conn.take() {
+                        hub.client_lagged(conn, &mut out);
+                        bots[b].inbox.clear();
+                        bots[b].attached = false;
+                    }
+                }
+                70..=79 => {
+                    if bots[b].conn.is_none() {
+                        let (conn, _hello) = hub.connect();
+                        let bot = &mut bots[b];
+                        bot.conn = Some(conn);
+                        // A READY it never read gave it no session to resume.
+                        if bot.session.as_deref() == Some("") {
+                            bot.session = None;
+                        }
+                        let payload = match &bot.session {
+                            Some(id) => {
+                                json!({"op": 6, "d": {"token": TOKEN, "session_id": id, "seq": bot.last_seq}})
+                            }
+                            None => identify(TOKEN, None, bot.intents),
+                        };
+                        if bot.session.is_none() {
+                            bot.got.clear();
+                            bot.expected.clear();
+                            bot.generation += 1;
+                            bot.dead = false;
+                            // The session exists from here on: events after this are its.
+                            bot.session = Some(String::new());
+                        }
+                        bot.attached = true;
+                        out = send(&mut hub, conn, payload);
+                    }
+                }
+                80..=89 => {
+                    let bot = &bots[b];
+                    if let (Some(conn), true, Some(_)) = (bot.conn, bot.attached, &bot.session) {
+                        let generation = bot.generation;
+                        // Every bot uses the same nonce, or none.
+                        let nonce = rng.bool().then(|| "same".to_owned());
+                        let mut d = json!({"guild_id": "1", "query": "", "limit": 0});
+                        if let Some(n) = &nonce {
+                            d["nonce"] = json!(n);
+                        }
+                        out = send(&mut hub, conn, json!({"op": 8, "d": d}));
+                        for a in &out {
+                            if let Action::Forward { op: 8, d, .. } = a {
+                                let d: Value = serde_json::from_str(d.as_str()).unwrap();
+                                let up = d["nonce"].as_str().unwrap().to_owned();
+                                let count = 1 + rng.u64(..3);
+                                requests.insert(up, (b, generation, nonce.clone(), 0, count));
+                            }
+                        }
+                    }
+                }
+                90..=97 => {
+                    // Discord answers one open request with its next chunk.
+                    if let Some(up) = requests
+                        .keys()
+                        .nth(rng.usize(..requests.len().max(1)))
+                        .cloned()
+                    {
+                        let (who, generation, nonce, index, count) = requests[&up].clone();
+                        next_event += 1;
+                        let data = json!({"guild_id": "1", "members": [], "chunk_index": index,
+                            "chunk_count": count, "nonce": up, "n": next_event});
+                        if index + 1 == count {
+                            requests.remove(&up);
+                        } else if let Some(r) = requests.get_mut(&up) {
+                            r.3 += 1;
+                        }
+                        let bot = &mut bots[who];
+                        if bot.generation == generation && bot.session.is_some() && !bot.dead {
+                            bot.expected.push(next_event);
+                            bot.chunks += 1;
+                        }
+                        let mut expect_nonce = std::collections::HashMap::new();
+                        expect_nonce.insert(next_event, nonce);
+                        out = dispatch(&mut hub, 0, "GUILD_MEMBERS_CHUNK", data);
+                        for f in out.iter().flat_map(|a| match a {
+                            Action::Send { frames, .. } => frames.clone(),
+                            _ => Vec::new(),
+                        }) {
+                            let v: Value = serde_json::from_slice(&f).unwrap();
+                            assert_eq!(
+                                v["d"].get("nonce").and_then(Value::as_str),
+                                expect_nonce[&next_event].as_deref(),
+                                "the client's own nonce comes back"
+                            );
+                        }
+                    }
+                }
+                _ if rng.u32(..8) != 0 => {}
+                _ => {
+                    upstream_session += 1;
+                    let mut lost = Vec::new();
+                    hub.upstream(Upstream::Lost { shard: 0 }, &mut lost);
+                    out = lost;
+                    out.extend(ready(&mut hub, 0, &format!("up-{upstream_session}"), &[]));
+                    requests.clear();
+                    for bot in &mut bots {
+                        bot.dead = true;
+                    }
+                }
+            }
+            deliver(&mut bots, &out);
+            for bot in &bots {
+                assert!(
+                    bot.got.len() <= bot.expected.len(),
+                    "seed {seed}: more than sent"
+                );
+                assert_eq!(bot.got[..], bot.expected[..bot.got.len()], "seed {seed}");
+            }
+        }
+        // Every bot comes back, resumes (or identifies) and reads everything.
+        for bot in &mut bots {
+            if let Some(conn) = bot.conn.take() {
+                hub.client_gone(conn);
+                bot.inbox.clear();
+            }
+            let Some(id) = bot.session.clone() else {
+                continue;
+            };
+            let (conn, _) = hub.connect();
+            bot.conn = Some(conn);
+            let out = send(
+                &mut hub,
+                conn,
+                json!({"op": 6, "d": {"token": TOKEN, "session_id": id, "seq": bot.last_seq}}),
+            );
+            let mut tmp = vec![std::mem::take(bot)];
+            deliver(&mut tmp, &out);
+            *bot = tmp.pop().unwrap();
+            read(bot, usize::MAX);
+            if bot.session.is_some() {
+                assert_eq!(bot.got, bot.expected, "seed {seed}: the whole stream, once");
+            }
+            total_resumes += bot.resumes;
+            total_chunks += bot.chunks;
+            total_events += bot.got.len();
+        }
+    }
+    assert!(total_resumes > 150, "resumes exercised: {total_resumes}");
+    assert!(total_chunks > 500, "chunks routed: {total_chunks}");
+    assert!(total_events > 3000, "events checked: {total_events}");
+}
+
+fn deliver(bots: &mut [Bot], out: &[Action]) {
+    for a in out {
+        match a {
+            Action::Send { client, frames } => {
+                if let Some(bot) = bots.iter_mut().find(|b| b.conn == Some(*client)) {
+                    for f in frames {
+                        bot.inbox.push_back(serde_json::from_slice(f).unwrap());
+                    }
+                }
+            }
+            Action::Close { client, .. } => {
+                if let Some(bot) = bots.iter_mut().find(|b| b.conn == Some(*client)) {
+                    bot.conn = None;
+                    bot.inbox.clear();
+                    bot.attached = false;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The bot reads up to `n` frames, as a library would: checks each seq follows the last.
+fn read(bot: &mut Bot, n: usize) {
+    for _ in 0..n {
+        let Some(f) = bot.inbox.pop_front() else {
+            return;
+        };
+        match (f["op"].as_u64(), f["t"].as_str()) {
+            (Some(9), _) => {
+                bot.session = None;
+                bot.dead = false;
+                bot.got.clear();
+                bot.expected.clear();
+                bot.attached = false;
+            }
+            (Some(0), Some("READY")) => {
+                bot.session = Some(f["d"]["session_id"].as_str().unwrap().to_owned());
+                bot.last_seq = f["s"].as_u64().unwrap();
+            }
+            (Some(0), Some("GUILD_CREATE")) => bot.last_seq = f["s"].as_u64().unwrap(),
+            (Some(0), Some("RESUMED")) => {
+                assert_eq!(
+                    f["s"].as_u64(),
+                    Some(bot.last_seq),
+                    "RESUMED repeats the last seq"
+                );
+                bot.resumes += 1;
+            }
+            (Some(0), Some(_)) => {
+                let s = f["s"].as_u64().unwrap();
+                assert_eq!(s, bot.last_seq + 1, "seqs follow one another: {f}");
+                bot.last_seq = s;
+                bot.got.push(f["d"]["n"].as_u64().unwrap());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Resource arrays sorted by their ids, so that two GUILD_CREATEs compare as Discord's
+/// clients read them (the order of a guild's channels, roles... carries no meaning).
+fn normalised(mut guild: Value) -> Value {
+    let key = |field: &str, v: &Value| -> String {
+        let id = match field {
+            "members" | "presences" => &v["user"]["id"],
+            "voice_states" => &v["user_id"],
+            "soundboard_sounds" => &v["sound_id"],
+            _ => &v["id"],
+        };
+        id.as_str().unwrap_or_default().to_owned()
+    };
+    if let Value::Object(fields) = &mut guild {
+        for (field, v) in fields.iter_mut() {
+            if let Value::Array(items) = v {
+                items.sort_by_key(|item| key(field, item));
+            }
+        }
+    }
+    guild
+}
+
+fn guild_creates_of(hub: &mut Hub, intents: u64, large_threshold: Option<u64>) -> Vec<Value> {
+    let (client, _) = hub.connect();
+    let mut payload = identify(TOKEN, None, intents);
+    if let Some(t) = large_threshold {
+        payload["d"]["large_threshold"] = json!(t);
+    }
+    let out = send(hub, client, payload);
+    frames_to(&out, client)
+        .into_iter()
+        .filter(|f| f["t"] == "GUILD_CREATE")
+        .map(|f| normalised(f["d"].clone()))
+        .collect()
+}
+
+fn member(id: &str, nick: Option<&str>) -> Value {
+    json!({"user": {"id": id, "username": format!("u{id}")}, "roles": [], "nick": nick, "joined_at": "2020-01-01T00:00:00Z"})
+}
+
+/// The guild of the cache test, as its GUILD_CREATE first arrives.
+fn first_guild() -> Value {
+    json!({
+        "id": "10", "name": "before", "owner_id": "1", "member_count": 2, "large": false,
+        "joined_at": "2020-01-01T00:00:00Z", "unknown_new_field": {"kept": true},
+        "channels": [{"id": "100", "type": 0, "name": "general"}, {"id": "101", "type": 2, "name": "voice"}],
+        "threads": [{"id": "300", "type": 11, "parent_id": "100", "name": "t1", "thread_metadata": {"archived": false}}],
+        "roles": [{"id": "10", "name": "@everyone", "permissions": "0"}],
+        "emojis": [{"id": "500", "name": "e"}],
+        "stickers": [],
+        "members": [member("1", None), member("2", None)],
+        "voice_states": [],
+        "presences": [{"user": {"id": "2"}, "status": "online", "activities": [], "client_status": {}}],
+        "stage_instances": [],
+        "guild_scheduled_events": [],
+        "soundboard_sounds": []
+    })
+}
+
+/// The updates of the cache test, in order.
+fn guild_updates() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "GUILD_UPDATE",
+            json!({"id": "10", "name": "after", "owner_id": "1",
+            "roles": [{"id": "10", "name": "@everyone", "permissions": "8"}],
+            "emojis": [{"id": "500", "name": "e"}], "stickers": []}),
+        ),
+        (
+            "CHANNEL_CREATE",
+            json!({"id": "102", "guild_id": "10", "type": 0, "name": "new"}),
+        ),
+        (
+            "CHANNEL_UPDATE",
+            json!({"id": "100", "guild_id": "10", "type": 0, "name": "renamed"}),
+        ),
+        (
+            "CHANNEL_DELETE",
+            json!({"id": "101", "guild_id": "10", "type": 2, "name": "voice"}),
+        ),
+        (
+            "THREAD_CREATE",
+            json!({"id": "301", "guild_id": "10", "type": 11, "parent_id": "102", "name": "t2", "newly_created": true, "thread_metadata": {"archived": false}}),
+        ),
+        (
+            "THREAD_UPDATE",
+            json!({"id": "300", "guild_id": "10", "type": 11, "parent_id": "100", "name": "t1", "thread_metadata": {"archived": true}}),
+        ),
+        (
+            "THREAD_CREATE",
+            json!({"id": "302", "guild_id": "10", "type": 11, "parent_id": "100", "name": "t3", "thread_metadata": {"archived": false}}),
+        ),
+        (
+            "THREAD_DELETE",
+            json!({"id": "302", "guild_id": "10", "type": 11, "parent_id": "100"}),
+        ),
+        (
+            "THREAD_LIST_SYNC",
+            json!({"guild_id": "10", "channel_ids": ["100"], "threads": [
+            {"id": "303", "guild_id": "10", "type": 11, "parent_id": "100", "name": "t4", "thread_metadata": {"archived": false}}], "members": []}),
+        ),
+        (
+            "GUILD_ROLE_CREATE",
+            json!({"guild_id": "10", "role": {"id": "11", "name": "mod", "permissions": "4"}}),
+        ),
+        (
+            "GUILD_ROLE_CREATE",
+            json!({"guild_id": "10", "role": {"id": "12", "name": "gone", "permissions": "0"}}),
+        ),
+        (
+            "GUILD_ROLE_UPDATE",
+            json!({"guild_id": "10", "role": {"id": "11", "name": "moderator", "permissions": "4"}}),
+        ),
+        (
+            "GUILD_ROLE_DELETE",
+            json!({"guild_id": "10", "role_id": "12"}),
+        ),
+        ("GUILD_MEMBER_ADD", {
+            let mut m = member("3", None);
+            m["guild_id"] = json!("10");
+            m
+        }),
+        (
+            "GUILD_MEMBER_UPDATE",
+            json!({"guild_id": "10", "user": {"id": "3", "username": "u3"}, "roles": ["11"], "nick": "three"}),
+        ),
+        (
+            "GUILD_MEMBER_REMOVE",
+            json!({"guild_id": "10", "user": {"id": "2", "username": "u2"}}),
+        ),
+        (
+            "GUILD_EMOJIS_UPDATE",
+            json!({"guild_id": "10", "emojis": [{"id": "501", "name": "f"}]}),
+        ),
+        (
+            "GUILD_STICKERS_UPDATE",
+            json!({"guild_id": "10", "stickers": [{"id": "600", "name": "s"}]}),
+        ),
+        (
+            "VOICE_STATE_UPDATE",
+            json!({"guild_id": "10", "user_id": "3", "channel_id": "102", "session_id": "v", "mute": false}),
+        ),
+        (
+            "VOICE_STATE_UPDATE",
+            json!({"guild_id": "10", "user_id": "1", "channel_id": "102", "session_id": "w", "mute": false}),
+        ),
+        (
+            "VOICE_STATE_UPDATE",
+            json!({"guild_id": "10", "user_id": "1", "channel_id": null, "session_id": "w", "mute": false}),
+        ),
+        (
+            "PRESENCE_UPDATE",
+            json!({"guild_id": "10", "user": {"id": "3"}, "status": "idle", "activities": [], "client_status": {}}),
+        ),
+        (
+            "PRESENCE_UPDATE",
+            json!({"guild_id": "10", "user": {"id": "2"}, "status": "offline", "activities": [], "client_status": {}}),
+        ),
+        (
+            "STAGE_INSTANCE_CREATE",
+            json!({"id": "700", "guild_id": "10", "channel_id": "102", "topic": "a"}),
+        ),
+        (
+            "STAGE_INSTANCE_UPDATE",
+            json!({"id": "700", "guild_id": "10", "channel_id": "102", "topic": "b"}),
+        ),
+        (
+            "STAGE_INSTANCE_CREATE",
+            json!({"id": "701", "guild_id": "10", "channel_id": "102", "topic": "c"}),
+        ),
+        (
+            "STAGE_INSTANCE_DELETE",
+            json!({"id": "701", "guild_id": "10", "channel_id": "102", "topic": "c"}),
+        ),
+        (
+            "GUILD_SCHEDULED_EVENT_CREATE",
+            json!({"id": "800", "guild_id": "10", "name": "x", "status": 1}),
+        ),
+        (
+            "GUILD_SCHEDULED_EVENT_UPDATE",
+            json!({"id": "800", "guild_id": "10", "name": "y", "status": 2}),
+        ),
+        (
+            "GUILD_SCHEDULED_EVENT_CREATE",
+            json!({"id": "801", "guild_id": "10", "name": "z", "status": 1}),
+        ),
+        (
+            "GUILD_SCHEDULED_EVENT_DELETE",
+            json!({"id": "801", "guild_id": "10", "name": "z", "status": 3}),
+        ),
+        (
+            "GUILD_SOUNDBOARD_SOUND_CREATE",
+            json!({"sound_id": "900", "guild_id": "10", "name": "boom"}),
+        ),
+        // A guild the cache never had: ignored.
+        (
+            "CHANNEL_CREATE",
+            json!({"id": "199", "guild_id": "99", "type": 0, "name": "elsewhere"}),
+        ),
+        // Not about guilds.
+        (
+            "MESSAGE_CREATE",
+            json!({"id": "1000", "guild_id": "10", "channel_id": "100", "content": "hi"}),
+        ),
+    ]
+}
+
+/// What Discord sends for the guild after those updates, written out by hand.
+fn guild_after_updates() -> Value {
+    json!({
+        "id": "10", "name": "after", "owner_id": "1", "member_count": 2, "large": false,
+        "joined_at": "2020-01-01T00:00:00Z", "unknown_new_field": {"kept": true},
+        "channels": [{"id": "100", "type": 0, "name": "renamed"}, {"id": "102", "type": 0, "name": "new"}],
+        "threads": [
+            {"id": "301", "guild_id": "10", "type": 11, "parent_id": "102", "name": "t2", "thread_metadata": {"archived": false}},
+            {"id": "303", "guild_id": "10", "type": 11, "parent_id": "100", "name": "t4", "thread_metadata": {"archived": false}}],
+        "roles": [{"id": "10", "name": "@everyone", "permissions": "8"}, {"id": "11", "name": "moderator", "permissions": "4"}],
+        "emojis": [{"id": "501", "name": "f"}],
+        "stickers": [{"id": "600", "name": "s"}],
+        "members": [member("1", None), {"user": {"id": "3", "username": "u3"}, "roles": ["11"], "nick": "three", "joined_at": "2020-01-01T00:00:00Z"}],
+        "voice_states": [{"user_id": "3", "channel_id": "102", "session_id": "v", "mute": false}],
+        "presences": [{"user": {"id": "3"}, "status": "idle", "activities": [], "client_status": {}}],
+        "stage_instances": [{"id": "700", "guild_id": "10", "channel_id": "102", "topic": "b"}],
+        "guild_scheduled_events": [{"id": "800", "guild_id": "10", "name": "y", "status": 2}],
+        "soundboard_sounds": [{"sound_id": "900", "guild_id": "10", "name": "boom"}]
+    })
+}
+
+#[test]
+fn a_fresh_identify_gets_the_guilds_patched_by_every_update() {
+    let mut hub = hub_with(vec![0], 1, 64);
+    ready(&mut hub, 0, "up-1", &["10", "11"]);
+    dispatch(&mut hub, 0, "GUILD_CREATE", first_guild());
+    dispatch(
+        &mut hub,
+        0,
+        "GUILD_CREATE",
+        json!({"id": "11", "unavailable": true}),
+    );
+    assert_eq!(
+        guild_creates_of(&mut hub, Intents::GUILDS.bits(), None),
+        [normalised(first_guild())]
+    );
+    for (event, data) in guild_updates() {
+        dispatch(&mut hub, 0, event, data);
+    }
+    assert_eq!(
+        guild_creates_of(&mut hub, Intents::GUILDS.bits(), None),
+        [normalised(guild_after_updates())]
+    );
+    // A guild that goes away is not sent; one that comes back is.
+    dispatch(
+        &mut hub,
+        0,
+        "GUILD_DELETE",
+        json!({"id": "10", "unavailable": true}),
+    );
+    assert!(guild_creates_of(&mut hub, Intents::GUILDS.bits(), None).is_empty());
+    dispatch(&mut hub, 0, "GUILD_CREATE", first_guild());
+    assert_eq!(
+        guild_creates_of(&mut hub, Intents::GUILDS.bits(), None).len(),
+        1
+    );
+    // Without GUILDS, no GUILD_CREATE at all (it is a GUILDS event).
+    assert!(guild_creates_of(&mut hub, Intents::GUILD_MESSAGES.bits(), None).is_empty());
+}
+
+#[test]
+fn resource_kinds_not_cached_are_sent_empty() {
+    let mut config = HubConfig::new(
+        Token::new(TOKEN).unwrap(),
+        Intents::GUILDS,
+        vec![0],
+        1,
+        "ws://127.0.0.1:9".into(),
+    );
+    config.cache = handover_proxy::CacheKinds::parse("channels,roles").unwrap();
+    let mut hub = Hub::new(config);
+    ready(&mut hub, 0, "up-1", &["10"]);
+    dispatch(&mut hub, 0, "GUILD_CREATE", first_guild());
+    for (event, data) in guild_updates() {
+        dispatch(&mut hub, 0, event, data);
+    }
+    let mut expected = guild_after_updates();
+    for field in [
+        "threads",
+        "emojis",
+        "stickers",
+        "members",
+        "voice_states",
+        "presences",
+        "stage_instances",
+        "guild_scheduled_events",
+        "soundboard_sounds",
+    ] {
+        expected[field] = json!([]);
+    }
+    assert_eq!(
+        guild_creates_of(&mut hub, Intents::GUILDS.bits(), None),
+        [normalised(expected)]
+    );
+}
+
+#[test]
+fn an_identify_presence_goes_upstream_and_over_budget_is_only_dropped() {
+    let mut hub = hub_with(vec![0], 1, 16);
+    let (client, _) = hub.connect();
+    let presence = json!({"since": null, "activities": [{"name": "x", "type": 0}], "status": "dnd", "afk": false});
+    let mut payload = identify(TOKEN, None, 1);
+    payload["d"]["presence"] = presence.clone();
+    // Before the upstream READY: nothing goes upstream yet.
+    let out = send(&mut hub, client, payload);
+    assert!(out.is_empty(), "{out:?}");
+    let out = ready(&mut hub, 0, "up-1", &[]);
+    let forwarded: Vec<(u8, Value, bool)> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Forward {
+                client: c,
+                op,
+                d,
+                from_identify,
+                ..
+            } if *c == client => Some((
+                *op,
+                serde_json::from_str(d.as_str()).unwrap(),
+                *from_identify,
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(forwarded, [(3, presence, true)]);
+    assert_eq!(frames_to(&out, client)[0]["t"], "READY");
+    let mut out = Vec::new();
+    hub.identify_presence_sent(handover_proxy::CommandOutcome::OverBudget);
+    assert_eq!(close_of(&out, client), None);
+    assert_eq!(hub.stats().commands_dropped, 1);
+    // Without a presence, nothing is forwarded.
+    let (other, _) = hub.connect();
+    hub.client_text(
+        other,
+        identify(TOKEN, None, 1).to_string().as_bytes(),
+        &mut out,
+    );
+    assert!(!out.iter().any(|a| matches!(a, Action::Forward { .. })));
+}
+
+#[test]
+fn large_threshold_trims_the_members_of_a_large_guild() {
+    let mut hub = hub_with(vec![0], 1, 64);
+    ready(&mut hub, 0, "up-1", &["10"]);
+    let mut guild = first_guild();
+    guild["members"] = json!([member("1", None), member("2", None), member("3", None)]);
+    guild["member_count"] = json!(3);
+    guild["voice_states"] = json!([{"user_id": "3", "channel_id": "101", "session_id": "v"}]);
+    dispatch(&mut hub, 0, "GUILD_CREATE", guild.clone());
+    let ids = |g: &Value| -> Vec<String> {
+        g["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["user"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let full = guild_creates_of(&mut hub, Intents::GUILDS.bits(), None);
+    assert_eq!(ids(&full[0]), ["1", "2", "3"]);
+    assert_eq!(
+        full[0]["large"], false,
+        "the upstream's own flag without a threshold"
+    );
+    let small = guild_creates_of(&mut hub, Intents::GUILDS.bits(), Some(250));
+    assert_eq!(ids(&small[0]), ["1", "2", "3"]);
+    assert_eq!(small[0]["large"], false);
+    // Above the threshold: the online member (2, a presence) and the one in voice (3).
+    let large = guild_creates_of(&mut hub, Intents::GUILDS.bits(), Some(2));
+    assert_eq!(ids(&large[0]), ["2", "3"]);
+    assert_eq!(large[0]["large"], true);
 }

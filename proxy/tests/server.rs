@@ -388,6 +388,16 @@ async fn status_and_metrics_show_each_client_session() {
     assert!(metrics.contains(&line), "{metrics}");
     let line = format!("handover_proxy_session_connected{{shard=\"0\",session=\"{session}\"}} 0");
     assert!(metrics.contains(&line), "{metrics}");
+    // The upstream shard's own metrics, as `handover run --http` renders them.
+    for line in [
+        "handover_shard_phase{shard=\"0\",phase=\"receiving\"} 1\n",
+        "handover_shard_identifies_total{shard=\"0\"} 1\n",
+        // READY and the four dispatches.
+        "handover_shard_events_received_total{shard=\"0\"} 5\n",
+        "handover_shard_live_sockets{shard=\"0\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     if let Some(fleet) = proxy.stop().await {
         fleet
             .shutdown(handover_core::StopIntent::KeepResumable)
@@ -427,6 +437,57 @@ async fn a_client_that_stops_heartbeating_is_closed_resumable() {
         if v["t"] == "E" {
             break;
         }
+    }
+    if let Some(fleet) = proxy.stop().await {
+        fleet
+            .shutdown(handover_core::StopIntent::KeepResumable)
+            .await;
+    }
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_chunks_go_back_to_the_client_that_asked_even_with_the_same_nonce() {
+    let (mock, proxy, url) = start(1024).await;
+    let (mut a, ready_a) = connect(&url, identify()).await;
+    let (mut b, ready_b) = connect(&url, identify()).await;
+    assert_eq!(
+        (ready_a["t"].as_str(), ready_b["t"].as_str()),
+        (Some("READY"), Some("READY"))
+    );
+    let request =
+        json!({"op": 8, "d": {"guild_id": "1", "query": "", "limit": 0, "nonce": "same"}});
+    let handle = proxy.handle();
+    // One at a time, so the proxy's nonces are handover-1 (a) and handover-2 (b).
+    for (n, ws) in [(1, &mut a), (2, &mut b)] {
+        ws.send(Message::text(request.to_string())).await.unwrap();
+        for _ in 0..500 {
+            if handle.stats().forwarded == n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(handle.stats().forwarded, n);
+    }
+    let chunk = |nonce: &str| json!({"guild_id": "1", "members": [], "chunk_index": 0, "chunk_count": 1, "nonce": nonce});
+    mock.handle()
+        .dispatch(0, "GUILD_MEMBERS_CHUNK", &chunk("handover-2"));
+    mock.handle()
+        .dispatch(0, "GUILD_MEMBERS_CHUNK", &chunk("handover-1"));
+    mock.handle().dispatch(0, "E", &json!({"n": 1}));
+    for ws in [&mut a, &mut b] {
+        let got = next_json(ws).await.unwrap();
+        assert_eq!(got["t"], "GUILD_MEMBERS_CHUNK", "{got}");
+        assert_eq!(got["d"]["nonce"], "same", "the client's own nonce: {got}");
+        // Its own seq: READY was 1, the chunk is 2, the next event 3 (the other client's
+        // chunk took none of its seqs).
+        assert_eq!(got["s"], 2, "{got}");
+        let next = next_json(ws).await.unwrap();
+        assert_eq!(
+            (next["t"].as_str(), next["s"].as_u64()),
+            (Some("E"), Some(3)),
+            "{next}"
+        );
     }
     if let Some(fleet) = proxy.stop().await {
         fleet

@@ -18,6 +18,7 @@ mod coordination;
 pub mod delivery;
 mod fleet;
 pub mod http;
+pub mod metrics;
 mod queue;
 #[cfg(feature = "redis")]
 pub mod redis;
