@@ -289,7 +289,8 @@ impl GuildCache {
             "VOICE_STATE_UPDATE" => !self.kinds.contains(CacheKind::VoiceStates),
             _ => false,
         };
-        if !relevant || uncached || self.guilds.is_empty() {
+        // With no guild cached only a GUILD_CREATE (a guild joined) can change anything.
+        if !relevant || uncached || (self.guilds.is_empty() && event_type != "GUILD_CREATE") {
             return;
         }
         let Ok(Value::Object(mut d)) = serde_json::from_slice::<Value>(data.as_bytes()) else {
@@ -550,5 +551,15 @@ mod tests {
         assert!(!k.contains(CacheKind::Members));
         let e = CacheKinds::parse("channels,bogus").unwrap_err();
         assert!(e.to_string().contains("\"bogus\""), "{e}");
+    }
+
+    #[test]
+    fn a_guild_joined_with_none_cached_is_kept() {
+        let mut cache = GuildCache::new(CacheKinds::all());
+        let data =
+            RawJson::parse(r#"{"id":"7","name":"joined","channels":[]}"#.to_owned()).unwrap();
+        cache.apply("GUILD_CREATE", &data);
+        assert_eq!(cache.ids().collect::<Vec<_>>(), ["7"]);
+        assert_eq!(cache.guild_creates(None).len(), 1);
     }
 }
