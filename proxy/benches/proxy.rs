@@ -27,7 +27,6 @@
 #[allow(dead_code)] // the envelope helper is the decoding benches'.
 mod common;
 #[path = "../../runtime/benches/process/mod.rs"]
-#[allow(dead_code)] // the firehose bench uses the memory helpers too; this one does not.
 mod process;
 
 use std::io::{BufRead, BufReader};
