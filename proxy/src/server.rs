@@ -88,6 +88,9 @@ struct Forward {
 /// Client commands queued for the forwarder before more are refused (4008).
 const FORWARD_QUEUE: usize = 256;
 
+/// Queued batches a client's writer takes after the one it woke for, before one flush.
+const DRAIN_BATCHES: usize = 64;
+
 struct State {
     hub: Hub,
     clients: HashMap<ClientId, ClientTx>,
@@ -816,6 +819,17 @@ async fn run_client<S>(
                     for frame in frames {
                         if let Some(m) = encoder.message(frame) {
                             sink.feed(m).await?;
+                        }
+                    }
+                    // Batches already queued behind this one go out with it: one flush (one
+                    // write to the socket) per burst, not one per event. Bounded, so that a
+                    // close or a client frame waits at most this many batches.
+                    for _ in 0..DRAIN_BATCHES {
+                        let Ok(frames) = rx.try_recv() else { break };
+                        for frame in frames {
+                            if let Some(m) = encoder.message(frame) {
+                                sink.feed(m).await?;
+                            }
                         }
                     }
                     sink.flush().await
