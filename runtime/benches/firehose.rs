@@ -40,6 +40,8 @@
 
 #[path = "../../protocol/benches/common/mod.rs"]
 mod common;
+#[path = "compressions/mod.rs"]
+mod compressions;
 #[path = "process/mod.rs"]
 mod process;
 
@@ -55,6 +57,7 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use compressions::{COMPRESSIONS, compression_name, parse_compression};
 use process::{cpu_secs, cpu_secs_of, reap, status_kib, status_kib_of, wait_line};
 
 /// The event every stream sends.
@@ -127,20 +130,6 @@ impl Client {
     fn parse(s: &str) -> Option<Client> {
         Client::ALL.into_iter().find(|c| c.name() == s)
     }
-}
-
-const COMPRESSIONS: [Compression; 3] = [
-    Compression::None,
-    Compression::ZlibStream,
-    Compression::ZstdStream,
-];
-
-fn compression_name(c: Compression) -> &'static str {
-    c.query_value().unwrap_or("plain")
-}
-
-fn parse_compression(s: &str) -> Option<Compression> {
-    COMPRESSIONS.into_iter().find(|c| compression_name(*c) == s)
 }
 
 /// What one run measured.

@@ -32,6 +32,8 @@
 //! Without `--bench` (as under `cargo test --benches`) it runs 4 shards for 1 s: it proves the
 //! harness works and measures nothing worth keeping. Every wait is bounded.
 
+#[path = "compressions/mod.rs"]
+mod compressions;
 #[path = "process/mod.rs"]
 mod process;
 
@@ -43,6 +45,7 @@ use handover_mock::{DEFAULT_TOKEN, MockConfig, MockServer};
 use handover_protocol::{Compression, GatewayConfig, Intents, SessionStartLimit, Token};
 use handover_runtime::{Fleet, FleetConfig, ShardEventKind, ShardSelection};
 
+use compressions::{COMPRESSIONS, compression_name, parse_compression};
 use process::{reap, status_kib_of, wait_line};
 
 #[global_allocator]
@@ -93,20 +96,6 @@ impl Client {
     fn parse(s: &str) -> Option<Client> {
         Client::ALL.into_iter().find(|c| c.name() == s)
     }
-}
-
-const COMPRESSIONS: [Compression; 3] = [
-    Compression::None,
-    Compression::ZlibStream,
-    Compression::ZstdStream,
-];
-
-fn compression_name(c: Compression) -> &'static str {
-    c.query_value().unwrap_or("plain")
-}
-
-fn parse_compression(s: &str) -> Option<Compression> {
-    COMPRESSIONS.into_iter().find(|c| compression_name(*c) == s)
 }
 
 struct Plan {
