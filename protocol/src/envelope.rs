@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::scan::{ScanError, scan};
+use super::scan::{ScanError, Scanned, scan, scan_strict};
 use super::{OpCode, ProtocolError};
 
 /// Largest payload the gateway accepts from a client, in bytes. A larger one makes Discord close
@@ -22,15 +22,19 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 /// message buffer.
 ///
 /// What [`Envelope::parse`] checks, in one pass over the message and without building `d`: the
-/// message is UTF-8 (checked once over the whole message), it is one JSON object with nothing
-/// but whitespace after it, every value in it (all of `d` included) follows the JSON grammar
-/// (strings terminated, with valid escapes and no control characters; numbers; literals;
-/// brackets balanced and matched; any depth), no `op`, `d`, `s` or `t` key appears twice, `op`
-/// and `s` are unsigned 64-bit integers or `null` and `t` a string or `null`. These are the
-/// rules `serde_json` applied when it parsed the envelope; `protocol/tests/envelope_oracle.rs`
-/// holds the scanner to them with `serde_json` as the oracle. What `d` means is checked only
-/// where it is read: HELLO, READY and INVALID_SESSION by the codec, every other event by the
-/// application that deserializes it.
+/// message is UTF-8 (checked once over the whole message); the envelope is strict JSON (one
+/// object with nothing but whitespace after it, keys, colons and commas in place, every value
+/// but `d` following the full grammar, no `op`, `d`, `s` or `t` key twice, `op` and `s`
+/// unsigned 64-bit integers or `null`, `t` a string or `null`); an object or array `d` is
+/// checked structurally only (strings closed, with valid escapes and no control characters;
+/// brackets balanced and matched by kind; any depth), a scalar `d` fully.
+/// [`Envelope::parse_strict`] also checks the full grammar inside `d`, the rules `serde_json`
+/// applied when it parsed the envelope. `protocol/tests/envelope_oracle.rs` holds both to
+/// `serde_json` as the oracle: whatever `serde_json` accepts both read the same; whatever
+/// `parse` accepts with a `d` that is valid JSON on its own, `serde_json` reads the same (so no
+/// sequence number is ever read that a strict parser would not). What `d` means, and its full
+/// grammar, is checked where it is read: HELLO, READY and INVALID_SESSION by the codec, every
+/// other event by the application that deserializes it (a typed error there).
 #[derive(Debug, Clone)]
 pub struct Envelope<'a> {
     /// The opcode number (kept raw so unknown ones can be reported with their number).
@@ -44,9 +48,22 @@ pub struct Envelope<'a> {
 }
 
 impl<'a> Envelope<'a> {
-    /// Parses the envelope of one complete JSON message. `d` is checked to be valid JSON but not
-    /// interpreted (see [`Envelope`] for what is checked).
+    /// Parses the envelope of one complete JSON message, the codec's hot path: `d` is checked
+    /// structurally but not interpreted (see [`Envelope`] for what is checked).
     pub fn parse(bytes: &'a [u8]) -> Result<Envelope<'a>, ProtocolError> {
+        Self::parse_with(bytes, scan)
+    }
+
+    /// Parses the envelope like [`Envelope::parse`], and checks `d` against the full JSON
+    /// grammar too: it accepts exactly what `serde_json` accepts for the envelope.
+    pub fn parse_strict(bytes: &'a [u8]) -> Result<Envelope<'a>, ProtocolError> {
+        Self::parse_with(bytes, scan_strict)
+    }
+
+    fn parse_with(
+        bytes: &'a [u8],
+        scanner: fn(&'a str) -> Result<Scanned<'a>, ScanError>,
+    ) -> Result<Envelope<'a>, ProtocolError> {
         // simdutf8 picks its SIMD kernel (AVX2, SSE4.2, NEON) at run time; on the error path
         // std's check finds the offset for the message.
         let text = simdutf8::basic::from_utf8(bytes).map_err(|_| ProtocolError::MalformedJson {
@@ -55,7 +72,7 @@ impl<'a> Envelope<'a> {
                 std::str::from_utf8(bytes).map_or_else(|e| e.valid_up_to(), str::len)
             ),
         })?;
-        let scanned = scan(text).map_err(|e| match e {
+        let scanned = scanner(text).map_err(|e| match e {
             ScanError::MissingOp => ProtocolError::MissingField {
                 field: "op",
                 context: "payload",
@@ -91,7 +108,9 @@ pub fn encode_payload<T: Serialize + ?Sized>(op: OpCode, d: &T) -> Result<Vec<u8
     })
 }
 
-/// Valid JSON text kept as bytes. Received event data shares the message buffer (no copy).
+/// JSON text kept as bytes. Received event data shares the message buffer (no copy); it was
+/// checked structurally by [`Envelope::parse`], and its full grammar is checked when it is
+/// deserialized or serialized (a typed error there).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RawJson(Bytes);
 

@@ -1,12 +1,24 @@
 //! A scanner for the gateway envelope `{op, d, s, t}`: it reads `op`, `s` and `t`, and finds
-//! where `d` begins and ends, validating the whole message as JSON on the way without building
-//! anything (no allocation unless `t` or a key holds escapes).
+//! where `d` begins and ends without building anything (no allocation unless `t` or a key holds
+//! escapes).
 //!
-//! What it checks is what `serde_json::from_str` checks for the same envelope struct (the
-//! property tests use serde_json as the oracle): the grammar of every value (RFC 8259: strings
-//! with valid escapes and no control characters, numbers, literals, any nesting depth),
-//! one object and nothing after it but whitespace, no duplicate `op`/`d`/`s`/`t` keys, `op`
-//! and `s` unsigned 64-bit integers (or `null`), `t` a string (or `null`).
+//! Two depths of checking, the same envelope rules in both:
+//!
+//! - The envelope itself, always strict: one object and nothing after it but whitespace, keys
+//!   strings, colons and commas where RFC 8259 puts them, no duplicate `op`/`d`/`s`/`t` keys,
+//!   `op` and `s` unsigned 64-bit integers (or `null`), `t` a string (or `null`), and the full
+//!   grammar of every value other than `d` (unknown keys included).
+//! - `d`: [`scan_strict`] checks its full grammar, as `serde_json::from_str` does for the
+//!   envelope struct (the property tests use serde_json as the oracle). [`scan`], the codec's
+//!   hot path, checks an object or array `d` only structurally: strings closed, with valid
+//!   escapes and no raw control characters; brackets balanced and matched by kind; any depth.
+//!   What lies between them (numbers, literals, commas, colons) is passed over unread, eight
+//!   bytes at a time. A scalar `d` (string, number, literal) gets the full grammar in both.
+//!
+//! So a message [`scan`] accepts is one [`scan_strict`] accepts with the same `op`, `s`, `t`
+//! and `d` whenever the text of `d` is valid JSON on its own: an application that parses `d`
+//! either gets a typed error from its own parser or reads exactly what a strict parser of the
+//! whole message would, never a different sequence number (`protocol/tests/scan_oracle.rs`).
 //!
 //! The input is `&str`: UTF-8 is checked once, by the caller, over the whole message, so the
 //! scanner itself never looks at a byte twice.
@@ -61,8 +73,18 @@ impl fmt::Display for ScanError {
 
 impl std::error::Error for ScanError {}
 
-/// Scans one complete message.
+/// Scans one complete message, `d` checked structurally (the codec's hot path; see the module
+/// documentation).
 pub(crate) fn scan(text: &str) -> Result<Scanned<'_>, ScanError> {
+    scan_with(text, false)
+}
+
+/// Scans one complete message, `d` checked against the full JSON grammar.
+pub(crate) fn scan_strict(text: &str) -> Result<Scanned<'_>, ScanError> {
+    scan_with(text, true)
+}
+
+fn scan_with(text: &str, strict: bool) -> Result<Scanned<'_>, ScanError> {
     let mut c = Cursor {
         b: text.as_bytes(),
         i: 0,
@@ -136,7 +158,10 @@ pub(crate) fn scan(text: &str) -> Result<Scanned<'_>, ScanError> {
                         d = Some(None);
                     } else {
                         let start = c.i;
-                        c.skip_value()?;
+                        match c.peek() {
+                            Some(b'{' | b'[') if !strict => c.skip_structural()?,
+                            _ => c.skip_value()?,
+                        }
                         d = Some(Some(&text[start..c.i]));
                     }
                 }
@@ -189,14 +214,93 @@ static STOP: [bool; 256] = string_stop_table();
 const LO: u64 = 0x0101_0101_0101_0101;
 const HI: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any byte of `w` is `"`, `\` or below 0x20 (bytes >= 0x80 never match).
+/// High bit set in each byte of `x` that is zero. Only the lowest set bit is exact (a borrow
+/// can flag a byte above a zero one), which is all the callers use: `trailing_zeros() / 8` is
+/// the index of the first matching byte.
 #[inline]
-fn has_stop(w: u64) -> bool {
-    let quote = w ^ (LO * u64::from(b'"'));
-    let slash = w ^ (LO * u64::from(b'\\'));
-    let zero = |x: u64| x.wrapping_sub(LO) & !x;
-    let ctrl = w.wrapping_sub(LO * 0x20) & !w;
-    (zero(quote) | zero(slash) | ctrl) & HI != 0
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(LO) & !x & HI
+}
+
+/// Flags the bytes of `w` that are `"`, `\` or below 0x20 (bytes >= 0x80 never match); the
+/// lowest flag is exact.
+#[inline]
+fn stop_mask(w: u64) -> u64 {
+    let ctrl = w.wrapping_sub(LO * 0x20) & !w & HI;
+    zero_bytes(w ^ (LO * u64::from(b'"'))) | zero_bytes(w ^ (LO * u64::from(b'\\'))) | ctrl
+}
+
+/// The eight bytes at `i` as one little-endian word, if there are eight left.
+#[inline]
+fn word_at(b: &[u8], i: usize) -> Option<u64> {
+    b.get(i..)
+        .and_then(<[u8]>::first_chunk::<8>)
+        .map(|w| u64::from_le_bytes(*w))
+}
+
+/// One bit a byte of a 64-byte block, bit `k` for byte `k`.
+struct Masks {
+    quote: u64,
+    backslash: u64,
+    /// `{`, `}`, `[` and `]`.
+    bracket: u64,
+    /// Bytes below 0x20.
+    control: u64,
+}
+
+impl Masks {
+    #[inline]
+    fn of(block: &[u8; 64]) -> Masks {
+        let mut m = Masks {
+            quote: 0,
+            backslash: 0,
+            bracket: 0,
+            control: 0,
+        };
+        for (k, chunk) in block.chunks_exact(8).enumerate() {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            let w = u64::from_le_bytes(word);
+            let folded = w | (LO * 0x20);
+            let shift = 8 * k;
+            m.quote |= pack(eq_bytes(w, b'"')) << shift;
+            m.backslash |= pack(eq_bytes(w, b'\\')) << shift;
+            m.bracket |= pack(eq_bytes(folded, b'{') | eq_bytes(folded, b'}')) << shift;
+            m.control |= pack(zero_bytes_exact(w & (LO * 0xE0))) << shift;
+        }
+        m
+    }
+}
+
+/// High bit set in exactly the bytes of `x` that are zero.
+#[inline]
+fn zero_bytes_exact(x: u64) -> u64 {
+    const LOW7: u64 = LO * 0x7F;
+    !(((x & LOW7).wrapping_add(LOW7)) | x) & HI
+}
+
+/// High bit set in exactly the bytes of `w` equal to `byte`.
+#[inline]
+fn eq_bytes(w: u64, byte: u8) -> u64 {
+    zero_bytes_exact(w ^ (LO * u64::from(byte)))
+}
+
+/// The eight high bits of `m` (one a byte) packed into the low eight bits, byte `k` to bit `k`.
+#[inline]
+fn pack(m: u64) -> u64 {
+    ((m >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
+}
+
+/// Bit `k` of the result is the xor of bits `0..=k` of `x`.
+#[inline]
+fn prefix_xor(mut x: u64) -> u64 {
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    x
 }
 
 impl<'a> Cursor<'a> {
@@ -239,21 +343,27 @@ impl<'a> Cursor<'a> {
         self.i += 1;
         let mut escaped = false;
         loop {
-            // Eight bytes at a time while none of them needs a look.
-            while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-                let w = u64::from_le_bytes([
-                    chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
-                ]);
-                if has_stop(w) {
-                    break;
+            // Eight bytes at a time up to the first that needs a look.
+            loop {
+                match word_at(self.b, self.i) {
+                    Some(w) => {
+                        let m = stop_mask(w);
+                        if m != 0 {
+                            self.i += (m.trailing_zeros() / 8) as usize;
+                            break;
+                        }
+                        self.i += 8;
+                    }
+                    None => {
+                        while let Some(&b) = self.b.get(self.i) {
+                            if STOP[b as usize] {
+                                break;
+                            }
+                            self.i += 1;
+                        }
+                        break;
+                    }
                 }
-                self.i += 8;
-            }
-            while let Some(&b) = self.b.get(self.i) {
-                if STOP[b as usize] {
-                    break;
-                }
-                self.i += 1;
             }
             match self.peek() {
                 Some(b'"') => {
@@ -434,6 +544,118 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// Skips one object or array from its opening bracket, checking structure only: strings
+    /// closed, with valid escapes and no control characters, no backslash outside a string,
+    /// brackets balanced and matched by kind, any depth. Bytes outside strings other than
+    /// brackets are passed over unread.
+    ///
+    /// It reads 64 bytes at a time as bit masks (one bit a byte, built eight bytes at a time
+    /// from u64 words): quotes, backslashes, brackets, control characters. Which bytes are
+    /// inside strings follows from the unescaped quotes by a prefix xor, so a block's strings
+    /// cost no branch; only backslashes (rare) and brackets outside strings (a few per event)
+    /// are visited one by one.
+    fn skip_structural(&mut self) -> Result<(), ScanError> {
+        let mut stack = Brackets::default();
+        // Whether the previous block ended inside a string (all ones) or not, and whether its
+        // last byte was a backslash that escapes the first byte of this block.
+        let mut in_string_carry: u64 = 0;
+        let mut escape_carry = false;
+        let mut base = self.i;
+        loop {
+            let Some(rest) = self.b.get(base..).filter(|r| !r.is_empty()) else {
+                self.i = self.b.len();
+                return Err(if in_string_carry != 0 {
+                    self.err("EOF while parsing a string")
+                } else {
+                    self.err("EOF while parsing a value")
+                });
+            };
+            let masks = match rest.first_chunk::<64>() {
+                Some(block) => Masks::of(block),
+                None => {
+                    // The last, short block, padded with spaces (which match no mask).
+                    let mut block = [b' '; 64];
+                    block[..rest.len()].copy_from_slice(rest);
+                    Masks::of(&block)
+                }
+            };
+            // Escaped bytes: each backslash not itself escaped escapes the next byte.
+            let mut escaped = u64::from(escape_carry);
+            escape_carry = false;
+            let mut unescaped_backslashes = 0;
+            let mut bs = masks.backslash;
+            while bs != 0 {
+                let p = bs.trailing_zeros();
+                bs &= bs - 1;
+                if (escaped >> p) & 1 == 1 {
+                    continue;
+                }
+                unescaped_backslashes |= 1 << p;
+                self.i = base + p as usize;
+                self.escape()?;
+                if p == 63 {
+                    escape_carry = true;
+                } else {
+                    escaped |= 1 << (p + 1);
+                }
+            }
+            let quotes = masks.quote & !escaped;
+            let in_string = prefix_xor(quotes) ^ in_string_carry;
+            in_string_carry = 0u64.wrapping_sub(in_string >> 63);
+            let bad = (masks.control & in_string) | (unescaped_backslashes & !in_string);
+            let mut brackets = masks.bracket & !in_string;
+            // The first bad byte counts only if it comes before the end of `d`.
+            let mut end_of_d = None;
+            while brackets != 0 {
+                let p = brackets.trailing_zeros() as usize;
+                brackets &= brackets - 1;
+                // Bits past the end of `rest` are padding, which matches no mask.
+                match rest.get(p).copied() {
+                    Some(b'{') => stack.push(true),
+                    Some(b'[') => stack.push(false),
+                    close => {
+                        if stack.top() != Some(close == Some(b'}')) {
+                            self.i = base + p;
+                            self.check_bad(base, bad, p)?;
+                            return Err(self.err("mismatched closing bracket"));
+                        }
+                        stack.pop();
+                        if stack.top().is_none() {
+                            end_of_d = Some(p);
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(p) = end_of_d {
+                self.check_bad(base, bad, p)?;
+                self.i = base + p + 1;
+                return Ok(());
+            }
+            self.check_bad(base, bad, 63)?;
+            base += 64;
+        }
+    }
+
+    /// Fails at the first byte flagged in `bad` at or before bit `last` of the block at `base`.
+    fn check_bad(&mut self, base: usize, bad: u64, last: usize) -> Result<(), ScanError> {
+        let upto = if last >= 63 {
+            u64::MAX
+        } else {
+            (1u64 << (last + 1)) - 1
+        };
+        let bad = bad & upto;
+        if bad == 0 {
+            return Ok(());
+        }
+        self.i = base + bad.trailing_zeros() as usize;
+        Err(if self.peek() == Some(b'\\') {
+            self.err("backslash outside a string")
+        } else {
+            self.err("control character in string")
+        })
+    }
+
     /// A key and its colon, inside an object being skipped.
     fn key(&mut self) -> Result<(), ScanError> {
         if self.peek() != Some(b'"') {
@@ -526,6 +748,50 @@ impl Brackets {
         self.len -= 1;
         if self.len > 0 && self.len.is_multiple_of(128) {
             self.word = self.spill.pop().unwrap_or(0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mask builders against a byte-by-byte reference, on words that mix every class.
+    #[test]
+    fn masks_match_the_bytes() {
+        let mut rng = fastrand::Rng::with_seed(0x5ca1);
+        let alphabet = [
+            b'"', b'\\', b'{', b'}', b'[', b']', b';', b'=', 0, 0x1f, 0x20, 0x7f, 0x80, 0xfb, 0xdd,
+            b'a',
+        ];
+        for _ in 0..2_000 {
+            let mut block = [0u8; 64];
+            for b in &mut block {
+                *b = if rng.bool() {
+                    alphabet[rng.usize(..alphabet.len())]
+                } else {
+                    rng.u8(..)
+                };
+            }
+            let m = Masks::of(&block);
+            let want = |f: &dyn Fn(u8) -> bool| {
+                block
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |acc, (k, &b)| acc | (u64::from(f(b)) << k))
+            };
+            assert_eq!(m.quote, want(&|b| b == b'"'));
+            assert_eq!(m.backslash, want(&|b| b == b'\\'));
+            assert_eq!(m.bracket, want(&|b| matches!(b, b'{' | b'}' | b'[' | b']')));
+            assert_eq!(m.control, want(&|b| b < 0x20));
+            let x = rng.u64(..);
+            let mut acc = 0;
+            let mut px = 0;
+            for k in 0..64 {
+                acc ^= (x >> k) & 1;
+                px |= acc << k;
+            }
+            assert_eq!(prefix_xor(x), px);
         }
     }
 }

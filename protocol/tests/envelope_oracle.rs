@@ -1,7 +1,16 @@
-//! The envelope scanner against `serde_json` as the oracle: for any message, generated or
-//! damaged, [`Envelope::parse`] must accept exactly what `serde_json` accepted for the envelope
-//! struct the codec used to parse (`op`, `s`, `t`, `d` kept raw), and read the same `op`, `s`,
-//! `t` and the same text of `d`. What it rejects it rejects with a typed error.
+//! The envelope scanner against `serde_json` as the oracle, for any message, generated or
+//! damaged:
+//!
+//! - [`Envelope::parse_strict`] accepts exactly what `serde_json` accepted for the envelope
+//!   struct the codec used to parse (`op`, `s`, `t`, `d` kept raw), and reads the same `op`,
+//!   `s`, `t` and the same text of `d`.
+//! - [`Envelope::parse`], the codec's path, which checks `d` only structurally: (a) whatever
+//!   `serde_json` accepts it accepts with the same `op`, `s`, `t` and `d`; (b) whatever it
+//!   accepts with a `d` that `serde_json` parses on its own, `serde_json` accepts as a whole
+//!   message with the same fields, so an application that parses `d` never reads a sequence
+//!   number a strict parser would not.
+//!
+//! Both reject with a typed error, never a panic.
 
 #[path = "fuzz_common/mod.rs"]
 mod fuzz_common;
@@ -41,8 +50,8 @@ fn oracle(bytes: &[u8]) -> Option<Fields<'_>> {
     ))
 }
 
-fn ours(bytes: &[u8]) -> Option<Fields<'_>> {
-    match Envelope::parse(bytes) {
+fn fields<'a>(parsed: Result<Envelope<'a>, ProtocolError>, bytes: &[u8]) -> Option<Fields<'a>> {
+    match parsed {
         Ok(e) => Some((e.op, e.s, e.t.map(|t| t.into_owned()), e.d)),
         Err(ProtocolError::MalformedJson { .. } | ProtocolError::MissingField { .. }) => None,
         Err(other) => panic!("untyped envelope error {other:?} for {bytes:?}"),
@@ -54,12 +63,29 @@ fn check(text: &str) {
 }
 
 fn check_bytes(bytes: &[u8]) {
+    let expected = oracle(bytes);
+    let input = String::from_utf8_lossy(bytes);
     assert_eq!(
-        ours(bytes),
-        oracle(bytes),
-        "input: {:?}",
-        String::from_utf8_lossy(bytes)
+        fields(Envelope::parse_strict(bytes), bytes),
+        expected,
+        "strict, input: {input:?}"
     );
+    let fast = fields(Envelope::parse(bytes), bytes);
+    // (a) What serde accepts, the fast scan reads the same.
+    if expected.is_some() {
+        assert_eq!(fast, expected, "fast, input: {input:?}");
+    }
+    // (b) What the fast scan accepts with a `d` that parses on its own, serde reads the same.
+    if let Some(f) = &fast
+        && f.3
+            .is_none_or(|d| serde_json::from_str::<&RawValue>(d).is_ok())
+    {
+        assert_eq!(
+            Some(f),
+            expected.as_ref(),
+            "fast, d valid, input: {input:?}"
+        );
+    }
 }
 
 fn leaf() -> impl Strategy<Value = String> {
@@ -79,6 +105,20 @@ fn leaf() -> impl Strategy<Value = String> {
         Just(r#""\ud83d\ude00""#.to_owned()),
         Just(r#""\ud83d""#.to_owned()),
         Just(r#""\u00e9\n\t\/""#.to_owned()),
+        // An escape (or a run of backslashes) at every offset around the eight-byte words.
+        (
+            0usize..18,
+            prop::sample::select(vec![
+                r#"\""#,
+                r#"\\"#,
+                r#"\\\""#,
+                r#"\u0041"#,
+                r#"\\\\"#,
+                r#"\n"#
+            ]),
+            r"[a-z\]\}\[\{]{0,3}",
+        )
+            .prop_map(|(n, esc, tail)| format!("\"{}{esc}{tail}\"", "a".repeat(n))),
     ]
 }
 
@@ -172,6 +212,43 @@ proptest! {
         }
         check_bytes(&bytes);
     }
+
+    /// Arbitrary bytes.
+    #[test]
+    fn arbitrary_bytes_agree_with_serde(bytes in prop::collection::vec(any::<u8>(), 0..80)) {
+        check_bytes(&bytes);
+    }
+
+    /// An object or array `d` of JSON punctuation in any order, then `s`: the structural skip
+    /// accepts much of it that the grammar refuses, and must still never read another `s`.
+    #[test]
+    fn structural_noise_in_d(
+        open in prop::sample::select(vec!["{", "["]),
+        noise in r#"[\[\]{}",:\\ a0-9\x01]{0,40}"#,
+        s in any::<u64>(),
+    ) {
+        check(&format!(r#"{{"op":0,"d":{open}{noise},"s":{s}}}"#));
+        check(&format!(r#"{{"op":0,"d":{open}{noise}}}"#));
+    }
+
+    /// A valid `d` with junk put inside it (between its first and last byte).
+    #[test]
+    fn damaged_d_agrees_with_serde(
+        d in value(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), r#"[\[\]{}",:\\ a0-9.\-]"#), 1..4),
+        s in any::<u64>(),
+    ) {
+        let mut d = d;
+        for (at, junk) in edits {
+            if d.len() > 2 {
+                let i = 1 + at.index(d.len() - 2);
+                if d.is_char_boundary(i) {
+                    d.insert_str(i, &junk);
+                }
+            }
+        }
+        check(&format!(r#"{{"op":0,"t":"X","d":{d},"s":{s}}}"#));
+    }
 }
 
 #[test]
@@ -213,8 +290,42 @@ fn fixed_cases() {
         r#"{"op":0,"s":-1}"#,
         r#"{"op":null}"#,
         r#"{"op":0,"t":5}"#,
+        // `d` followed by `s`, with brackets and quotes inside its strings.
+        r#"{"op":0,"d":{"a":"]}[{\"","b":["}"]},"s":7,"t":"X"}"#,
+        r#"{"op":0,"d":[{"s":1}],"s":2}"#,
+        // Scalar `d`, strictly checked on both paths.
+        r#"{"op":0,"d":"x","s":1}"#,
+        r#"{"op":0,"d":12,"s":1}"#,
+        r#"{"op":0,"d":1x,"s":1}"#,
+        r#"{"op":0,"d":true,"s":1}"#,
+        r#"{"op":0,"d":nul,"s":1}"#,
+        // Structure broken inside `d`.
+        r#"{"op":0,"d":{"a":"x},"s":1}"#,
+        r#"{"op":0,"d":{"a":[1}],"s":1}"#,
+        r#"{"op":0,"d":{"a":"\q"},"s":1}"#,
+        r#"{"op":0,"d":{"a":"\u12"},"s":1}"#,
+        "{\"op\":0,\"d\":{\"a\":\"x\u{1f}\"},\"s\":1}",
+        r#"{"op":0,"d":{"a":1}},"s":1}"#,
+        r#"{"op":0,"d":{"a":1},"s":1"#,
+        // Grammar broken inside `d`, structure intact: the fast path keeps it (tested below).
+        r#"{"op":0,"d":{"a":01,,:},"s":2}"#,
     ] {
         check(text);
+    }
+    // Escapes at every offset around the eight-byte words and the 64-byte blocks of the
+    // structural skip, in `d` and in `t`; strings and escapes that straddle a block.
+    for n in 0..140 {
+        let long = format!("{}]}}[{{\\\"", "x".repeat(n));
+        check(&format!(r#"{{"op":0,"d":{{"k":"{long}","l":[1]}},"s":4}}"#));
+        check(&format!(r#"{{"op":0,"d":{{"k":"{long}"],"s":4}}"#));
+    }
+    for n in 0..80 {
+        let pad = "a".repeat(n);
+        for esc in [r#"\""#, r#"\\"#, r#"\\\""#, r#"\\\\"#, r#"\u0022"#, r#"\/"#] {
+            check(&format!(r#"{{"op":0,"d":{{"k":"{pad}{esc}"}},"s":3}}"#));
+            check(&format!(r#"{{"op":0,"d":["{pad}{esc}]"],"s":3}}"#));
+            check(&format!(r#"{{"op":0,"t":"{pad}{esc}","d":{{}},"s":3}}"#));
+        }
     }
     for bytes in [
         &b"{\"op\":0,\"d\":\"\xff\"}"[..],
@@ -248,4 +359,32 @@ fn fixed_cases() {
             String::from_utf8(wrong).unwrap()
         ));
     }
+}
+
+/// What the fast path keeps and the strict one refuses: a `d` whose brackets and strings are
+/// sound but whose grammar is not. The envelope around it is still read exactly.
+#[test]
+fn fast_path_keeps_structurally_sound_d() {
+    let text = br#"{"op":0,"t":"X","d":{"a":01,,: true false},"s":2}"#;
+    let e = Envelope::parse(text).expect("structurally sound");
+    assert_eq!((e.op, e.s, e.t.as_deref()), (0, Some(2), Some("X")));
+    assert_eq!(e.d, Some(r#"{"a":01,,: true false}"#));
+    assert!(serde_json::from_str::<&RawValue>(e.d.unwrap_or_default()).is_err());
+    assert!(matches!(
+        Envelope::parse_strict(text),
+        Err(ProtocolError::MalformedJson { .. })
+    ));
+    // Nesting deeper than serde_json's recursion limit, on the fast path.
+    let deep = format!(
+        r#"{{"op":0,"d":{}"x"{},"s":9}}"#,
+        r#"{"k":["#.repeat(300),
+        "]}".repeat(300)
+    );
+    let e = Envelope::parse(deep.as_bytes()).expect("deep but balanced");
+    assert_eq!(e.s, Some(9));
+    let mismatched = deep.replacen("]}", "}}", 1);
+    assert!(matches!(
+        Envelope::parse(mismatched.as_bytes()),
+        Err(ProtocolError::MalformedJson { .. })
+    ));
 }
