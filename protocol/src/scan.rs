@@ -249,46 +249,39 @@ struct Masks {
 }
 
 impl Masks {
+    /// Sixteen bytes at a time with `wide`'s vectors (SSE2 compares and move masks on
+    /// x86-64, NEON on aarch64).
     #[inline]
     fn of(block: &[u8; 64]) -> Masks {
+        use wide::u8x16;
         let mut m = Masks {
             quote: 0,
             backslash: 0,
             bracket: 0,
             control: 0,
         };
-        for (k, chunk) in block.chunks_exact(8).enumerate() {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            let w = u64::from_le_bytes(word);
-            let folded = w | (LO * 0x20);
-            let shift = 8 * k;
-            m.quote |= pack(eq_bytes(w, b'"')) << shift;
-            m.backslash |= pack(eq_bytes(w, b'\\')) << shift;
-            m.bracket |= pack(eq_bytes(folded, b'{') | eq_bytes(folded, b'}')) << shift;
-            m.control |= pack(zero_bytes_exact(w & (LO * 0xE0))) << shift;
+        let quote = u8x16::splat(b'"');
+        let backslash = u8x16::splat(b'\\');
+        let fold = u8x16::splat(0x20);
+        let open = u8x16::splat(b'{');
+        let close = u8x16::splat(b'}');
+        let below_space = u8x16::splat(0x1F);
+        for (k, chunk) in block.chunks_exact(16).enumerate() {
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(chunk);
+            let v = u8x16::new(bytes);
+            let shift = 16 * k;
+            m.quote |= u64::from(v.simd_eq(quote).to_bitmask()) << shift;
+            m.backslash |= u64::from(v.simd_eq(backslash).to_bitmask()) << shift;
+            // `[` and `]` are `{` and `}` without bit 5: folded, two compares find all four.
+            let folded = v | fold;
+            let brackets = folded.simd_eq(open) | folded.simd_eq(close);
+            m.bracket |= u64::from(brackets.to_bitmask()) << shift;
+            // Below 0x20 (unsigned): the byte is its own minimum with 0x1F.
+            m.control |= u64::from(v.min(below_space).simd_eq(v).to_bitmask()) << shift;
         }
         m
     }
-}
-
-/// High bit set in exactly the bytes of `x` that are zero.
-#[inline]
-fn zero_bytes_exact(x: u64) -> u64 {
-    const LOW7: u64 = LO * 0x7F;
-    !(((x & LOW7).wrapping_add(LOW7)) | x) & HI
-}
-
-/// High bit set in exactly the bytes of `w` equal to `byte`.
-#[inline]
-fn eq_bytes(w: u64, byte: u8) -> u64 {
-    zero_bytes_exact(w ^ (LO * u64::from(byte)))
-}
-
-/// The eight high bits of `m` (one a byte) packed into the low eight bits, byte `k` to bit `k`.
-#[inline]
-fn pack(m: u64) -> u64 {
-    ((m >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
 }
 
 /// Bit `k` of the result is the xor of bits `0..=k` of `x`.
@@ -549,8 +542,8 @@ impl<'a> Cursor<'a> {
     /// brackets balanced and matched by kind, any depth. Bytes outside strings other than
     /// brackets are passed over unread.
     ///
-    /// It reads 64 bytes at a time as bit masks (one bit a byte, built eight bytes at a time
-    /// from u64 words): quotes, backslashes, brackets, control characters. Which bytes are
+    /// It reads 64 bytes at a time as bit masks (one bit a byte, built sixteen bytes at a time
+    /// with vector compares): quotes, backslashes, brackets, control characters. Which bytes are
     /// inside strings follows from the unescaped quotes by a prefix xor, so a block's strings
     /// cost no branch; only backslashes (rare) and brackets outside strings (a few per event)
     /// are visited one by one.
