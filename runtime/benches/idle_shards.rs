@@ -19,7 +19,7 @@
 //!   zlib-stream and zstd-stream rows are `idle_twilight/`, a project of its own (own
 //!   workspace and Cargo.lock, so its features never reach this crate's build) that the
 //!   benchmark builds once per compression with `cargo build --release --locked --features
-//!   zlib|zstd` into `TARGET/idle_twilight` before the rows. Those rows are skipped
+//!   zlib|zstd` into `TARGET/idle_twilight/FEATURE` before the rows. Those rows are skipped
 //!   with a note when that build fails (offline without the crates in cargo's cache, say) and
 //!   without `--bench`.
 //! - `discordjs`: `node idle_node/idle.js` (@discordjs/ws 2.0.4 `WebSocketManager`, its
@@ -180,14 +180,14 @@ fn build_twilight_peer(exe: &Path, compression: Compression) -> Result<PathBuf, 
         Compression::ZstdStream => "zstd",
         _ => return Err("the plain twilight row is this crate's own".to_owned()),
     };
-    // `exe` is TARGET/release/deps/idle_shards-HASH: the peer builds beside it in TARGET, both
-    // features in one target folder (they share every dependency but twilight-gateway), each
-    // binary copied out under its feature's name before the other build replaces it.
+    // `exe` is TARGET/release/deps/idle_shards-HASH: the peer builds beside it in TARGET, one
+    // target folder per feature (each build's binary has the same name).
     let target = exe
         .ancestors()
         .nth(3)
         .ok_or("no target folder above the bench binary")?
-        .join("idle_twilight");
+        .join("idle_twilight")
+        .join(feature);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
         .args([
@@ -210,10 +210,7 @@ fn build_twilight_peer(exe: &Path, compression: Compression) -> Result<PathBuf, 
         let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
         return Err(format!("cannot build idle_twilight: {}", last.trim()));
     }
-    let binary = target.join(format!("idle-twilight-{feature}"));
-    std::fs::copy(target.join("release").join("idle-twilight"), &binary)
-        .map_err(|e| format!("cannot copy the idle_twilight binary: {e}"))?;
-    Ok(binary)
+    Ok(target.join("release").join("idle-twilight"))
 }
 
 /// Why the node peer cannot run here, if it cannot.
