@@ -34,36 +34,55 @@ pub const ZLIB_SUFFIX: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// stays well below it).
 pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 32 << 20;
 
-#[cfg(any(feature = "zlib", feature = "zstd"))]
+#[cfg(feature = "zstd")]
 const SCRATCH: usize = 32 * 1024;
 
-/// Size of the buffer decompressed messages are cut from: each message is a slice of it
-/// ([`Bytes`]), so while earlier messages are still held a new buffer of this size is taken
-/// once per this many bytes of messages, not once per message; when they have all been
-/// dropped the same buffer is used again. Stays under glibc's 128 KiB mmap threshold.
+/// Size of the buffer decompressed messages are written into and cut from: each message is
+/// a slice of it ([`Bytes`]), so while earlier messages are still held a new buffer of this
+/// size is taken once per this many bytes of messages, not once per message; when they have
+/// all been dropped the same buffer is used again. Stays under glibc's 128 KiB mmap threshold.
 #[cfg(any(feature = "zlib", feature = "zstd"))]
 const SLAB: usize = 64 * 1024;
 
-/// The buffers a decoder needs only while it decompresses one message: the scratch the
-/// decompressor writes into and the slab messages are cut from. A decoder takes them from its
-/// thread ([`with_buffers`]), so a thread running a thousand idle connections holds one pair,
-/// not a thousand: only the stream contexts, which the protocol requires per connection, stay
-/// per decoder.
+/// Room the decompressor is given at least for each call; a slab with less left is replaced.
+#[cfg(any(feature = "zlib", feature = "zstd"))]
+const MIN_ROOM: usize = 4 * 1024;
+
+/// The buffer a decoder needs only while it decompresses one message: the slab messages are
+/// decompressed straight into and cut from. A decoder takes it from its thread
+/// ([`with_buffers`]), so a thread running a thousand idle connections holds one, not a
+/// thousand: only the stream contexts, which the protocol requires per connection, stay per
+/// decoder.
 #[cfg(any(feature = "zlib", feature = "zstd"))]
 #[derive(Default)]
 struct Buffers {
-    /// Allocated on first use ([`SCRATCH`] bytes).
-    scratch: Vec<u8>,
+    /// Initialized (zero-filled when taken) bytes no message uses: a message is written from
+    /// the front and split off, so no decompressed byte is copied after the decompressor
+    /// wrote it. Zero-filling costs one `memset` per [`SLAB`] bytes of messages, not a copy of
+    /// every message (the decompressors write only into initialized memory without `unsafe`).
     out: BytesMut,
 }
 
 #[cfg(any(feature = "zlib", feature = "zstd"))]
 impl Buffers {
-    fn scratch(&mut self) -> &mut [u8] {
-        if self.scratch.is_empty() {
-            self.scratch = vec![0; SCRATCH];
+    /// The room after the first `written` bytes of the message being decompressed, at least
+    /// [`MIN_ROOM`] bytes: when the slab has less left, `out` is truncated to the message so
+    /// far and a slab of at least [`SLAB`] (or twice the message so far) is taken, the old one
+    /// reclaimed when every message cut from it has been dropped (`reserve` copies the
+    /// `written` bytes when it allocates).
+    fn room(&mut self, written: usize) -> &mut [u8] {
+        if self.out.len() - written < MIN_ROOM {
+            self.out.truncate(written);
+            self.out.reserve(written.max(SLAB));
+            let cap = self.out.capacity();
+            self.out.resize(cap, 0);
         }
-        &mut self.scratch
+        &mut self.out[written..]
+    }
+
+    /// The first `written` bytes as a message; the rest stays for the next.
+    fn take(&mut self, written: usize) -> Bytes {
+        self.out.split_to(written).freeze()
     }
 }
 
@@ -72,25 +91,15 @@ thread_local! {
     static BUFFERS: std::cell::Cell<Buffers> = std::cell::Cell::default();
 }
 
-/// Runs `f` with this thread's shared [`Buffers`] (`out` empty on entry and on return: all of
-/// a message is split off it or cleared). They are taken out of the thread-local for the call
-/// and put back after it, so a nested call (which nothing makes) or a thread being torn down
-/// gets an empty pair of its own: slower, never wrong.
+/// Runs `f` with this thread's shared [`Buffers`]. They are taken out of the thread-local for
+/// the call and put back after it, so a nested call (which nothing makes) or a thread being
+/// torn down gets an empty one of its own: slower, never wrong.
 #[cfg(any(feature = "zlib", feature = "zstd"))]
 fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
     let mut buffers = BUFFERS.try_with(std::cell::Cell::take).unwrap_or_default();
     let r = f(&mut buffers);
     let _ = BUFFERS.try_with(|cell| cell.set(buffers));
     r
-}
-
-/// Appends `data` to `out`, taking a new [`SLAB`] (or reclaiming the old one) when full.
-#[cfg(any(feature = "zlib", feature = "zstd"))]
-fn append(out: &mut BytesMut, data: &[u8]) {
-    if out.capacity() - out.len() < data.len() {
-        out.reserve(data.len().max(SLAB));
-    }
-    out.extend_from_slice(data);
 }
 
 /// Which transport compression to ask for (the `compress` query parameter).
@@ -172,8 +181,9 @@ impl ZlibStreamDecoder {
     }
 
     /// [`push`](Self::push), the message as a slice of a reused output buffer (no allocation
-    /// per message while the buffer has room). The buffer, like the decompressor's scratch, is
-    /// shared by every decoder on the thread: an idle decoder holds only its inflate context.
+    /// per message while the buffer has room, and no copy: it is decompressed into that
+    /// buffer). The buffer is shared by every decoder on the thread: an idle decoder holds only
+    /// its inflate context.
     pub fn push_shared(&mut self, frame: &[u8]) -> Result<Option<Bytes>, ProtocolError> {
         if self.poisoned {
             return Err(ProtocolError::StreamPoisoned);
@@ -193,47 +203,43 @@ impl ZlibStreamDecoder {
         let input = std::mem::take(&mut self.buf);
         let data: &[u8] = if input.is_empty() { frame } else { &input };
         let result = with_buffers(|buffers| {
-            let result = Self::inflate_all(&mut self.inflate, self.max, buffers, data);
-            match result {
-                Ok(()) => Ok(Some(buffers.out.split().freeze())),
-                Err(e) => {
-                    buffers.out.clear();
-                    Err(e)
-                }
-            }
+            Self::inflate_all(&mut self.inflate, self.max, buffers, data).map(Some)
         });
         self.poisoned = result.is_err();
         result
     }
 
-    /// Inflates `input` onto the end of `buffers.out` (empty on entry).
+    /// Inflates `input` straight into the thread's slab and cuts the message off it.
     fn inflate_all(
         inflate: &mut Decompress,
         max: usize,
         buffers: &mut Buffers,
         mut input: &[u8],
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<Bytes, ProtocolError> {
+        let mut written = 0;
         loop {
             let (in0, out0) = (inflate.total_in(), inflate.total_out());
+            let room = buffers.room(written);
+            let space = room.len();
             let status = inflate
-                .decompress(input, buffers.scratch(), FlushDecompress::Sync)
+                .decompress(input, room, FlushDecompress::Sync)
                 .map_err(|e| ProtocolError::DecompressionFailed {
                     reason: format!("zlib: {e}"),
                 })?;
             let consumed = usize::try_from(inflate.total_in() - in0).unwrap_or(usize::MAX);
             let produced = usize::try_from(inflate.total_out() - out0).unwrap_or(usize::MAX);
             input = input.get(consumed..).unwrap_or_default();
-            if buffers.out.len().saturating_add(produced) > max {
+            written = written.saturating_add(produced);
+            if written > max {
                 return Err(ProtocolError::DecompressedTooLarge { limit: max });
             }
-            append(&mut buffers.out, &buffers.scratch[..produced]);
             if status == Status::StreamEnd && !input.is_empty() {
                 return Err(ProtocolError::DecompressionFailed {
                     reason: "zlib: data after the end of the stream".into(),
                 });
             }
-            if input.is_empty() && produced < SCRATCH {
-                return Ok(());
+            if input.is_empty() && produced < space {
+                return Ok(buffers.take(written));
             }
             if consumed == 0 && produced == 0 {
                 return Err(ProtocolError::DecompressionFailed {
@@ -286,48 +292,44 @@ impl ZstdStreamDecoder {
     }
 
     /// [`push`](Self::push), the message as a slice of a reused output buffer (no allocation
-    /// per message while the buffer has room). The buffer, like the decompressor's scratch, is
-    /// shared by every decoder on the thread: an idle decoder holds only its zstd context.
+    /// per message while the buffer has room, and no copy: it is decompressed into that
+    /// buffer). The buffer is shared by every decoder on the thread: an idle decoder holds only
+    /// its zstd context.
     pub fn push_shared(&mut self, frame: &[u8]) -> Result<Bytes, ProtocolError> {
         if self.poisoned {
             return Err(ProtocolError::StreamPoisoned);
         }
-        let result = with_buffers(|buffers| {
-            match Self::decompress(&mut self.dctx, self.max, buffers, frame) {
-                Ok(()) => Ok(buffers.out.split().freeze()),
-                Err(e) => {
-                    buffers.out.clear();
-                    Err(e)
-                }
-            }
-        });
+        let result =
+            with_buffers(|buffers| Self::decompress(&mut self.dctx, self.max, buffers, frame));
         self.poisoned = result.is_err();
         result
     }
 
-    /// Decompresses `frame` onto the end of `buffers.out` (empty on entry).
+    /// Decompresses `frame` straight into the thread's slab and cuts the message off it.
     fn decompress(
         dctx: &mut zstd::stream::raw::Decoder<'static>,
         max: usize,
         buffers: &mut Buffers,
         frame: &[u8],
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<Bytes, ProtocolError> {
         let mut input = InBuffer::around(frame);
+        let mut written = 0;
         loop {
             let before = input.pos();
-            let mut output = OutBuffer::around(buffers.scratch());
+            let room = buffers.room(written);
+            let space = room.len();
+            let mut output = OutBuffer::around(room);
             dctx.run(&mut input, &mut output)
                 .map_err(|e| ProtocolError::DecompressionFailed {
                     reason: format!("zstd: {e}"),
                 })?;
             let produced = output.pos();
-            if buffers.out.len().saturating_add(produced) > max {
+            written = written.saturating_add(produced);
+            if written > max {
                 return Err(ProtocolError::DecompressedTooLarge { limit: max });
             }
-            append(&mut buffers.out, &buffers.scratch[..produced]);
-            let done = input.pos() == frame.len();
-            if done && produced < SCRATCH {
-                return Ok(());
+            if input.pos() == frame.len() && produced < space {
+                return Ok(buffers.take(written));
             }
             if input.pos() == before && produced == 0 {
                 return Err(ProtocolError::DecompressionFailed {
@@ -608,6 +610,61 @@ mod tests {
             assert_eq!(&a[..], &m[..]);
             assert_eq!(&b[..], &m[..]);
         }
+    }
+
+    #[cfg(all(feature = "zlib", feature = "zstd"))]
+    #[test]
+    fn held_messages_of_every_size_stay_intact_across_slabs() {
+        // Messages are decompressed straight into the thread's slab and cut off it: sizes from
+        // a few bytes to several slabs, every one held, so messages end at every offset of a
+        // slab, start in one slab and continue in the next, and the slab grows past its size.
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut msgs: Vec<Vec<u8>> = Vec::new();
+        for i in 0..300usize {
+            let len = match i % 10 {
+                0 => rng.usize(SLAB..4 * SLAB),
+                1..=3 => rng.usize(MIN_ROOM - 64..MIN_ROOM + 64),
+                _ => rng.usize(1..3000),
+            };
+            msgs.push((0..len).map(|_| rng.u8(b'a'..=b'h')).collect());
+        }
+        let (mut zenc, mut senc) = (ZlibStreamEncoder::new(), ZstdStreamEncoder::new().unwrap());
+        let mut zdec = ZlibStreamDecoder::new(DEFAULT_MAX_DECOMPRESSED_BYTES);
+        let mut sdec = ZstdStreamDecoder::new(DEFAULT_MAX_DECOMPRESSED_BYTES).unwrap();
+        let mut held = Vec::new();
+        for m in &msgs {
+            let z = zdec.push_shared(&zenc.compress(m)).unwrap().unwrap();
+            let s = sdec.push_shared(&senc.compress(m).unwrap()).unwrap();
+            held.push((z, s));
+        }
+        for (m, (z, s)) in msgs.iter().zip(&held) {
+            assert_eq!(&z[..], &m[..]);
+            assert_eq!(&s[..], &m[..]);
+        }
+        // Dropped, the slab is taken again and the messages after it are still right.
+        drop(held);
+        for m in &msgs[..20] {
+            assert_eq!(
+                zdec.push(&zenc.compress(m)).unwrap().as_deref(),
+                Some(&m[..])
+            );
+            assert_eq!(sdec.push(&senc.compress(m).unwrap()).unwrap(), *m);
+        }
+    }
+
+    #[cfg(feature = "zstd")]
+    #[test]
+    fn zstd_exactly_at_cap_passes() {
+        let msg = vec![b'x'; 100_000];
+        let mut enc = ZstdStreamEncoder::new().unwrap();
+        let mut dec = ZstdStreamDecoder::new(100_000).unwrap();
+        assert_eq!(dec.push(&enc.compress(&msg).unwrap()).unwrap(), msg);
+        let mut enc = ZstdStreamEncoder::new().unwrap();
+        let mut dec = ZstdStreamDecoder::new(99_999).unwrap();
+        assert_eq!(
+            dec.push(&enc.compress(&msg).unwrap()),
+            Err(ProtocolError::DecompressedTooLarge { limit: 99_999 })
+        );
     }
 
     #[test]

@@ -14,9 +14,14 @@
 //!
 //! - `fleet`: `handover_runtime::Fleet` of N shards, its merged event stream read and dropped.
 //! - `twilight`: N twilight-gateway 0.18 `Shard`s sharing one `InMemoryQueue` (concurrency N),
-//!   one task each reading its shard's messages. Built without compression features (as a
-//!   dev-dependency of this crate; its compression is chosen at build time), so its rows are
-//!   plain JSON only.
+//!   one task each reading its shard's messages. twilight chooses its compression at build
+//!   time, so the plain row is this crate's dev-dependency (no compression feature) and the
+//!   zlib-stream and zstd-stream rows are `idle_twilight/`, a project of its own (own
+//!   workspace and Cargo.lock, so its features never reach this crate's build) that the
+//!   benchmark builds once per compression with `cargo build --release --locked --features
+//!   zlib|zstd` into `TARGET/idle_twilight/FEATURE` before the rows. Those rows are skipped
+//!   with a note when that build fails (offline without the crates in cargo's cache, say) and
+//!   without `--bench`.
 //! - `discordjs`: `node idle_node/idle.js` (@discordjs/ws 2.0.4 `WebSocketManager`, its
 //!   default `SimpleShardingStrategy`: every shard in the node process). Plain, and
 //!   zlib-stream through its `compression: CompressionMethod.ZlibNative` (node:zlib); 2.0.4
@@ -87,7 +92,7 @@ impl Client {
     fn missing(self, compression: Compression) -> Option<&'static str> {
         match (self, compression) {
             (_, Compression::None) | (Client::Fleet, _) => None,
-            (Client::Twilight, _) => Some("built without compression (a build-time feature)"),
+            (Client::Twilight, _) => None,
             (Client::DiscordJs, Compression::ZstdStream) => Some("2.0.4 has no zstd-stream"),
             (Client::DiscordJs, _) => None,
         }
@@ -104,6 +109,8 @@ struct Plan {
     only_client: Option<Client>,
     only_compression: Option<Compression>,
     heap_profile: bool,
+    /// Build and run the compressed twilight peer (`idle_twilight/`): with `--bench` only.
+    full: bool,
 }
 
 fn main() {
@@ -132,6 +139,7 @@ fn main() {
         only_client: text("--only").and_then(|s| Client::parse(&s)),
         only_compression: text("--only-compression").and_then(|s| parse_compression(&s)),
         heap_profile: args.iter().any(|a| a == "--heap-profile"),
+        full,
     };
     if !parent(&plan) {
         std::process::exit(1);
@@ -157,6 +165,52 @@ fn mock_config(shards: u32) -> MockConfig {
 /// The folder of the node peer, `runtime/benches/idle_node`.
 fn node_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/idle_node")
+}
+
+/// The folder of the compressed twilight peer, `runtime/benches/idle_twilight`.
+fn twilight_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/idle_twilight")
+}
+
+/// Builds the twilight peer for `compression` (its own project, so twilight's compression
+/// feature stays out of this crate's build) and returns its binary, or why it cannot run.
+fn build_twilight_peer(exe: &Path, compression: Compression) -> Result<PathBuf, String> {
+    let feature = match compression {
+        Compression::ZlibStream => "zlib",
+        Compression::ZstdStream => "zstd",
+        _ => return Err("the plain twilight row is this crate's own".to_owned()),
+    };
+    // `exe` is TARGET/release/deps/idle_shards-HASH: the peer builds beside it in TARGET, one
+    // target folder per feature (each build's binary has the same name).
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .ok_or("no target folder above the bench binary")?
+        .join("idle_twilight")
+        .join(feature);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--quiet",
+            "--features",
+            feature,
+        ])
+        .arg("--manifest-path")
+        .arg(twilight_dir().join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+        return Err(format!("cannot build idle_twilight: {}", last.trim()));
+    }
+    Ok(target.join("release").join("idle-twilight"))
 }
 
 /// Why the node peer cannot run here, if it cannot.
@@ -199,6 +253,15 @@ fn parent(plan: &Plan) -> bool {
         if plan.only_compression.is_some_and(|c| c != compression) {
             continue;
         }
+        let wants_peer = compression != Compression::None
+            && plan.only_client.is_none_or(|c| c == Client::Twilight);
+        let twilight_peer = if !wants_peer {
+            None
+        } else if plan.full {
+            Some(build_twilight_peer(&exe, compression))
+        } else {
+            Some(Err("built and run with --bench only".to_owned()))
+        };
         for client in Client::ALL {
             if plan.only_client.is_some_and(|c| c != client) {
                 continue;
@@ -211,6 +274,17 @@ fn parent(plan: &Plan) -> bool {
                 );
                 continue;
             }
+            let peer = match (client, &twilight_peer) {
+                (Client::Twilight, Some(Ok(path))) => Some(path.as_path()),
+                (Client::Twilight, Some(Err(why))) => {
+                    println!(
+                        "| {} | {cname} | — | — | — (skipped: {why}) | — |",
+                        client.describe()
+                    );
+                    continue;
+                }
+                _ => None,
+            };
             if client == Client::DiscordJs && node.is_some() {
                 println!(
                     "| {} | {cname} | — | — | — (skipped) | — |",
@@ -218,7 +292,8 @@ fn parent(plan: &Plan) -> bool {
                 );
                 continue;
             }
-            let runs = [0, plan.shards].map(|n| run_once(&rt, &exe, client, compression, n, plan));
+            let runs =
+                [0, plan.shards].map(|n| run_once(&rt, &exe, peer, client, compression, n, plan));
             match runs {
                 [Ok((rss0, _)), Ok((rss, ready))] => {
                     let per = rss.saturating_sub(rss0) as f64 / f64::from(plan.shards);
@@ -241,9 +316,11 @@ fn parent(plan: &Plan) -> bool {
 
 /// One child with `n` shards against a fresh mock: its RSS (KiB) after the idle time, and how
 /// long until all its shards were READY.
+#[allow(clippy::too_many_arguments)] // one call site, every argument a different thing
 fn run_once(
     rt: &tokio::runtime::Runtime,
     exe: &Path,
+    peer: Option<&Path>,
     client: Client,
     compression: Compression,
     n: u32,
@@ -255,8 +332,14 @@ fn run_once(
     let cname = compression_name(compression);
     let life = (plan.idle + CHILD_MARGIN).as_secs().to_string();
     let (n_arg, url) = (n.to_string(), mock.url());
-    let mut command = match client {
-        Client::DiscordJs => {
+    let mut command = match (client, peer) {
+        (_, Some(peer)) => {
+            let mut c = Command::new(peer);
+            c.args([&n_arg, &url, &life])
+                .env("IDLE_TWILIGHT_TOKEN", DEFAULT_TOKEN);
+            c
+        }
+        (Client::DiscordJs, None) => {
             let mut c = Command::new("node");
             c.arg(node_dir().join("idle.js"))
                 .args([&url, &n_arg, cname, &life])
@@ -332,6 +415,9 @@ fn child(args: &[String]) -> i32 {
         }
         match client {
             Client::Fleet => fleet_client(compression, n, url, life, heap_profile).await,
+            Client::Twilight if compression != Compression::None => {
+                Err("compressed twilight runs as idle_twilight/".to_owned())
+            }
             Client::Twilight => twilight_client(n, url, life).await,
             Client::DiscordJs => Err("the node peer runs as `node idle_node/idle.js`".to_owned()),
         }
