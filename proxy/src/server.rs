@@ -49,7 +49,8 @@ pub struct ProxyConfig {
     /// The downstream protocol's settings.
     pub hub: HubConfig,
     /// Frame batches queued per client before it counts as fallen behind and is closed with
-    /// 4000. Default 1024.
+    /// 4000. Default 1024. A batch holds at most 64 live dispatches (the events the pump took
+    /// in one round); a resume's replay is one batch.
     pub client_queue: usize,
 }
 
