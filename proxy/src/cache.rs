@@ -213,7 +213,7 @@ impl GuildCache {
     /// an empty array). With `large_threshold`, a guild whose `member_count` is above it is
     /// `large` and lists only the members Discord lists for a large guild: those not offline
     /// (with a cached presence) and those in a voice channel.
-    pub fn guild_creates(&self, large_threshold: Option<u64>) -> Vec<Vec<u8>> {
+    pub fn guild_creates(&self, large_threshold: Option<u64>) -> Vec<String> {
         self.guilds
             .values()
             .flatten()
@@ -243,7 +243,7 @@ impl GuildCache {
                     };
                     d.insert(kind.field().into(), Value::Array(items));
                 }
-                serde_json::to_vec(&Value::Object(d)).unwrap_or_else(|_| b"null".to_vec())
+                serde_json::to_string(&Value::Object(d)).unwrap_or_else(|_| "null".to_owned())
             })
             .collect()
     }

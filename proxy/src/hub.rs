@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use bytes::Bytes;
 use handover_protocol::{EventName, Intents, RawJson, Token};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -15,7 +14,7 @@ use tracing::{debug, info};
 
 use crate::buffer::{Audience, ReplayBuffer};
 use crate::cache::{CacheKinds, GuildCache};
-use crate::frames;
+use crate::frames::{self, Frame};
 use crate::intents;
 
 /// REQUEST_GUILD_MEMBERS kept per shard awaiting their GUILD_MEMBERS_CHUNKs; beyond it the
@@ -131,7 +130,7 @@ pub enum Action {
         /// The connection.
         client: ClientId,
         /// JSON text frames.
-        frames: Vec<Bytes>,
+        frames: Vec<Frame>,
     },
     /// Send this client command on the shard's upstream connection, then report the outcome
     /// with [`Hub::command_sent`].
@@ -539,7 +538,7 @@ impl Hub {
     }
 
     /// A new connection: its id and the HELLO to send it first.
-    pub fn connect(&mut self) -> (ClientId, Bytes) {
+    pub fn connect(&mut self) -> (ClientId, Frame) {
         self.next_client += 1;
         let id = ClientId(self.next_client);
         self.clients.insert(id, ClientState::Hello);
@@ -597,8 +596,26 @@ impl Hub {
         });
     }
 
-    fn send(client: ClientId, frames: Vec<Bytes>, out: &mut Vec<Action>) {
+    fn send(client: ClientId, frames: Vec<Frame>, out: &mut Vec<Action>) {
         out.push(Action::Send { client, frames });
+    }
+
+    /// One frame for the client: added to the last action if that is a send to the same
+    /// client (a burst of dispatches for one client is one batch, not one `Vec` per event).
+    fn send_one(client: ClientId, frame: Frame, out: &mut Vec<Action>) {
+        if let Some(Action::Send {
+            client: last,
+            frames,
+        }) = out.last_mut()
+            && *last == client
+        {
+            frames.push(frame);
+        } else {
+            out.push(Action::Send {
+                client,
+                frames: vec![frame],
+            });
+        }
     }
 
     /// A text frame from a client.
@@ -995,17 +1012,17 @@ impl Hub {
             return self.invalid_session(client, out);
         };
         let mut next = seq;
-        let mut batch: Vec<Bytes> = missed
+        let mut batch: Vec<Frame> = missed
             .filter(|e| session.admits(&e.audience))
             .map(|e| {
                 next += 1;
-                frames::dispatch(&e.event_type, next, e.data.as_bytes())
+                frames::dispatch(&e.event_type, next, e.data.as_str())
             })
             .collect();
         let last = state.buffer.last_pos();
         let replayed = batch.len() as u64;
         // RESUMED carries the last seq again: it is not an event a later resume must replay.
-        batch.push(frames::dispatch("RESUMED", next, b"{}"));
+        batch.push(frames::dispatch("RESUMED", next, "{}"));
         let previous = session.client;
         let session_id = session_id.to_owned();
         if let Some(old) = previous
@@ -1155,11 +1172,8 @@ impl Hub {
                 continue;
             }
             session.seq += 1;
-            let frame = frames::dispatch(&event_type, session.seq, data.as_bytes());
-            out.push(Action::Send {
-                client,
-                frames: vec![frame],
-            });
+            let frame = frames::dispatch(&event_type, session.seq, data.as_str());
+            Hub::send_one(client, frame, out);
         }
     }
 

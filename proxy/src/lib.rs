@@ -17,13 +17,14 @@
 
 pub mod buffer;
 pub mod cache;
-mod frames;
+pub mod frames;
 pub mod hub;
 pub mod intents;
 pub mod server;
 
 pub use buffer::{Audience, Buffered, ReplayBuffer};
 pub use cache::{CacheKind, CacheKinds, CacheKindsError, GuildCache};
+pub use frames::Frame;
 pub use hub::{
     Action, ClientId, CommandOutcome, HEARTBEAT_GRACE_MS, HEARTBEAT_INTERVAL_MS, Hub, HubConfig,
     HubStats, HubStatus, SessionView, ShardView, Upstream,

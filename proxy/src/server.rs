@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{debug, info, warn};
 
+use crate::frames::Frame;
 use crate::hub::{
     Action, ClientId, CommandOutcome, Hub, HubConfig, HubStats, HubStatus, Upstream, close,
 };
@@ -48,7 +49,8 @@ pub struct ProxyConfig {
     /// The downstream protocol's settings.
     pub hub: HubConfig,
     /// Frame batches queued per client before it counts as fallen behind and is closed with
-    /// 4000. Default 1024.
+    /// 4000. Default 1024. A batch holds at most 64 live dispatches (the events the pump took
+    /// in one round); a resume's replay is one batch.
     pub client_queue: usize,
 }
 
@@ -72,7 +74,7 @@ pub enum ProxyError {
 }
 
 struct ClientTx {
-    frames: mpsc::Sender<Vec<Bytes>>,
+    frames: mpsc::Sender<Vec<Frame>>,
     close: watch::Sender<Option<(u16, &'static str)>>,
 }
 
@@ -91,62 +93,98 @@ const FORWARD_QUEUE: usize = 256;
 /// Queued batches a client's writer takes after the one it woke for, before one flush.
 const DRAIN_BATCHES: usize = 64;
 
+/// Upstream events the pump takes at once (those ready when it wakes), handed to the hub
+/// under one lock: a client's batch of live dispatches holds at most this many frames.
+const PUMP_BATCH: usize = 64;
+
 struct State {
     hub: Hub,
     clients: HashMap<ClientId, ClientTx>,
     forward: mpsc::Sender<Forward>,
+    /// The frames of one round of actions, gathered per client (in order) and queued as one
+    /// batch each: a burst of upstream events is one queue slot and one wake-up per client.
+    outgoing: Vec<(ClientId, Vec<Frame>)>,
+    /// The round of actions being carried out (kept for its allocation).
+    round: Vec<Action>,
 }
 
 impl State {
     /// Carries out the hub's actions; a client whose queue is full is closed as lagging.
+    ///
+    /// Every client's frames of the round go out as one batch, queued after the round (or
+    /// before a close of that client, which comes after what was sent before it).
     fn apply(&mut self, actions: &mut Vec<Action>) {
-        let mut i = 0;
-        // Bounded: each lagging client adds one Close, and a closed client gets no more sends.
-        while i < actions.len() {
-            match actions[i].clone() {
-                Action::Send { client, frames } => {
-                    if let Some(tx) = self.clients.get(&client)
-                        && let Err(mpsc::error::TrySendError::Full(_)) = tx.frames.try_send(frames)
-                    {
-                        self.hub.client_lagged(client, actions);
-                    }
-                }
-                Action::Forward {
-                    client,
-                    shard,
-                    op,
-                    d,
-                    from_identify,
-                } => {
-                    let command = Command::Raw { op, d };
-                    let queued = self.forward.try_send(Forward {
+        // Bounded: each lagging client adds one Close, and a closed client gets no more sends,
+        // so the rounds end.
+        while !actions.is_empty() {
+            std::mem::swap(&mut self.round, actions);
+            let mut round = std::mem::take(&mut self.round);
+            for action in round.drain(..) {
+                match action {
+                    Action::Send { client, frames } => self.gather(client, frames),
+                    Action::Forward {
                         client,
                         shard,
-                        command,
+                        op,
+                        d,
                         from_identify,
-                    });
-                    if queued.is_err() {
-                        if from_identify {
-                            self.hub.identify_presence_sent(CommandOutcome::OverBudget);
-                        } else {
-                            self.hub
-                                .command_sent(client, CommandOutcome::OverBudget, actions);
+                    } => {
+                        let command = Command::Raw { op, d };
+                        let queued = self.forward.try_send(Forward {
+                            client,
+                            shard,
+                            command,
+                            from_identify,
+                        });
+                        if queued.is_err() {
+                            if from_identify {
+                                self.hub.identify_presence_sent(CommandOutcome::OverBudget);
+                            } else {
+                                self.hub
+                                    .command_sent(client, CommandOutcome::OverBudget, actions);
+                            }
+                        }
+                    }
+                    Action::Close {
+                        client,
+                        code,
+                        reason,
+                    } => {
+                        if let Some(i) = self.outgoing.iter().position(|(c, _)| *c == client) {
+                            let (_, frames) = self.outgoing.swap_remove(i);
+                            self.queue(client, frames, actions);
+                        }
+                        if let Some(tx) = self.clients.get(&client) {
+                            tx.close.send_replace(Some((code, reason)));
                         }
                     }
                 }
-                Action::Close {
-                    client,
-                    code,
-                    reason,
-                } => {
-                    if let Some(tx) = self.clients.get(&client) {
-                        tx.close.send_replace(Some((code, reason)));
-                    }
-                }
             }
-            i += 1;
+            self.round = round;
+            let mut outgoing = std::mem::take(&mut self.outgoing);
+            for (client, frames) in outgoing.drain(..) {
+                self.queue(client, frames, actions);
+            }
+            self.outgoing = outgoing;
         }
-        actions.clear();
+    }
+
+    /// Adds frames to the client's batch of this round.
+    fn gather(&mut self, client: ClientId, frames: Vec<Frame>) {
+        // Few clients per round: a linear search beats hashing.
+        match self.outgoing.iter_mut().find(|(c, _)| *c == client) {
+            Some((_, batch)) => batch.extend(frames),
+            None => self.outgoing.push((client, frames)),
+        }
+    }
+
+    /// Queues one batch for the client; a full queue closes it as lagging.
+    fn queue(&mut self, client: ClientId, frames: Vec<Frame>, actions: &mut Vec<Action>) {
+        if let Some(tx) = self.clients.get(&client)
+            && let Err(mpsc::error::TrySendError::Full(_)) = tx.frames.try_send(frames)
+        {
+            self.hub.client_lagged(client, actions);
+        }
     }
 }
 
@@ -414,6 +452,8 @@ impl Proxy {
                 hub: Hub::new(config.hub),
                 clients: HashMap::new(),
                 forward,
+                outgoing: Vec::new(),
+                round: Vec::new(),
             }),
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -500,6 +540,7 @@ async fn forwarder(
 
 async fn pump(mut fleet: Fleet, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Fleet {
     let mut actions = Vec::new();
+    let mut events = Vec::with_capacity(PUMP_BATCH);
     loop {
         let event = tokio::select! {
             event = fleet.next_event() => event,
@@ -509,11 +550,19 @@ async fn pump(mut fleet: Fleet, shared: Arc<Shared>, mut stop: watch::Receiver<b
             warn!("every upstream shard ended");
             return fleet;
         };
-        let Some(upstream) = upstream_of(event) else {
-            continue;
-        };
+        // What else is ready goes with it, under one lock and as one batch per client.
+        events.push(event);
+        while events.len() < PUMP_BATCH
+            && let Some(event) = fleet.try_next_event()
+        {
+            events.push(event);
+        }
         let mut state = shared.lock();
-        state.hub.upstream(upstream, &mut actions);
+        for event in events.drain(..) {
+            if let Some(upstream) = upstream_of(event) {
+                state.hub.upstream(upstream, &mut actions);
+            }
+        }
         state.apply(&mut actions);
     }
 }
@@ -624,9 +673,13 @@ impl Encoder {
     }
 
     /// The frame as it goes on the wire: text, or a binary frame of the compressed stream.
-    fn message(&mut self, frame: Bytes) -> Option<Message> {
+    fn message(&mut self, frame: Frame) -> Option<Message> {
         match self {
-            Encoder::None => Utf8Bytes::try_from(frame).ok().map(Message::Text),
+            // Text by construction: no UTF-8 check again, no copy.
+            Encoder::None => Some(Message::Text(match frame.as_static() {
+                Some(text) => Utf8Bytes::from_static(text),
+                None => Utf8Bytes::from(frame.into_string()),
+            })),
             Encoder::Zlib(z) => Some(Message::Binary(Bytes::from(z.compress(&frame)))),
             Encoder::Zstd(z) => match z.compress(&frame) {
                 Ok(out) => Some(Message::Binary(Bytes::from(out))),
@@ -756,7 +809,7 @@ fn close_message(code: u16, reason: &'static str) -> Message {
 
 /// One client connection, until it closes or is closed.
 async fn run_client<S>(
-    ws: WebSocketStream<S>,
+    mut ws: WebSocketStream<S>,
     shared: Arc<Shared>,
     version_ok: bool,
     mut encoder: Encoder,
@@ -764,7 +817,8 @@ async fn run_client<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (mut sink, mut stream) = ws.split();
+    // One task owns the whole stream (no split halves and their lock per frame): it reads
+    // the client between batches, and a batch is written and flushed in one go.
     let (tx, mut rx) = mpsc::channel(shared.client_queue);
     let (close_tx, mut close_rx) = watch::channel(None);
     let (client, hello) = {
@@ -780,7 +834,7 @@ async fn run_client<S>(
         (client, hello)
     };
     if *stop.borrow() {
-        let _ = sink.send(close_message(1001, "proxy stopping")).await;
+        let _ = ws.send(close_message(1001, "proxy stopping")).await;
         shared.lock().hub.client_gone(client);
         return;
     }
@@ -789,7 +843,7 @@ async fn run_client<S>(
     if !version_ok {
         closing = Some((close::INVALID_API_VERSION, "invalid api version"));
     } else if let Some(m) = encoder.message(hello)
-        && sink.send(m).await.is_err()
+        && ws.send(m).await.is_err()
     {
         closing = Some((1000, ""));
     }
@@ -818,7 +872,7 @@ async fn run_client<S>(
                 let write = async {
                     for frame in frames {
                         if let Some(m) = encoder.message(frame) {
-                            sink.feed(m).await?;
+                            ws.feed(m).await?;
                         }
                     }
                     // Batches already queued behind this one go out with it: one flush (one
@@ -828,11 +882,11 @@ async fn run_client<S>(
                         let Ok(frames) = rx.try_recv() else { break };
                         for frame in frames {
                             if let Some(m) = encoder.message(frame) {
-                                sink.feed(m).await?;
+                                ws.feed(m).await?;
                             }
                         }
                     }
-                    sink.flush().await
+                    ws.flush().await
                 };
                 // A client that stops reading blocks this write; being closed as lagging ends
                 // it without waiting for the socket.
@@ -841,7 +895,7 @@ async fn run_client<S>(
                     _ = close_rx.changed() => closing = *close_rx.borrow(),
                 }
             }
-            message = stream.next() => match message {
+            message = ws.next() => match message {
                 Some(Ok(Message::Text(text))) => {
                     zombie.as_mut().reset(tokio::time::Instant::now() + silence);
                     let mut state = shared.lock();
@@ -864,8 +918,8 @@ async fn run_client<S>(
     if let Some((code, reason)) = closing {
         // Bounded: a client that does not read gets no close handshake.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            sink.send(close_message(code, reason)).await?;
-            sink.close().await
+            ws.send(close_message(code, reason)).await?;
+            SinkExt::close(&mut ws).await
         })
         .await;
     }

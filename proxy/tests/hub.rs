@@ -1,11 +1,10 @@
 //! The downstream protocol, sans-IO: IDENTIFY checks, READY and the guild cache, RESUME replays,
 //! lagging clients and upstream session loss.
 
-use bytes::Bytes;
 use handover_protocol::{Intents, RawJson, Token};
 use std::collections::BTreeMap;
 
-use handover_proxy::{Action, ClientId, Hub, HubConfig, Upstream};
+use handover_proxy::{Action, ClientId, Frame, Hub, HubConfig, Upstream};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "proxy-test-token";
@@ -83,7 +82,7 @@ fn frames_to(out: &[Action], client: ClientId) -> Vec<Value> {
             _ => None,
         })
         .flatten()
-        .map(|f: Bytes| serde_json::from_slice(&f).unwrap())
+        .map(|f: Frame| serde_json::from_slice(&f).unwrap())
         .collect()
 }
 
@@ -1133,4 +1132,53 @@ fn large_threshold_trims_the_members_of_a_large_guild() {
     let large = guild_creates_of(&mut hub, Intents::GUILDS.bits(), Some(2));
     assert_eq!(ids(&large[0]), ["2", "3"]);
     assert_eq!(large[0]["large"], true);
+}
+
+#[test]
+fn a_burst_of_dispatches_is_one_batch_per_client_in_seq_order() {
+    let mut hub = hub_with(vec![0], 1, 64);
+    ready(&mut hub, 0, "up-1", &[]);
+    let (a, _) = hub.connect();
+    let (b, _) = hub.connect();
+    let seq_a = frames_to(&send(&mut hub, a, identify(TOKEN, None, 513)), a)[0]["s"]
+        .as_u64()
+        .unwrap();
+    frames_to(&send(&mut hub, b, identify(TOKEN, None, 513)), b);
+    // What the shell's pump does with the events ready at once: one `out` for all of them.
+    let mut out = Vec::new();
+    for n in 0..10 {
+        hub.upstream(
+            Upstream::Dispatch {
+                shard: 0,
+                event_type: "E".into(),
+                data: raw(&json!({"n": n})),
+            },
+            &mut out,
+        );
+    }
+    // Each dispatch sends to a then b, so a's frames are not merged across b's: per client,
+    // every frame is there once and in order; consecutive frames for one client share an
+    // action (the single-client case is one action for the burst).
+    for client in [a, b] {
+        let f = frames_to(&out, client);
+        let ns: Vec<u64> = f.iter().map(|v| v["d"]["n"].as_u64().unwrap()).collect();
+        assert_eq!(ns, (0..10).collect::<Vec<_>>());
+        let seqs: Vec<u64> = f.iter().map(|v| v["s"].as_u64().unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    }
+    assert_eq!(frames_to(&out, a)[0]["s"].as_u64().unwrap(), seq_a + 1);
+    hub.client_gone(b);
+    let mut out = Vec::new();
+    for n in 0..10 {
+        hub.upstream(
+            Upstream::Dispatch {
+                shard: 0,
+                event_type: "E".into(),
+                data: raw(&json!({"n": n})),
+            },
+            &mut out,
+        );
+    }
+    assert_eq!(out.len(), 1, "one client: one batch for the burst");
+    assert_eq!(frames_to(&out, a).len(), 10);
 }
