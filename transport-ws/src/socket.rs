@@ -123,6 +123,9 @@ pub(crate) struct Upgrade<S> {
 /// Read size while looking for the end of the response head.
 const HEAD_READ: usize = 1024;
 
+/// Receive buffer of the frame reader the upgrade builds (and that is never read from).
+const HANDSHAKE_READ_BUFFER: usize = 64;
+
 impl<S> Upgrade<S> {
     pub(crate) fn new(inner: S) -> Self {
         Upgrade {
@@ -426,13 +429,20 @@ async fn connect_inner(
             }
         }
     };
-    let (ws, _response) =
-        tokio_tungstenite::client_async_with_config(url, Upgrade::new(stream), Some(ws_config))
-            .await
-            .map_err(|e| TransportError::Handshake {
-                conn,
-                source: Box::new(e),
-            })?;
+    // The WebSocket the upgrade builds is thrown away below, so its frame reader gets the
+    // smallest receive buffer: a full-size one would be a transient of `read_buffer_size`
+    // bytes per connect, freed between long-lived allocations (resident all the same).
+    let upgrade_config = ws_config.read_buffer_size(HANDSHAKE_READ_BUFFER);
+    let (ws, _response) = tokio_tungstenite::client_async_with_config(
+        url,
+        Upgrade::new(stream),
+        Some(upgrade_config),
+    )
+    .await
+    .map_err(|e| TransportError::Handshake {
+        conn,
+        source: Box::new(e),
+    })?;
     // The handshake saw nothing past the response head (`Upgrade` kept it), so no bytes are
     // left in its frame reader: start a fresh one whose receive buffer keeps its size.
     Ok(WebSocketStream::from_raw_socket(ws.into_inner(), Role::Client, Some(ws_config)).await)
@@ -546,6 +556,10 @@ impl Socket {
                 Pin::new(&mut self.ws).start_send(msg)?;
                 self.needs_flush = true;
             }
+        }
+        if self.outbox.capacity() > 0 && self.outbox.is_empty() {
+            // Sends are rare (a heartbeat, a command): hold no queue memory between them.
+            self.outbox = VecDeque::new();
         }
         if self.needs_flush {
             match Pin::new(&mut self.ws).poll_flush(cx) {
