@@ -114,7 +114,8 @@ impl Driver {
 }
 
 enum Command<C: Codec> {
-    Start(oneshot::Sender<()>),
+    /// A reply sender, or none for [`DriverHandle::request_start`].
+    Start(Option<oneshot::Sender<()>>),
     Stop(StopIntent, oneshot::Sender<()>),
     Restart(RestartReason, oneshot::Sender<()>),
     Send(C::Command, oneshot::Sender<Result<(), SendError>>),
@@ -155,7 +156,15 @@ impl<C: Codec> DriverHandle<C> {
     /// Begins connecting (a no-op while a connection is already being made or is up). Returns
     /// once the core has applied it.
     pub async fn start(&self) -> Result<(), DriverGone> {
-        self.call(Command::Start).await
+        self.call(|tx| Command::Start(Some(tx))).await
+    }
+
+    /// Asks the task to begin connecting, without waiting for it to apply the request (for
+    /// callers that cannot wait, such as a constructor). Same effect as [`start`](Self::start)
+    /// once the task runs. `false` if the task is gone or its command queue is full (then
+    /// call `start`). Costs no task and no reply channel.
+    pub fn request_start(&self) -> bool {
+        self.commands.try_send(Command::Start(None)).is_ok()
     }
 
     /// Closes the connection and returns only once the core is `Closed` with no live socket:
@@ -420,7 +429,9 @@ where
         match cmd {
             Command::Start(reply) => {
                 self.core.start(now);
-                let _ = reply.send(());
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
             }
             Command::Stop(intent, reply) => {
                 self.core.stop(now, intent);

@@ -277,6 +277,17 @@ struct CommandState<T> {
     rx_waker: Option<Waker>,
 }
 
+impl<T> CommandState<T> {
+    fn push(&mut self, value: T) {
+        if self.queue.capacity() == 0 {
+            // Usually one command is queued at a time: one slot, not the four a first push
+            // makes room for.
+            self.queue.reserve_exact(1);
+        }
+        self.queue.push_back(value);
+    }
+}
+
 struct CommandShared<T> {
     state: Mutex<CommandState<T>>,
     /// Woken when a command is taken (room) or the receiver is gone.
@@ -339,7 +350,7 @@ impl<T> CommandSender<T> {
                 }
                 if state.queue.len() < state.capacity {
                     if let Some(v) = value.take() {
-                        state.queue.push_back(v);
+                        state.push(v);
                     }
                     Some(state.rx_waker.take())
                 } else {
@@ -354,6 +365,23 @@ impl<T> CommandSender<T> {
             }
             notified.await;
         }
+    }
+
+    /// Queues `value` if there is room now; gives it back otherwise (or once the receiver is
+    /// gone).
+    pub(crate) fn try_send(&self, value: T) -> Result<(), T> {
+        let waker = {
+            let mut state = self.shared.lock();
+            if !state.receiver_alive || state.queue.len() >= state.capacity {
+                return Err(value);
+            }
+            state.push(value);
+            state.rx_waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
     }
 
     /// Whether the receiver is gone (the driver task has exited).
@@ -552,8 +580,9 @@ mod tests {
         let (tx, mut rx) = command_channel::<u32>(2);
         let (_, waker) = counter();
         let mut cx = Context::from_waker(&waker);
-        tx.send(1).await.unwrap();
+        assert_eq!(tx.try_send(1), Ok(()));
         tx.send(2).await.unwrap();
+        assert_eq!(tx.try_send(9), Err(9), "a full queue took a command");
         // Full: a third send waits; dropped unfinished, it leaves nothing behind.
         {
             let third = tx.send(3);

@@ -120,8 +120,10 @@ pub(crate) struct Upgrade<S> {
     searched: usize,
 }
 
-/// Read size while looking for the end of the response head.
-const HEAD_READ: usize = 1024;
+/// Read size while looking for the end of the response head (a gateway's is about 200 bytes;
+/// a longer one takes more reads). Small: every shard of a fleet upgrades at once, and these
+/// buffers, freed after the upgrade, stayed resident between long-lived allocations.
+const HEAD_READ: usize = 256;
 
 impl<S> Upgrade<S> {
     pub(crate) fn new(inner: S) -> Self {
