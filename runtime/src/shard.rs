@@ -566,10 +566,12 @@ pub(crate) fn spawn(
         ledger,
         send_turn: Arc::new(tokio::sync::Mutex::new(())),
     };
-    let starter = handle.driver.clone();
-    tokio::spawn(async move {
-        let _ = starter.start().await;
-    });
+    // Queued for the driver's first run: no task and no reply channel per shard (a task
+    // spawned to call `start` was a transient of 1 KiB per shard, allocated by every shard
+    // of a fleet at once). A fresh queue always has room.
+    if !handle.driver.request_start() {
+        warn!(shard, "the driver did not take the start request");
+    }
     Ok((handle, events))
 }
 

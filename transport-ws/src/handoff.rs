@@ -193,10 +193,20 @@ impl<T> Receiver<T> {
                     }
                 }
                 let waker = state.tx_waker.take();
+                // Two buffers rotate, not three: this one, finished, goes back to the queue
+                // (which the driver's next hand-over swaps it with) unless the queue already
+                // has one. Three rotating (the driver's, the queue's, this one) kept three
+                // bursts' worth of slots on an idle connection.
+                let finished = std::mem::take(&mut self.local);
+                let finished =
+                    if finished.capacity() <= KEEP_WHEN_IDLE && state.queue.capacity() == 0 {
+                        state.queue = finished;
+                        None
+                    } else {
+                        Some(finished)
+                    };
                 drop(state);
-                if self.local.capacity() > KEEP_WHEN_IDLE {
-                    self.local = VecDeque::new();
-                }
+                drop(finished);
                 if let Some(w) = waker {
                     w.wake();
                 }
@@ -229,9 +239,207 @@ impl<T> Drop for Receiver<T> {
     }
 }
 
+/// The other direction: the bounded queue of commands from the handles to the driver task.
+///
+/// Commands are rare (start, stop, a gateway send now and then), so the queue holds no memory
+/// while empty: its buffer is released when the task takes the last queued command. A tokio
+/// mpsc channel allocated its first block of 32 slots when created, for the life of the
+/// connection, whatever the capacity (3.1 KiB per idle shard).
+///
+/// Sending is cancellation-safe: a command is queued whole under the lock or not at all.
+/// Senders that find the queue full wait on a [`Notify`](tokio::sync::Notify), which allocates
+/// nothing while no one waits.
+pub(crate) fn command_channel<T>(capacity: usize) -> (CommandSender<T>, CommandReceiver<T>) {
+    let shared = Arc::new(CommandShared {
+        state: Mutex::new(CommandState {
+            queue: VecDeque::new(),
+            capacity: capacity.max(1),
+            senders: 1,
+            receiver_alive: true,
+            rx_waker: None,
+        }),
+        room: tokio::sync::Notify::new(),
+    });
+    (
+        CommandSender {
+            shared: shared.clone(),
+        },
+        CommandReceiver { shared },
+    )
+}
+
+struct CommandState<T> {
+    queue: VecDeque<T>,
+    capacity: usize,
+    /// Live [`CommandSender`]s: the receiver sees the end when the last one goes.
+    senders: usize,
+    receiver_alive: bool,
+    rx_waker: Option<Waker>,
+}
+
+impl<T> CommandState<T> {
+    fn push(&mut self, value: T) {
+        if self.queue.capacity() == 0 {
+            // Usually one command is queued at a time: one slot, not the four a first push
+            // makes room for.
+            self.queue.reserve_exact(1);
+        }
+        self.queue.push_back(value);
+    }
+}
+
+struct CommandShared<T> {
+    state: Mutex<CommandState<T>>,
+    /// Woken when a command is taken (room) or the receiver is gone.
+    room: tokio::sync::Notify,
+}
+
+impl<T> CommandShared<T> {
+    fn lock(&self) -> MutexGuard<'_, CommandState<T>> {
+        // Plain values: a panic while holding the lock cannot leave them inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A handle's end; cloning it adds a sender.
+pub(crate) struct CommandSender<T> {
+    shared: Arc<CommandShared<T>>,
+}
+
+impl<T> Clone for CommandSender<T> {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        CommandSender {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Drop for CommandSender<T> {
+    fn drop(&mut self) {
+        let waker = {
+            let mut state = self.shared.lock();
+            state.senders -= 1;
+            if state.senders == 0 {
+                state.rx_waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl<T> CommandSender<T> {
+    /// Queues `value`, waiting while the queue is full. `Err(Closed)` (with nothing queued)
+    /// once the receiver is gone.
+    pub(crate) async fn send(&self, value: T) -> Result<(), Closed> {
+        let mut value = Some(value);
+        // Bounded by the receiver: every taken command or its end wakes a waiter.
+        loop {
+            let notified = self.shared.room.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a command taken in between is not missed.
+            notified.as_mut().enable();
+            let waker = {
+                let mut state = self.shared.lock();
+                if !state.receiver_alive {
+                    return Err(Closed);
+                }
+                if state.queue.len() < state.capacity {
+                    if let Some(v) = value.take() {
+                        state.push(v);
+                    }
+                    Some(state.rx_waker.take())
+                } else {
+                    None
+                }
+            };
+            if let Some(waker) = waker {
+                if let Some(w) = waker {
+                    w.wake();
+                }
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+
+    /// Queues `value` if there is room now; gives it back otherwise (or once the receiver is
+    /// gone).
+    pub(crate) fn try_send(&self, value: T) -> Result<(), T> {
+        let waker = {
+            let mut state = self.shared.lock();
+            if !state.receiver_alive || state.queue.len() >= state.capacity {
+                return Err(value);
+            }
+            state.push(value);
+            state.rx_waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Whether the receiver is gone (the driver task has exited).
+    pub(crate) fn is_closed(&self) -> bool {
+        !self.shared.lock().receiver_alive
+    }
+}
+
+/// The driver task's end.
+pub(crate) struct CommandReceiver<T> {
+    shared: Arc<CommandShared<T>>,
+}
+
+impl<T> CommandReceiver<T> {
+    /// The next command, `Ready(None)` once every sender is gone and the queue is empty.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let value = {
+            let mut state = self.shared.lock();
+            match state.queue.pop_front() {
+                Some(v) => {
+                    if state.queue.is_empty() {
+                        // Hold no memory between commands.
+                        state.queue = VecDeque::new();
+                    }
+                    v
+                }
+                None if state.senders == 0 => return Poll::Ready(None),
+                None => {
+                    match &mut state.rx_waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        slot => *slot = Some(cx.waker().clone()),
+                    }
+                    return Poll::Pending;
+                }
+            }
+        };
+        self.shared.room.notify_one();
+        Poll::Ready(Some(value))
+    }
+}
+
+impl<T> Drop for CommandReceiver<T> {
+    fn drop(&mut self) {
+        let queued = {
+            let mut state = self.shared.lock();
+            state.receiver_alive = false;
+            std::mem::take(&mut state.queue)
+        };
+        // Commands (and the reply senders in them) are dropped outside the lock.
+        drop(queued);
+        self.shared.room.notify_waiters();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
+    use std::future::Future;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Context, Poll, Wake, Waker};
@@ -332,5 +540,82 @@ mod tests {
         assert_eq!(tx_wakes.0.load(Ordering::SeqCst), 1);
         assert_eq!(tx.poll_room(&mut cx), Poll::Ready(Err(Closed)));
         assert_eq!(tx.send_from(&mut burst), Err(Closed));
+    }
+
+    /// After a burst is read to its end, the channel holds one spare buffer (handed to the
+    /// driver at its next hand-over), not one on each side; and bursts keep reusing the two
+    /// buffers in rotation without growing new ones.
+    #[test]
+    fn an_idle_channel_keeps_one_spare_buffer() {
+        let (tx, mut rx) = channel::<u32>(64);
+        let (_, waker) = counter();
+        let mut cx = Context::from_waker(&waker);
+        let mut pending = VecDeque::new();
+        for round in 0..5u32 {
+            pending.extend(round * 10..round * 10 + 10);
+            assert_eq!(tx.send_from(&mut pending), Ok(10));
+            for want in round * 10..round * 10 + 10 {
+                assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(want)));
+            }
+            assert!(rx.poll_recv(&mut cx).is_pending());
+            let queue_spare = tx.shared.lock().queue.capacity();
+            assert_eq!(
+                rx.local.capacity(),
+                0,
+                "round {round}: the reader kept its buffer"
+            );
+            if round > 0 {
+                // From the second burst on, two buffers rotate and neither is freed (freeing
+                // one would make the next burst grow a new one).
+                assert!(queue_spare > 0 && pending.capacity() > 0, "round {round}");
+            }
+        }
+    }
+
+    /// A full command queue makes the next send wait until the task takes a command; a send
+    /// dropped while waiting queues nothing; the task sees the end only once every sender is
+    /// gone and the queue is empty, and senders see a gone receiver.
+    #[tokio::test]
+    async fn commands_wait_for_room_and_end_with_the_last_sender() {
+        let (tx, mut rx) = command_channel::<u32>(2);
+        let (_, waker) = counter();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(tx.try_send(1), Ok(()));
+        tx.send(2).await.unwrap();
+        assert_eq!(tx.try_send(9), Err(9), "a full queue took a command");
+        // Full: a third send waits; dropped unfinished, it leaves nothing behind.
+        {
+            let third = tx.send(3);
+            tokio::pin!(third);
+            let polled = std::future::poll_fn(|cx| Poll::Ready(third.as_mut().poll(cx))).await;
+            assert!(polled.is_pending());
+        }
+        let second = tx.clone();
+        let waiting = tokio::spawn(async move { second.send(4).await });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "a send to a full queue did not wait"
+        );
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(1)));
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(2)));
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(4)));
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        assert_eq!(
+            rx.shared.lock().queue.capacity(),
+            0,
+            "an empty queue kept memory"
+        );
+        tx.send(5).await.unwrap();
+        drop(tx);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(5)));
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(None));
+
+        let (tx, rx) = command_channel::<u32>(1);
+        assert!(!tx.is_closed());
+        drop(rx);
+        assert!(tx.is_closed());
+        assert_eq!(tx.send(1).await, Err(Closed));
     }
 }

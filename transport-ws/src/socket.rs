@@ -120,8 +120,10 @@ pub(crate) struct Upgrade<S> {
     searched: usize,
 }
 
-/// Read size while looking for the end of the response head.
-const HEAD_READ: usize = 1024;
+/// Read size while looking for the end of the response head (a gateway's is about 200 bytes;
+/// a longer one takes more reads). Small: every shard of a fleet upgrades at once, and these
+/// buffers, freed after the upgrade, stayed resident between long-lived allocations.
+const HEAD_READ: usize = 256;
 
 impl<S> Upgrade<S> {
     pub(crate) fn new(inner: S) -> Self {
@@ -337,9 +339,7 @@ pub(crate) fn connect(
     let read_ahead = settings.read_ahead;
     let connector = settings.connector.clone();
     Box::pin(async move {
-        let attempt = connect_inner(
-            conn, url, target, tls_config, ws_config, read_ahead, connector,
-        );
+        let attempt = connect_inner(conn, target, tls_config, ws_config, read_ahead, connector);
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(TransportError::ConnectTimeout {
@@ -354,6 +354,8 @@ struct Target {
     secure: bool,
     host: String,
     port: u16,
+    /// Path and query, as the request line gives them (`/` at least).
+    path: String,
 }
 
 impl Target {
@@ -374,13 +376,27 @@ impl Target {
             return Err(invalid("no host"));
         }
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-        Ok(Target { secure, host, port })
+        let path = uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("/");
+        let path = if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("/{path}")
+        };
+        Ok(Target {
+            secure,
+            host,
+            port,
+            path,
+        })
     }
 }
 
 async fn connect_inner(
     conn: TransportId,
-    url: String,
     target: Target,
     tls: Option<Arc<rustls::ClientConfig>>,
     ws_config: WebSocketConfig,
@@ -426,16 +442,126 @@ async fn connect_inner(
             }
         }
     };
-    let (ws, _response) =
-        tokio_tungstenite::client_async_with_config(url, Upgrade::new(stream), Some(ws_config))
-            .await
-            .map_err(|e| TransportError::Handshake {
-                conn,
-                source: Box::new(e),
-            })?;
-    // The handshake saw nothing past the response head (`Upgrade` kept it), so no bytes are
-    // left in its frame reader: start a fresh one whose receive buffer keeps its size.
-    Ok(WebSocketStream::from_raw_socket(ws.into_inner(), Role::Client, Some(ws_config)).await)
+    let mut stream = Upgrade::new(stream);
+    upgrade(&mut stream, &target)
+        .await
+        .map_err(|e| TransportError::Handshake {
+            conn,
+            source: Box::new(e),
+        })?;
+    // `Upgrade` handed out nothing past the response head, so the frame reader starts on a
+    // frame boundary; its receive buffer keeps its size (see `Upgrade`).
+    Ok(WebSocketStream::from_raw_socket(stream, Role::Client, Some(ws_config)).await)
+}
+
+/// Longest response head accepted for the upgrade.
+const MAX_HEAD: usize = 8 << 10;
+
+/// Headers parsed in the upgrade's response, at most.
+const MAX_HEADERS: usize = 32;
+
+/// Why the WebSocket upgrade failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum UpgradeError {
+    /// Reading or writing the socket failed.
+    #[error("upgrade i/o failed")]
+    Io(#[from] io::Error),
+    /// The peer closed before the end of its response head.
+    #[error("connection closed during the upgrade")]
+    Closed,
+    /// The response head is longer than [`MAX_HEAD`].
+    #[error("upgrade response head longer than {MAX_HEAD} bytes")]
+    HeadTooLong,
+    /// The response head is not HTTP.
+    #[error("malformed upgrade response")]
+    Malformed(#[source] httparse::Error),
+    /// The server answered with another status than 101.
+    #[error("upgrade refused with http status {0}")]
+    Status(u16),
+    /// `Upgrade: websocket` or `Connection: upgrade` missing.
+    #[error("the response does not upgrade to websocket")]
+    NotWebSocket,
+    /// `Sec-WebSocket-Accept` missing or not derived from our key.
+    #[error("wrong sec-websocket-accept in the upgrade response")]
+    BadAccept,
+}
+
+/// The client side of the WebSocket opening handshake (RFC 6455 section 4.1) over `stream`:
+/// one request written, the response head read (only it: `Upgrade` keeps the bytes after it)
+/// and checked. Done here rather than by tungstenite's handshake, whose read buffers (two of
+/// 4 KiB) and header maps were transients of every connect, allocated by all the shards of a
+/// fleet at once and resident as holes between their long-lived allocations.
+async fn upgrade<S>(stream: &mut Upgrade<S>, target: &Target) -> Result<(), UpgradeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+
+    let key = tungstenite::handshake::client::generate_key();
+    let default_port = if target.secure { 443 } else { 80 };
+    let host = if target.host.contains(':') {
+        format!("[{}]", target.host)
+    } else {
+        target.host.clone()
+    };
+    let host = if target.port == default_port {
+        host
+    } else {
+        format!("{host}:{}", target.port)
+    };
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n",
+        target.path
+    );
+    stream.write_all(request.as_bytes()).await?;
+    stream.flush().await?;
+    drop(request);
+    let mut head = Vec::with_capacity(256);
+    // Bounded: every pass reads at least one byte or ends, and the head is at most MAX_HEAD.
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= MAX_HEAD {
+            return Err(UpgradeError::HeadTooLong);
+        }
+        if head.capacity() == head.len() {
+            head.reserve(256);
+        }
+        if stream.read_buf(&mut head).await? == 0 {
+            return Err(UpgradeError::Closed);
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(UpgradeError::Closed),
+        Err(e) => return Err(UpgradeError::Malformed(e)),
+    }
+    let status = response.code.unwrap_or(0);
+    if status != 101 {
+        return Err(UpgradeError::Status(status));
+    }
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let upgrades = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
+    let connection = header("connection").is_some_and(|v| {
+        v.split(|b| *b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    if !upgrades || !connection {
+        return Err(UpgradeError::NotWebSocket);
+    }
+    let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    if header("sec-websocket-accept").map(<[u8]>::trim_ascii) != Some(expected.as_bytes()) {
+        return Err(UpgradeError::BadAccept);
+    }
+    Ok(())
 }
 
 fn server_name(conn: TransportId, target: &Target) -> Result<ServerName<'static>, TransportError> {
@@ -546,6 +672,10 @@ impl Socket {
                 Pin::new(&mut self.ws).start_send(msg)?;
                 self.needs_flush = true;
             }
+        }
+        if self.outbox.capacity() > 0 && self.outbox.is_empty() {
+            // Sends are rare (a heartbeat, a command): hold no queue memory between them.
+            self.outbox = VecDeque::new();
         }
         if self.needs_flush {
             match Pin::new(&mut self.ws).poll_flush(cx) {
@@ -727,5 +857,108 @@ mod tests {
             }
             assert_eq!(rest, frames, "read size {size}");
         }
+    }
+
+    /// The upgrade writes a well-formed request (path and query, host with its port, key) and
+    /// accepts only a 101 whose accept header derives from that key; bytes the server sent
+    /// after the head stay for the frame reader.
+    #[tokio::test]
+    async fn the_upgrade_checks_the_response_and_leaves_the_frames() {
+        use tokio::io::AsyncWriteExt;
+        use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+        use super::{Target, UpgradeError, upgrade};
+
+        async fn run(answer: fn(&str) -> String) -> (Result<(), UpgradeError>, String, Vec<u8>) {
+            let (client, mut server) = tokio::io::duplex(4096);
+            let target = Target::parse(
+                handover_core::TransportId(1),
+                "ws://127.0.0.1:8080/gw?v=10&encoding=json",
+            )
+            .unwrap();
+            let mut stream = Upgrade::new(client);
+            let serve = async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 512];
+                while !request.ends_with(b"\r\n\r\n") {
+                    let n = server.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "request cut short");
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let request = String::from_utf8(request).unwrap();
+                let key = request
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                    .unwrap()
+                    .to_owned();
+                let mut reply = answer(&key).into_bytes();
+                reply.extend_from_slice(b"FRAMES");
+                server.write_all(&reply).await.unwrap();
+                drop(server);
+                request
+            };
+            let (result, request) = tokio::join!(upgrade(&mut stream, &target), serve);
+            let mut rest = Vec::new();
+            if result.is_ok() {
+                stream.read_to_end(&mut rest).await.unwrap();
+            }
+            (result, request, rest)
+        }
+
+        let (result, request, rest) = run(|key| {
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\n\
+                 Connection: keep-alive, Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                derive_accept_key(key.as_bytes())
+            )
+        })
+        .await;
+        assert!(result.is_ok(), "{result:?}");
+        assert!(
+            request.starts_with("GET /gw?v=10&encoding=json HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("\r\nHost: 127.0.0.1:8080\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("\r\nSec-WebSocket-Version: 13\r\n"),
+            "{request}"
+        );
+        assert_eq!(rest, b"FRAMES");
+
+        let (result, _, _) = run(|_| {
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                .to_owned()
+        })
+        .await;
+        assert!(matches!(result, Err(UpgradeError::BadAccept)), "{result:?}");
+
+        let (result, _, _) = run(|_| "HTTP/1.1 403 Forbidden\r\n\r\n".to_owned()).await;
+        assert!(
+            matches!(result, Err(UpgradeError::Status(403))),
+            "{result:?}"
+        );
+
+        let (result, _, _) = run(|key| {
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {}\r\n\r\n",
+                derive_accept_key(key.as_bytes())
+            )
+        })
+        .await;
+        assert!(
+            matches!(result, Err(UpgradeError::NotWebSocket)),
+            "{result:?}"
+        );
+
+        let (result, _, _) = run(|_| "not http at all\r\n\r\n".to_owned()).await;
+        assert!(
+            matches!(result, Err(UpgradeError::Malformed(_))),
+            "{result:?}"
+        );
     }
 }
