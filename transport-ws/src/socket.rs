@@ -458,7 +458,7 @@ async fn connect_inner(
 const MAX_HEAD: usize = 8 << 10;
 
 /// Headers parsed in the upgrade's response, at most.
-const MAX_HEADERS: usize = 32;
+const MAX_HEADERS: usize = 64;
 
 /// Why the WebSocket upgrade failed.
 #[derive(Debug, thiserror::Error)]
