@@ -54,25 +54,22 @@ where
     }
 }
 
+/// `handover proxy` on a free loopback port in front of the mock at `gateway`, with `extra`
+/// flags; returns it with its `listening` line.
+async fn start_proxy(gateway: &str, extra: &[&str]) -> (cli_common::Handover, Value) {
+    let mut args = vec!["proxy", "--listen", "0", "--gateway-url", gateway];
+    args.extend_from_slice(extra);
+    let mut proxy = cli_common::spawn(&args, &[("HANDOVER_TOKEN", cli_common::TOKEN)]);
+    let listening = proxy.expect_type("listening").await;
+    (proxy, listening)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_serves_a_client_in_front_of_the_mock_and_drains_on_sigterm() {
     let mock = handover_mock::MockServer::start(cli_common::mock_config())
         .await
         .unwrap();
-    let url = mock.url();
-    let mut proxy = cli_common::spawn(
-        &[
-            "proxy",
-            "--listen",
-            "0",
-            "--gateway-url",
-            &url,
-            "--drain-timeout-ms",
-            "500",
-        ],
-        &[("HANDOVER_TOKEN", cli_common::TOKEN)],
-    );
-    let listening = proxy.expect_type("listening").await;
+    let (mut proxy, listening) = start_proxy(&mock.url(), &["--drain-timeout-ms", "500"]).await;
     let proxy_url = listening["url"].as_str().unwrap().to_owned();
     assert_eq!(listening["total"], 1);
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("{proxy_url}/?v=10&encoding=json"))
@@ -149,20 +146,7 @@ async fn cache_keeps_only_the_kinds_the_operator_names() {
     let mock = handover_mock::MockServer::start(cli_common::mock_config())
         .await
         .unwrap();
-    let url = mock.url();
-    let mut proxy = cli_common::spawn(
-        &[
-            "proxy",
-            "--listen",
-            "0",
-            "--gateway-url",
-            &url,
-            "--cache",
-            "channels",
-        ],
-        &[("HANDOVER_TOKEN", cli_common::TOKEN)],
-    );
-    let listening = proxy.expect_type("listening").await;
+    let (mut proxy, listening) = start_proxy(&mock.url(), &["--cache", "channels"]).await;
     let proxy_url = listening["url"].as_str().unwrap().to_owned();
     let mut first = identified(&proxy_url).await;
     let guild = json!({

@@ -1145,17 +1145,7 @@ fn a_burst_of_dispatches_is_one_batch_per_client_in_seq_order() {
         .unwrap();
     frames_to(&send(&mut hub, b, identify(TOKEN, None, 513)), b);
     // What the shell's pump does with the events ready at once: one `out` for all of them.
-    let mut out = Vec::new();
-    for n in 0..10 {
-        hub.upstream(
-            Upstream::Dispatch {
-                shard: 0,
-                event_type: "E".into(),
-                data: raw(&json!({"n": n})),
-            },
-            &mut out,
-        );
-    }
+    let out = burst(&mut hub, 10);
     // Each dispatch sends to a then b, so a's frames are not merged across b's: per client,
     // every frame is there once and in order; consecutive frames for one client share an
     // action (the single-client case is one action for the burst).
@@ -1168,8 +1158,16 @@ fn a_burst_of_dispatches_is_one_batch_per_client_in_seq_order() {
     }
     assert_eq!(frames_to(&out, a)[0]["s"].as_u64().unwrap(), seq_a + 1);
     hub.client_gone(b);
+    let out = burst(&mut hub, 10);
+    assert_eq!(out.len(), 1, "one client: one batch for the burst");
+    assert_eq!(frames_to(&out, a).len(), 10);
+}
+
+/// `count` dispatches `{"n": 0..count}` on shard 0, handled as the pump handles the events
+/// ready at once: one action list for all of them.
+fn burst(hub: &mut Hub, count: u64) -> Vec<Action> {
     let mut out = Vec::new();
-    for n in 0..10 {
+    for n in 0..count {
         hub.upstream(
             Upstream::Dispatch {
                 shard: 0,
@@ -1179,6 +1177,5 @@ fn a_burst_of_dispatches_is_one_batch_per_client_in_seq_order() {
             &mut out,
         );
     }
-    assert_eq!(out.len(), 1, "one client: one batch for the burst");
-    assert_eq!(frames_to(&out, a).len(), 10);
+    out
 }

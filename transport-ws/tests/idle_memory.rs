@@ -3,66 +3,17 @@
 //! of the current thread gives a byte count, not a timing. The drivers here are never started
 //! (no socket), so the count is the driver's own, whatever the socket layers keep.
 
-#![allow(unsafe_code)]
-
 mod common;
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+#[path = "../../protocol/tests/live_bytes/mod.rs"]
+mod live_bytes;
 
 use common::LineCodec;
 use handover_core::{Config, Connection};
 use handover_transport_ws::{Driver, TransportConfig};
-
-/// Counts the bytes allocated minus the bytes freed by the current thread (the test harness
-/// runs other threads).
-struct LiveBytes;
-
-thread_local! {
-    static LIVE: Cell<i64> = const { Cell::new(0) };
-}
-
-fn add(n: usize) {
-    // `try_with`: thread-local storage may already be gone while a thread exits.
-    let _ = LIVE.try_with(|l| l.set(l.get() + n as i64));
-}
-
-fn sub(n: usize) {
-    let _ = LIVE.try_with(|l| l.set(l.get() - n as i64));
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; counting has no effect
-// on the memory handed out.
-unsafe impl GlobalAlloc for LiveBytes {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        add(layout.size());
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        add(layout.size());
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        sub(layout.size());
-        add(new_size);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        sub(layout.size());
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use live_bytes::{LiveBytes, live};
 
 #[global_allocator]
 static ALLOC: LiveBytes = LiveBytes;
-
-fn live() -> i64 {
-    LIVE.with(Cell::get)
-}
 
 const DRIVERS: usize = 64;
 
