@@ -41,6 +41,8 @@
 mod compressions;
 #[path = "process/mod.rs"]
 mod process;
+#[path = "idle_twilight/src/client.rs"]
+mod twilight_idle;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -502,61 +504,12 @@ async fn drain(fleet: &mut Fleet, within: Duration) {
 
 /// `n` twilight-gateway shards sharing one in-memory identify queue, one task each.
 async fn twilight_client(n: u32, url: &str, life: Duration) -> Result<(), String> {
-    use twilight_gateway::queue::InMemoryQueue;
-    use twilight_gateway::{
-        ConfigBuilder, EventTypeFlags, Intents as TwIntents, Shard, ShardId, StreamExt as _,
-    };
-    use twilight_model::gateway::event::Event;
-    let concurrency = u16::try_from(n).unwrap_or(u16::MAX);
-    let queue = InMemoryQueue::new(
-        concurrency,
-        1_000_000,
-        Duration::from_secs(86_400),
-        1_000_000,
-    );
-    let config = ConfigBuilder::new(
+    twilight_idle::run(
+        n,
+        url,
         DEFAULT_TOKEN.to_owned(),
-        TwIntents::GUILDS | TwIntents::GUILD_MESSAGES,
+        life,
+        READY_BASE + READY_PER_SHARD * n,
     )
-    .proxy_url(url.to_owned())
-    .queue(queue)
-    .build();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(), String>>(n as usize);
-    let mut tasks = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let mut shard = Shard::with_config(ShardId::new(i, n), config.clone());
-        let tx = tx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut told = false;
-            while let Some(item) = shard.next_event(EventTypeFlags::READY).await {
-                match item {
-                    Ok(Event::Ready(_)) if !told => {
-                        told = true;
-                        let _ = tx.send(Ok(())).await;
-                    }
-                    Ok(_) => {}
-                    Err(e) if !told => {
-                        told = true;
-                        let _ = tx.send(Err(format!("twilight: {e}"))).await;
-                    }
-                    Err(_) => {}
-                }
-            }
-        }));
-    }
-    let deadline = tokio::time::Instant::now() + READY_BASE + READY_PER_SHARD * n;
-    for k in 0..n {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(Ok(()))) => {}
-            Ok(Some(Err(e))) => return Err(e),
-            Ok(None) => return Err("twilight shards ended during the handshakes".to_owned()),
-            Err(_) => return Err(format!("{k} of {n} shards READY in time")),
-        }
-    }
-    println!("ready");
-    tokio::time::sleep(life).await;
-    for t in tasks {
-        t.abort();
-    }
-    Ok(())
+    .await
 }
