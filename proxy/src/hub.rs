@@ -4,7 +4,7 @@
 //! Nothing here does I/O or reads a clock: the shell ([`crate::server`]) feeds it client frames
 //! and upstream events and carries out the [`Action`]s it returns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use handover_protocol::{EventName, Intents, RawJson, Token};
 use serde::Deserialize;
@@ -284,6 +284,9 @@ struct ShardState {
     /// Open member requests by the number in the nonce the proxy sent upstream.
     requests: BTreeMap<u64, MemberRequest>,
     next_nonce: u64,
+    /// REQUEST_SOUNDBOARD_SOUNDS awaiting their SOUNDBOARD_SOUNDS, oldest first: the guild id
+    /// and the key of the session that asked.
+    sound_requests: VecDeque<(String, u64)>,
 }
 
 #[derive(Deserialize)]
@@ -453,6 +456,7 @@ impl Hub {
                         guilds: GuildCache::new(config.cache),
                         pending: Vec::new(),
                         requests: BTreeMap::new(),
+                        sound_requests: VecDeque::new(),
                         next_nonce: 0,
                     },
                 )
@@ -679,14 +683,19 @@ impl Hub {
                             None => self.close(client, close::DECODE_ERROR, "decode error", out),
                         }
                     }
-                    (Some(shard), Some(d)) => out.push(Action::Forward {
-                        client,
-                        shard,
-                        // One of the opcodes matched above.
-                        op: u8::try_from(op).unwrap_or_default(),
-                        d: RawJson::from_raw(d),
-                        from_identify: false,
-                    }),
+                    (Some(shard), Some(d)) => {
+                        if op == 31 {
+                            self.sound_request(client, shard, d);
+                        }
+                        out.push(Action::Forward {
+                            client,
+                            shard,
+                            // One of the opcodes matched above.
+                            op: u8::try_from(op).unwrap_or_default(),
+                            d: RawJson::from_raw(d),
+                            from_identify: false,
+                        });
+                    }
                     // Identified, waiting for the upstream READY: nowhere to send it yet.
                     (None, Some(_)) => self.stats.commands_dropped += 1,
                     (_, None) => self.close(client, close::DECODE_ERROR, "decode error", out),
@@ -746,6 +755,54 @@ impl Hub {
             state.requests.pop_first();
         }
         RawJson::parse(Value::Object(fields).to_string()).ok()
+    }
+
+    /// Remembers a client's REQUEST_SOUNDBOARD_SOUNDS, so that each SOUNDBOARD_SOUNDS it
+    /// causes (one per guild, carrying no nonce) goes to its session only: the oldest open
+    /// request for the event's guild takes it. Beyond [`MAX_OPEN_REQUESTS`] the oldest is
+    /// forgotten, and a reply no request claims goes to every session, as before.
+    fn sound_request(&mut self, client: ClientId, shard: u32, d: &RawValue) {
+        #[derive(Deserialize)]
+        struct Request {
+            guild_ids: Vec<Value>,
+        }
+        let Ok(request) = serde_json::from_str::<Request>(d.get()) else {
+            return;
+        };
+        let Some(key) = (match self.clients.get(&client) {
+            Some(ClientState::Attached { session }) => self.sessions.get(session).map(|s| s.key),
+            _ => None,
+        }) else {
+            return;
+        };
+        let Some(state) = self.shards.get_mut(&shard) else {
+            return;
+        };
+        for id in request.guild_ids {
+            let id = match id {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            state.sound_requests.push_back((id, key));
+        }
+        while state.sound_requests.len() > MAX_OPEN_REQUESTS {
+            state.sound_requests.pop_front();
+        }
+    }
+
+    /// The session whose request a SOUNDBOARD_SOUNDS answers, taken off the open requests.
+    fn sound_reply(state: &mut ShardState, data: &RawJson) -> Option<u64> {
+        #[derive(Deserialize)]
+        struct Reply {
+            guild_id: Value,
+        }
+        let reply: Reply = serde_json::from_slice(data.as_bytes()).ok()?;
+        let id = match reply.guild_id {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        let at = state.sound_requests.iter().position(|(g, _)| *g == id)?;
+        state.sound_requests.remove(at).map(|(_, key)| key)
     }
 
     /// A GUILD_MEMBERS_CHUNK of a request the proxy forwarded: the session it is for, and its
@@ -1143,6 +1200,11 @@ impl Hub {
         {
             audience.only = Some(session);
             data = restored;
+        }
+        if event_type == "SOUNDBOARD_SOUNDS"
+            && let Some(session) = Hub::sound_reply(state, &data)
+        {
+            audience.only = Some(session);
         }
         // The intents matter only if a session of the shard lacks some of the upstream's
         // (sessions started later never see this event): the common case parses nothing.

@@ -1163,6 +1163,45 @@ fn a_burst_of_dispatches_is_one_batch_per_client_in_seq_order() {
     assert_eq!(frames_to(&out, a).len(), 10);
 }
 
+#[test]
+fn soundboard_sounds_go_to_the_session_that_asked() {
+    let mut hub = hub_with(vec![0], 1, 64);
+    ready(&mut hub, 0, "up-1", &[]);
+    let (a, _) = hub.connect();
+    let (b, _) = hub.connect();
+    send(&mut hub, a, identify(TOKEN, None, 513));
+    send(&mut hub, b, identify(TOKEN, None, 513));
+    let asked = send(
+        &mut hub,
+        a,
+        json!({"op": 31, "d": {"guild_ids": ["5", "6"]}}),
+    );
+    assert!(
+        matches!(
+            &asked[..],
+            [Action::Forward {
+                op: 31,
+                shard: 0,
+                ..
+            }]
+        ),
+        "{asked:?}"
+    );
+    let sounds = |g: &str| json!({"guild_id": g, "soundboard_sounds": []});
+    // One reply per guild asked for, to the asker only; b sees neither.
+    for g in ["6", "5"] {
+        let out = dispatch(&mut hub, 0, "SOUNDBOARD_SOUNDS", sounds(g));
+        let to_a = frames_to(&out, a);
+        assert_eq!(to_a.len(), 1, "{out:?}");
+        assert_eq!(to_a[0]["d"]["guild_id"], g);
+        assert!(frames_to(&out, b).is_empty(), "{out:?}");
+    }
+    // No request open for the guild: every session gets it, as any other dispatch.
+    let out = dispatch(&mut hub, 0, "SOUNDBOARD_SOUNDS", sounds("5"));
+    assert_eq!(frames_to(&out, a).len(), 1);
+    assert_eq!(frames_to(&out, b).len(), 1);
+}
+
 /// `count` dispatches `{"n": 0..count}` on shard 0, handled as the pump handles the events
 /// ready at once: one action list for all of them.
 fn burst(hub: &mut Hub, count: u64) -> Vec<Action> {
