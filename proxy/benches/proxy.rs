@@ -63,12 +63,7 @@ fn main() {
     if args.first().map(String::as_str) == Some("--child") {
         std::process::exit(child(&args[1..]));
     }
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
+    let arg = |name: &str| process::flag_u64(&args, name);
     let full = args.iter().any(|a| a == "--bench");
     let mut plan = if full {
         Plan {

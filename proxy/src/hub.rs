@@ -727,16 +727,21 @@ impl Hub {
         }
     }
 
+    /// The key of the session `client` is attached to, if it is.
+    fn session_key(&self, client: ClientId) -> Option<u64> {
+        match self.clients.get(&client) {
+            Some(ClientState::Attached { session }) => self.sessions.get(session).map(|s| s.key),
+            _ => None,
+        }
+    }
+
     /// A client's REQUEST_GUILD_MEMBERS as it goes upstream: its nonce replaced by one unique
     /// to the proxy (two clients may use the same nonce, or none), remembered so that the
     /// GUILD_MEMBERS_CHUNKs go back to the client's session only, with its own nonce. `None`
     /// if `d` is not an object.
     fn member_request(&mut self, client: ClientId, shard: u32, d: &RawValue) -> Option<RawJson> {
         let mut fields: Map<String, Value> = serde_json::from_str(d.get()).ok()?;
-        let key = match self.clients.get(&client) {
-            Some(ClientState::Attached { session }) => self.sessions.get(session)?.key,
-            _ => return None,
-        };
+        let key = self.session_key(client)?;
         let state = self.shards.get_mut(&shard)?;
         state.next_nonce += 1;
         let n = state.next_nonce;
@@ -769,10 +774,7 @@ impl Hub {
         let Ok(request) = serde_json::from_str::<Request>(d.get()) else {
             return;
         };
-        let Some(key) = (match self.clients.get(&client) {
-            Some(ClientState::Attached { session }) => self.sessions.get(session).map(|s| s.key),
-            _ => None,
-        }) else {
+        let Some(key) = self.session_key(client) else {
             return;
         };
         let Some(state) = self.shards.get_mut(&shard) else {

@@ -7,19 +7,16 @@
 //! Needs `npm ci` in `proxy/tests/node` (`.ci/run` does it); without `node_modules` the test
 //! fails and says so.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use handover_mock::{DEFAULT_TOKEN, MockConfig, MockServer};
-use handover_protocol::{GatewayConfig, Intents, Token};
-use handover_proxy::server::Proxy;
-use handover_proxy::{HubConfig, ProxyConfig};
-use handover_runtime::{Fleet, FleetConfig, ShardSelection};
+use handover_mock::DEFAULT_TOKEN;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 /// Events dispatched upstream during the test.
 const EVENTS: u64 = 2500;
@@ -53,32 +50,8 @@ async fn discordjs_managers_recreated_during_a_stream_resume_and_see_every_event
         dir.display()
     );
 
-    let mock = MockServer::start(MockConfig::default()).await.unwrap();
-    let intents = Intents::GUILDS | Intents::GUILD_MESSAGES;
-    let mut gateway = GatewayConfig::new(Token::new(DEFAULT_TOKEN).unwrap(), intents);
-    gateway.gateway_url = mock.url();
-    let fleet = Fleet::start(FleetConfig::new(gateway, ShardSelection::All { total: 1 })).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hub = HubConfig::new(
-        Token::new(DEFAULT_TOKEN).unwrap(),
-        intents,
-        vec![0],
-        1,
-        format!("ws://{addr}"),
-    );
-    let proxy = Proxy::start(listener, fleet, ProxyConfig::new(hub)).unwrap();
-    let handle = proxy.handle();
-    for _ in 0..500 {
-        if handle.upstream_ready(0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        handle.upstream_ready(0),
-        "the upstream shard never got READY"
-    );
+    let (mock, proxy, url) = common::start(|_| {}).await;
+    let addr = url.trim_start_matches("ws://").to_owned();
 
     let child = Command::new("node")
         .arg("restarts.mjs")
@@ -175,15 +148,7 @@ async fn discordjs_managers_recreated_during_a_stream_resume_and_see_every_event
     );
     producer.await.unwrap();
 
-    let counters = mock.handle().counters();
-    let shard = counters.shard(0);
-    assert_eq!(shard.identifies, 1, "upstream: one identify");
-    assert_eq!(
-        shard.resumes_ok + shard.resumes_failed,
-        0,
-        "upstream: no reconnect"
-    );
-    assert_eq!(counters.connections_accepted, 1, "upstream: one socket");
+    common::assert_upstream_untouched(&mock);
     let stats = proxy.handle().stats();
     assert_eq!(stats.resumes, RESTARTS, "every new manager resumed");
     assert_eq!(stats.resumes_refused, 0);

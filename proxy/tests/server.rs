@@ -2,17 +2,16 @@
 //! `GET /api/v10/gateway/bot` on the gateway's port, and a client that stops reading is closed
 //! resumable without slowing another client of the shard.
 
+mod common;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use handover_mock::{DEFAULT_TOKEN, MockConfig, MockServer};
-use handover_protocol::{GatewayConfig, Intents, Token};
+use handover_mock::{DEFAULT_TOKEN, MockServer};
 use handover_proxy::server::Proxy;
-use handover_proxy::{HubConfig, ProxyConfig};
-use handover_runtime::{Fleet, FleetConfig, ShardSelection};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn start(client_queue: usize) -> (MockServer, Proxy, String) {
@@ -20,40 +19,14 @@ async fn start(client_queue: usize) -> (MockServer, Proxy, String) {
 }
 
 async fn start_with(client_queue: usize, heartbeat_ms: Option<u64>) -> (MockServer, Proxy, String) {
-    let mock = MockServer::start(MockConfig::default()).await.unwrap();
-    let intents = Intents::GUILDS | Intents::GUILD_MESSAGES;
-    let mut gateway = GatewayConfig::new(Token::new(DEFAULT_TOKEN).unwrap(), intents);
-    gateway.gateway_url = mock.url();
-    let fleet = Fleet::start(FleetConfig::new(gateway, ShardSelection::All { total: 1 })).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
-    let hub = HubConfig::new(
-        Token::new(DEFAULT_TOKEN).unwrap(),
-        intents,
-        vec![0],
-        1,
-        url.clone(),
-    );
-    let mut hub = hub;
-    if let Some(ms) = heartbeat_ms {
-        hub.heartbeat_interval_ms = ms;
-        hub.heartbeat_grace_ms = ms;
-    }
-    let mut config = ProxyConfig::new(hub);
-    config.client_queue = client_queue;
-    let proxy = Proxy::start(listener, fleet, config).unwrap();
-    let handle = proxy.handle();
-    for _ in 0..500 {
-        if handle.upstream_ready(0) {
-            break;
+    common::start(|config| {
+        config.client_queue = client_queue;
+        if let Some(ms) = heartbeat_ms {
+            config.hub.heartbeat_interval_ms = ms;
+            config.hub.heartbeat_grace_ms = ms;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        handle.upstream_ready(0),
-        "the upstream shard never got READY"
-    );
-    (mock, proxy, url)
+    })
+    .await
 }
 
 async fn http_get(addr: &str, path: &str, auth: Option<&str>) -> (u16, Value) {

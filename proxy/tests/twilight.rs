@@ -4,16 +4,14 @@
 //! reconnect. And twilight-cache-inmemory fed through the proxy after a fresh IDENTIFY holds
 //! what the same cache fed straight from the mock holds.
 
+mod common;
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use handover_mock::{DEFAULT_TOKEN, MockConfig, MockServer};
-use handover_protocol::{GatewayConfig, Intents, Token};
 use handover_proxy::server::Proxy;
-use handover_proxy::{HubConfig, ProxyConfig};
-use handover_runtime::{Fleet, FleetConfig, ShardSelection};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use twilight_gateway::{ConfigBuilder, Message, Session, Shard, ShardId};
 
 /// Events dispatched upstream during the test.
@@ -25,33 +23,7 @@ const CLIENTS: usize = 2;
 const RESTARTS: usize = 50;
 
 async fn start() -> (MockServer, Proxy, String) {
-    let mock = MockServer::start(MockConfig::default()).await.unwrap();
-    let intents = Intents::GUILDS | Intents::GUILD_MESSAGES;
-    let mut gateway = GatewayConfig::new(Token::new(DEFAULT_TOKEN).unwrap(), intents);
-    gateway.gateway_url = mock.url();
-    let fleet = Fleet::start(FleetConfig::new(gateway, ShardSelection::All { total: 1 })).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
-    let hub = HubConfig::new(
-        Token::new(DEFAULT_TOKEN).unwrap(),
-        intents,
-        vec![0],
-        1,
-        url.clone(),
-    );
-    let proxy = Proxy::start(listener, fleet, ProxyConfig::new(hub)).unwrap();
-    let handle = proxy.handle();
-    for _ in 0..500 {
-        if handle.upstream_ready(0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        handle.upstream_ready(0),
-        "the upstream shard never got READY"
-    );
-    (mock, proxy, url)
+    common::start(|_| {}).await
 }
 
 fn twilight_shard(url: &str, session: Option<(&str, u64)>) -> Shard {
@@ -178,15 +150,7 @@ async fn twilight_clients_restarted_during_a_stream_see_every_event_exactly_once
         assert!(seen.resumed <= RESTARTS, "client {i}");
     }
     producer.await.unwrap();
-    let counters = mock.handle().counters();
-    let shard = counters.shard(0);
-    assert_eq!(shard.identifies, 1, "upstream: one identify");
-    assert_eq!(
-        shard.resumes_ok + shard.resumes_failed,
-        0,
-        "upstream: no reconnect"
-    );
-    assert_eq!(counters.connections_accepted, 1, "upstream: one socket");
+    common::assert_upstream_untouched(&mock);
     let stats = proxy.handle().stats();
     assert_eq!(
         stats.resumes,

@@ -189,12 +189,7 @@ fn main() {
     if args.first().map(String::as_str) == Some("--child") {
         std::process::exit(child(&args[1..]));
     }
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
+    let arg = |name: &str| process::flag_u64(&args, name);
     let full = args.iter().any(|a| a == "--bench");
     let mut plan = if full {
         Plan {
@@ -233,13 +228,9 @@ fn main() {
     if let Some(n) = arg("--distinct") {
         plan.distinct = n.clamp(1, 4096);
     }
-    let text = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-    };
-    plan.only_client = text("--only").and_then(|s| Client::parse(s));
-    plan.only_compression = text("--only-compression").and_then(|s| parse_compression(s));
+    let text = |name: &str| process::flag(&args, name);
+    plan.only_client = text("--only").and_then(Client::parse);
+    plan.only_compression = text("--only-compression").and_then(parse_compression);
     if let Some(n) = arg("--read-buffer") {
         plan.read_buffer = n;
     }

@@ -120,12 +120,7 @@ fn main() {
     if args.first().map(String::as_str) == Some("--child") {
         std::process::exit(child(&args[1..]));
     }
-    let text = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let text = |name: &str| process::flag(&args, name);
     let full = args.iter().any(|a| a == "--bench");
     let plan = Plan {
         shards: text("--shards")
@@ -138,8 +133,8 @@ fn main() {
                 .unwrap_or(if full { 30 } else { 1 })
                 .min(3600),
         ),
-        only_client: text("--only").and_then(|s| Client::parse(&s)),
-        only_compression: text("--only-compression").and_then(|s| parse_compression(&s)),
+        only_client: text("--only").and_then(Client::parse),
+        only_compression: text("--only-compression").and_then(parse_compression),
         heap_profile: args.iter().any(|a| a == "--heap-profile"),
         full,
     };

@@ -201,23 +201,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Upgrade<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Upgrade<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
+crate::read_ahead::write_through!(Upgrade);
 
 type Ws = WebSocketStream<Upgrade<MaybeTls>>;
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<Ws, TransportError>> + Send>>;

@@ -1,7 +1,7 @@
 //! Process measurements and child-process plumbing shared by the benchmarks that run each
 //! client in a child process of their own (`firehose`, `idle_shards`, and the transport's
-//! `idle_rss`): CPU time and memory from `/proc`, line-by-line reading of a child's stdout,
-//! and a bounded reap.
+//! `idle_rss`, the proxy's bench): CPU time and memory from `/proc`, line-by-line reading of a
+//! child's stdout, a bounded reap, and the value of a `--flag VALUE` option.
 
 #![allow(dead_code)] // Each benchmark uses part of this module.
 
@@ -100,4 +100,17 @@ pub(crate) fn reap(child: &mut Child, finished: bool) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The value after the option `name` (`--reps 3`) in `args`, if it is there.
+pub(crate) fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+/// The value after the option `name` as a number, if it is there and one.
+pub(crate) fn flag_u64(args: &[String], name: &str) -> Option<u64> {
+    flag(args, name).and_then(|v| v.parse().ok())
 }
