@@ -42,9 +42,10 @@ pub struct TransportConfig {
     /// Trust the Mozilla roots bundled by `webpki-roots`. Default `true`. Turn it off to trust
     /// only [`extra_root_certificates`](Self::extra_root_certificates).
     pub use_webpki_roots: bool,
-    /// Read buffer allocated per open socket, in bytes. It grows while a large message is being
-    /// received. Default 4 KiB, chosen to keep idle connections cheap; values under 256 are
-    /// raised to 256.
+    /// Room the frame reader asks for per read, in bytes (more when the frame being received
+    /// needs it, so a large message arrives into one allocation). The receive buffer exists only
+    /// while data is arriving: it is released whenever the socket has nothing more to give and
+    /// no partial frame is held. Default 4 KiB; values under 256 are raised to 256.
     pub read_buffer_size: usize,
     /// Bytes read from the socket at a time, ahead of TLS and the WebSocket parser, which then
     /// take theirs from this buffer in smaller pieces. Without it, an application that keeps
@@ -57,8 +58,9 @@ pub struct TransportConfig {
     /// (below glibc's 128 KiB mmap threshold, so taking and releasing it stays cheap); 0 turns
     /// read-ahead off (every read goes to the socket).
     pub read_ahead_size: usize,
-    /// Bytes of outgoing frames buffered before they are written to the socket. Default 0:
-    /// every message is written at once (gateway traffic is small and latency-sensitive).
+    /// Bytes of encoded frames gathered from the write queue before they are written to the
+    /// socket. Default 0: every message is written at once (gateway traffic is small and
+    /// latency-sensitive).
     pub write_buffer_size: usize,
     /// Capacity of the command channel from handles to the driver task. Default 16; at least 1.
     pub command_capacity: usize,
@@ -126,7 +128,6 @@ impl TransportConfig {
         c.read_buffer_size = c.read_buffer_size.max(256);
         c.max_message_size = c.max_message_size.max(1);
         c.max_frame_size = c.max_frame_size.max(1);
-        // tungstenite requires its write-buffer ceiling (unbounded here) to exceed this.
         c.write_buffer_size = c.write_buffer_size.min(c.max_message_size);
         c.command_capacity = c.command_capacity.max(1);
         c.event_capacity = c.event_capacity.max(1);

@@ -1,7 +1,7 @@
 //! # handover-transport-ws
 //!
 //! Drives a `handover-core` [`Connection`](handover_core::Connection) over WebSockets
-//! (tokio-tungstenite, rustls with the ring provider), and offers an in-memory transport with the
+//! (tokio, rustls with the ring provider, the framing of [`frame`]), and offers an in-memory transport with the
 //! same contract for deterministic simulation ([`memory`]).
 //!
 //! The core decides; this crate does what it says, over real sockets:
@@ -48,6 +48,7 @@ pub mod connector;
 mod driver;
 mod error;
 mod event;
+pub mod frame;
 mod handoff;
 mod link;
 pub mod memory;

@@ -1,9 +1,10 @@
-//! A read-ahead buffer between the TCP socket and the layers above it (rustls, tungstenite).
+//! A read-ahead buffer between the TCP socket and the layers above it (rustls, the frame
+//! reader).
 //!
-//! tungstenite reads into a receive buffer whose frames it hands out as `Bytes` slices. While
-//! the application still holds any of them (codecs keep payloads zero-copy), that buffer is
-//! shared, so tungstenite allocates a fresh one just large enough for the frame at hand and asks
-//! the stream for only that many bytes: straight on a socket, one `recvfrom` per frame or two.
+//! The frame reader reads into a receive buffer whose frames it hands out as `Bytes` slices.
+//! While the application still holds any of them (codecs keep payloads zero-copy), that buffer
+//! is shared, so the next read allocates a fresh one of `read_buffer_size` bytes (or what the
+//! frame at hand needs): straight on a socket, one `recvfrom` per few frames.
 //! rustls, for its part, reads at most 4 KiB at a time. [`ReadAhead`] reads the socket in large
 //! chunks and hands them out in whatever small pieces are asked for, so the number of reads no
 //! longer depends on how long the application keeps its messages.

@@ -15,7 +15,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{Sink, Stream};
 use handover_core::{Message, TransportId};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -23,15 +22,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Utf8Bytes, error::CapacityError};
+use tokio_tungstenite::tungstenite;
 
 use crate::config::TransportConfig;
 use crate::connector::{BoxByteStream, SharedConnector};
 use crate::error::TransportError;
+use crate::frame::{self, FrameError, FrameReader, Incoming, Kind, Role};
 use crate::link::ReadMode;
 use crate::read_ahead::ReadAhead;
 
@@ -102,12 +98,8 @@ impl AsyncWrite for MaybeTls {
 ///
 /// During the HTTP upgrade it hands out bytes only up to the end of the response head
 /// (`\r\n\r\n`) and keeps what the peer sent after it (frames that came in the same read) for
-/// the frame reader, so tungstenite's handshake leaves no bytes behind. The socket then goes to
-/// [`WebSocketStream::from_raw_socket`], whose frame reader cuts frames from receive buffers of
-/// `read_buffer_size` bytes: while the application holds frames, one buffer is allocated per
-/// buffer's worth of frames. After tungstenite's own hand-over (`from_partially_read`) the
-/// buffer forgets its size and every held frame allocated on its own (finding 1 in
-/// `docs/benchmarks.md`).
+/// the frame reader, so the upgrade leaves no bytes behind. After the upgrade, reads go through
+/// (the kept bytes first) to [`Socket`]'s frame reader.
 pub(crate) struct Upgrade<S> {
     inner: S,
     /// Bytes read and not yet handed out.
@@ -203,29 +195,36 @@ impl<S: AsyncRead + Unpin> AsyncRead for Upgrade<S> {
 
 crate::read_ahead::write_through!(Upgrade);
 
-type Ws = WebSocketStream<Upgrade<MaybeTls>>;
-type ConnectFuture = Pin<Box<dyn Future<Output = Result<Ws, TransportError>> + Send>>;
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<Box<Socket>, TransportError>> + Send>>;
+
+/// The sizes an open socket works with (from [`TransportConfig`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FrameSettings {
+    read_buffer: usize,
+    write_buffer: usize,
+    max_frame: usize,
+    max_message: usize,
+}
 
 /// Everything a connect attempt needs, cheap to clone into the connect future.
 #[derive(Clone)]
 pub(crate) struct ConnectSettings {
     pub(crate) timeout: Duration,
-    pub(crate) ws: WebSocketConfig,
+    pub(crate) frames: FrameSettings,
     pub(crate) read_ahead: usize,
     pub(crate) connector: Option<SharedConnector>,
 }
 
 impl ConnectSettings {
     pub(crate) fn new(config: &TransportConfig) -> Self {
-        let ws = WebSocketConfig::default()
-            .read_buffer_size(config.read_buffer_size)
-            .write_buffer_size(config.write_buffer_size)
-            .max_write_buffer_size(usize::MAX)
-            .max_message_size(Some(config.max_message_size))
-            .max_frame_size(Some(config.max_frame_size));
         ConnectSettings {
             timeout: config.connect_timeout,
-            ws,
+            frames: FrameSettings {
+                read_buffer: config.read_buffer_size,
+                write_buffer: config.write_buffer_size,
+                max_frame: config.max_frame_size,
+                max_message: config.max_message_size,
+            },
             read_ahead: config.read_ahead_size,
             connector: config.connector.clone(),
         }
@@ -319,11 +318,11 @@ pub(crate) fn connect(
         None
     };
     let timeout = settings.timeout;
-    let ws_config = settings.ws;
+    let frames = settings.frames;
     let read_ahead = settings.read_ahead;
     let connector = settings.connector.clone();
     Box::pin(async move {
-        let attempt = connect_inner(conn, target, tls_config, ws_config, read_ahead, connector);
+        let attempt = connect_inner(conn, target, tls_config, frames, read_ahead, connector);
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(TransportError::ConnectTimeout {
@@ -383,10 +382,10 @@ async fn connect_inner(
     conn: TransportId,
     target: Target,
     tls: Option<Arc<rustls::ClientConfig>>,
-    ws_config: WebSocketConfig,
+    frames: FrameSettings,
     read_ahead: usize,
     connector: Option<SharedConnector>,
-) -> Result<Ws, TransportError> {
+) -> Result<Box<Socket>, TransportError> {
     let stream = match connector {
         Some(connector) => {
             let stream = connector
@@ -434,8 +433,8 @@ async fn connect_inner(
             source: Box::new(e),
         })?;
     // `Upgrade` handed out nothing past the response head, so the frame reader starts on a
-    // frame boundary; its receive buffer keeps its size (see `Upgrade`).
-    Ok(WebSocketStream::from_raw_socket(stream, Role::Client, Some(ws_config)).await)
+    // frame boundary.
+    Ok(Box::new(Socket::new(stream, frames)))
 }
 
 /// Longest response head accepted for the upgrade.
@@ -587,14 +586,54 @@ pub(crate) enum SocketEvent {
     Gone { error: Option<TransportError> },
 }
 
-/// An open WebSocket with its write queue.
-struct Socket {
-    ws: Ws,
-    outbox: VecDeque<tungstenite::Message>,
+/// A message waiting to be written.
+enum Outgoing {
+    Text(Bytes),
+    Binary(Bytes),
+    Close(u16),
+}
+
+/// An open WebSocket: the byte stream, the frame reader with its receive buffer, and the
+/// write queue with its send buffer.
+///
+/// Memory: the receive buffer is allocated when a read needs room and released whenever the
+/// socket has nothing more to give and no partial frame is held, so an idle socket holds none
+/// (tungstenite's `WebSocket` kept a zero-filled `read_buffer_size` buffer for the socket's
+/// life). Each read asks for `read_buffer_size` bytes of room, or what the frame being
+/// received still needs; received payloads are cut from it without a copy, so while the
+/// application holds them, the next read allocates afresh. The send buffer holds encoded
+/// frames until the socket takes them and is released when empty.
+pub(crate) struct Socket {
+    io: Upgrade<MaybeTls>,
+    reader: FrameReader,
+    /// Received bytes not yet cut into frames.
+    rbuf: BytesMut,
+    /// Encoded frames not yet written.
+    wbuf: BytesMut,
+    outbox: VecDeque<Outgoing>,
+    sizes: FrameSettings,
     needs_flush: bool,
+    /// Our close frame is encoded: nothing is written after it.
+    close_sent: bool,
+    /// The peer's close frame was read: what follows it is discarded.
+    close_received: bool,
 }
 
 impl Socket {
+    fn new(io: Upgrade<MaybeTls>, sizes: FrameSettings) -> Self {
+        Socket {
+            io,
+            reader: FrameReader::new(Role::Client, sizes.max_frame, sizes.max_message),
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            outbox: VecDeque::new(),
+            sizes,
+            needs_flush: false,
+            close_sent: false,
+            close_received: false,
+        }
+    }
+
     fn poll(
         &mut self,
         conn: TransportId,
@@ -602,7 +641,7 @@ impl Socket {
         mode: ReadMode,
     ) -> Poll<SocketEvent> {
         if let Err(e) = self.poll_write(cx) {
-            return Poll::Ready(gone(conn, e));
+            return Poll::Ready(io_gone(conn, e));
         }
         // While closing, data frames are discarded, so reading never grows memory: the core
         // asks to keep reading even when the application is not, to see the close or EOF.
@@ -610,33 +649,46 @@ impl Socket {
             return Poll::Pending;
         }
         for _ in 0..MAX_DISCARDS_PER_POLL {
-            let next = match Pin::new(&mut self.ws).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(next) => next,
+            let incoming = match self.reader.read(&mut self.rbuf) {
+                Err(e) => return Poll::Ready(frame_gone(conn, e)),
+                Ok(Some(incoming)) => incoming,
+                Ok(None) => match self.fill(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(io_gone(conn, e)),
+                    // End of stream, with or without a close handshake (a peer that drops TCP
+                    // looks like this): a close with no code, not an error.
+                    Poll::Ready(Ok(0)) => return Poll::Ready(SocketEvent::Gone { error: None }),
+                    Poll::Ready(Ok(_)) => continue,
+                },
             };
-            let msg = match next {
-                None => return Poll::Ready(SocketEvent::Gone { error: None }),
-                Some(Err(e)) => return Poll::Ready(gone(conn, e)),
-                Some(Ok(msg)) => msg,
-            };
-            match msg {
-                tungstenite::Message::Text(t) if mode == ReadMode::Data => {
-                    return Poll::Ready(SocketEvent::Message(Message::Text(Bytes::from(t))));
+            let data = mode == ReadMode::Data && !self.close_received;
+            match incoming {
+                Incoming::Text(text) if data => {
+                    return Poll::Ready(SocketEvent::Message(Message::Text(text)));
                 }
-                tungstenite::Message::Binary(b) if mode == ReadMode::Data => {
-                    return Poll::Ready(SocketEvent::Message(Message::Binary(b)));
+                Incoming::Binary(bytes) if data => {
+                    return Poll::Ready(SocketEvent::Message(Message::Binary(bytes)));
                 }
-                tungstenite::Message::Close(frame) => {
-                    return Poll::Ready(SocketEvent::CloseFrame(frame.map(|f| u16::from(f.code))));
+                Incoming::Close(code) if !self.close_received => {
+                    self.close_received = true;
+                    if !self.close_sent {
+                        // The reply echoes the peer's code; it goes out on `answer_close` (or the
+                        // next write). Messages not yet written never will be.
+                        self.outbox.clear();
+                        let payload = code.map(frame::close_payload);
+                        let payload = payload.as_ref().map_or(&[][..], |p| &p[..]);
+                        frame::encode(&mut self.wbuf, Role::Client, Kind::Close, payload);
+                        self.close_sent = true;
+                    }
+                    return Poll::Ready(SocketEvent::CloseFrame(code));
                 }
-                tungstenite::Message::Ping(_) => {
-                    // tungstenite queued the pong.
-                    self.needs_flush = true;
+                Incoming::Ping(payload) if !self.close_sent => {
+                    frame::encode(&mut self.wbuf, Role::Client, Kind::Pong, &payload);
                     if let Err(e) = self.poll_write(cx) {
-                        return Poll::Ready(gone(conn, e));
+                        return Poll::Ready(io_gone(conn, e));
                     }
                 }
-                // Data while closing, pongs, raw frames: nothing to do.
+                // Data while closing, pongs, anything after a close: nothing to do.
                 _ => {}
             }
         }
@@ -644,25 +696,70 @@ impl Socket {
         Poll::Pending
     }
 
-    /// Moves queued messages into the socket and flushes. Returns an error if the socket broke.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), tungstenite::Error> {
-        while !self.outbox.is_empty() {
-            match Pin::new(&mut self.ws).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => return Ok(()),
+    /// Reads more of the stream into the receive buffer: the number of bytes read (0 at the
+    /// end of the stream). Releases the buffer when the stream has nothing for now and the
+    /// buffer holds nothing.
+    fn fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let room = self
+            .reader
+            .needed()
+            .saturating_sub(self.rbuf.len())
+            .max(self.sizes.read_buffer);
+        self.rbuf.reserve(room);
+        let read = std::pin::pin!(self.io.read_buf(&mut self.rbuf));
+        let result = read.poll(cx);
+        if !matches!(result, Poll::Ready(Ok(n)) if n > 0) && self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
+        result
+    }
+
+    /// Encodes queued messages and writes them, then flushes. Returns an error if the socket
+    /// broke.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        // Bounded: every pass writes bytes or returns; the queue is finite.
+        loop {
+            while self.wbuf.len() <= self.sizes.write_buffer && !self.close_sent {
+                let Some(out) = self.outbox.pop_front() else {
+                    break;
+                };
+                match out {
+                    Outgoing::Text(text) => {
+                        frame::encode(&mut self.wbuf, Role::Client, Kind::Text, &text);
+                    }
+                    Outgoing::Binary(bytes) => {
+                        frame::encode(&mut self.wbuf, Role::Client, Kind::Binary, &bytes);
+                    }
+                    Outgoing::Close(code) => {
+                        let payload = frame::close_payload(code);
+                        frame::encode(&mut self.wbuf, Role::Client, Kind::Close, &payload);
+                        self.close_sent = true;
+                        self.outbox.clear();
+                    }
+                }
             }
-            if let Some(msg) = self.outbox.pop_front() {
-                Pin::new(&mut self.ws).start_send(msg)?;
-                self.needs_flush = true;
+            if self.wbuf.is_empty() {
+                break;
+            }
+            match Pin::new(&mut self.io).poll_write(cx, &self.wbuf) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    self.wbuf.advance(n);
+                    self.needs_flush = true;
+                }
             }
         }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            // Sends are rare (a heartbeat, a command): hold no buffer between them.
+            self.wbuf = BytesMut::new();
+        }
         if self.outbox.capacity() > 0 && self.outbox.is_empty() {
-            // Sends are rare (a heartbeat, a command): hold no queue memory between them.
             self.outbox = VecDeque::new();
         }
         if self.needs_flush {
-            match Pin::new(&mut self.ws).poll_flush(cx) {
+            match Pin::new(&mut self.io).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.needs_flush = false,
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => {}
@@ -672,28 +769,25 @@ impl Socket {
     }
 }
 
-/// The end of a socket that broke, as the driver core should hear it.
-fn gone(conn: TransportId, e: tungstenite::Error) -> SocketEvent {
-    use tungstenite::Error as E;
+/// The end of a socket whose stream failed, as the driver core should hear it.
+fn io_gone(conn: TransportId, source: io::Error) -> SocketEvent {
+    SocketEvent::Gone {
+        error: Some(TransportError::Io { conn, source }),
+    }
+}
+
+/// The end of a socket whose peer broke the protocol or a size limit.
+fn frame_gone(conn: TransportId, e: FrameError) -> SocketEvent {
     let error = match e {
-        E::ConnectionClosed | E::AlreadyClosed => None,
-        // EOF without a close frame is what "peer dropped TCP" looks like: report it as a
-        // close with no code, not as an error.
-        E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
-        E::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-            Some(TransportError::TooLarge {
-                conn,
-                size,
-                max: max_size,
-            })
+        FrameError::FrameTooLarge { size, max } | FrameError::MessageTooLarge { size, max } => {
+            TransportError::TooLarge { conn, size, max }
         }
-        E::Io(source) => Some(TransportError::Io { conn, source }),
-        other => Some(TransportError::Protocol {
+        other => TransportError::Protocol {
             conn,
             source: Box::new(other),
-        }),
+        },
     };
-    SocketEvent::Gone { error }
+    SocketEvent::Gone { error: Some(error) }
 }
 
 /// Where a transport stands.
@@ -759,10 +853,13 @@ impl Transport {
             return Err(QueueError::Full);
         }
         let msg = match msg {
-            Message::Text(b) => tungstenite::Message::Text(
-                Utf8Bytes::try_from(b).map_err(|_| QueueError::InvalidText)?,
-            ),
-            Message::Binary(b) => tungstenite::Message::Binary(b),
+            Message::Text(b) => {
+                if simdutf8::basic::from_utf8(&b).is_err() {
+                    return Err(QueueError::InvalidText);
+                }
+                Outgoing::Text(b)
+            }
+            Message::Binary(b) => Outgoing::Binary(b),
         };
         s.outbox.push_back(msg);
         Ok(())
@@ -771,16 +868,11 @@ impl Transport {
     /// Queues our close frame.
     pub(crate) fn close(&mut self, code: u16) {
         if let Phase::Open(s) = &mut self.phase {
-            s.outbox
-                .push_back(tungstenite::Message::Close(Some(CloseFrame {
-                    code: CloseCode::from(code),
-                    reason: Utf8Bytes::from_static(""),
-                })));
+            s.outbox.push_back(Outgoing::Close(code));
         }
     }
 
-    /// Gets out the reply to the peer's close frame (tungstenite queued it when it read the
-    /// frame).
+    /// Gets out the reply to the peer's close frame (encoded when the frame was read).
     pub(crate) fn answer_close(&mut self) {
         if let Phase::Open(s) = &mut self.phase {
             s.needs_flush = true;
@@ -792,12 +884,8 @@ impl Transport {
             Phase::Connecting(future) => match future.as_mut().poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Err(e)) => Poll::Ready(TransportWake::OpenFailed(e)),
-                Poll::Ready(Ok(ws)) => {
-                    self.phase = Phase::Open(Box::new(Socket {
-                        ws,
-                        outbox: VecDeque::new(),
-                        needs_flush: false,
-                    }));
+                Poll::Ready(Ok(socket)) => {
+                    self.phase = Phase::Open(socket);
                     Poll::Ready(TransportWake::Opened)
                 }
             },
