@@ -21,6 +21,7 @@ pub mod frames;
 pub mod hub;
 pub mod intents;
 pub mod server;
+mod socket;
 
 pub use buffer::{Audience, Buffered, ReplayBuffer};
 pub use cache::{CacheKind, CacheKinds, CacheKindsError, GuildCache};

@@ -13,10 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::SinkExt;
-use futures_util::stream::StreamExt;
 use handover_protocol::{Command, Compression, ZlibStreamEncoder, ZstdStreamEncoder};
 use handover_runtime::{Fleet, ShardEvent, ShardEventKind, ShardHandle};
+use handover_transport_ws::frame::Incoming as WsIncoming;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -25,17 +24,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{debug, info, warn};
 
 use crate::frames::Frame;
 use crate::hub::{
     Action, ClientId, CommandOutcome, Hub, HubConfig, HubStats, HubStatus, Upstream, close,
 };
+use crate::socket::ClientSocket;
 use serde_json::Value;
 
 /// Largest frame read from a client. Discord's limit for a client payload is 4096 bytes (the
@@ -672,21 +668,18 @@ impl Encoder {
         }
     }
 
-    /// The frame as it goes on the wire: text, or a binary frame of the compressed stream.
-    fn message(&mut self, frame: Frame) -> Option<Message> {
+    /// Queues the frame as it goes on the wire: text (by construction, so no UTF-8 check
+    /// again), or a binary frame of the compressed stream.
+    fn push<S>(&mut self, frame: &Frame, ws: &mut ClientSocket<S>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         match self {
-            // Text by construction: no UTF-8 check again, no copy.
-            Encoder::None => Some(Message::Text(match frame.as_static() {
-                Some(text) => Utf8Bytes::from_static(text),
-                None => Utf8Bytes::from(frame.into_string()),
-            })),
-            Encoder::Zlib(z) => Some(Message::Binary(Bytes::from(z.compress(&frame)))),
-            Encoder::Zstd(z) => match z.compress(&frame) {
-                Ok(out) => Some(Message::Binary(Bytes::from(out))),
-                Err(e) => {
-                    warn!(error = %e, "zstd compression failed; frame dropped");
-                    None
-                }
+            Encoder::None => ws.push_text(frame),
+            Encoder::Zlib(z) => ws.push_binary(&z.compress(frame)),
+            Encoder::Zstd(z) => match z.compress(frame) {
+                Ok(out) => ws.push_binary(&out),
+                Err(e) => warn!(error = %e, "zstd compression failed; frame dropped"),
             },
         }
     }
@@ -737,14 +730,7 @@ fn route(
         tokio::spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let config =
-                        WebSocketConfig::default().max_message_size(Some(MAX_CLIENT_MESSAGE));
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(config),
-                    )
-                    .await;
+                    let ws = ClientSocket::new(TokioIo::new(upgraded), MAX_CLIENT_MESSAGE);
                     let encoder = Encoder::new(query.compression);
                     run_client(ws, shared, query.version_ok, encoder, stop).await;
                 }
@@ -800,16 +786,9 @@ fn route(
     }
 }
 
-fn close_message(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: Utf8Bytes::from_static(reason),
-    }))
-}
-
 /// One client connection, until it closes or is closed.
 async fn run_client<S>(
-    mut ws: WebSocketStream<S>,
+    mut ws: ClientSocket<S>,
     shared: Arc<Shared>,
     version_ok: bool,
     mut encoder: Encoder,
@@ -834,18 +813,22 @@ async fn run_client<S>(
         (client, hello)
     };
     if *stop.borrow() {
-        let _ = ws.send(close_message(1001, "proxy stopping")).await;
+        ws.push_close(1001, "proxy stopping");
+        let _ = ws.flush().await;
         shared.lock().hub.client_gone(client);
         return;
     }
     debug!(client = client.0, "client connected");
     let mut closing: Option<(u16, &'static str)> = None;
+    // The client's own close frame, with its code, to answer.
+    let mut answer: Option<Option<u16>> = None;
     if !version_ok {
         closing = Some((close::INVALID_API_VERSION, "invalid api version"));
-    } else if let Some(m) = encoder.message(hello)
-        && ws.send(m).await.is_err()
-    {
-        closing = Some((1000, ""));
+    } else {
+        encoder.push(&hello, &mut ws);
+        if ws.flush().await.is_err() {
+            closing = Some((1000, ""));
+        }
     }
     let mut actions = Vec::new();
     // A client that sends nothing (not even a heartbeat) for its interval plus the grace is
@@ -869,25 +852,19 @@ async fn run_client<S>(
             }
             batch = rx.recv() => {
                 let Some(frames) = batch else { break };
-                let write = async {
-                    for frame in frames {
-                        if let Some(m) = encoder.message(frame) {
-                            ws.feed(m).await?;
-                        }
+                for frame in &frames {
+                    encoder.push(frame, &mut ws);
+                }
+                // Batches already queued behind this one go out with it: one write to the
+                // socket per burst, not one per event. Bounded, so that a close or a client
+                // frame waits at most this many batches.
+                for _ in 0..DRAIN_BATCHES {
+                    let Ok(frames) = rx.try_recv() else { break };
+                    for frame in &frames {
+                        encoder.push(frame, &mut ws);
                     }
-                    // Batches already queued behind this one go out with it: one flush (one
-                    // write to the socket) per burst, not one per event. Bounded, so that a
-                    // close or a client frame waits at most this many batches.
-                    for _ in 0..DRAIN_BATCHES {
-                        let Ok(frames) = rx.try_recv() else { break };
-                        for frame in frames {
-                            if let Some(m) = encoder.message(frame) {
-                                ws.feed(m).await?;
-                            }
-                        }
-                    }
-                    ws.flush().await
-                };
+                }
+                let write = ws.flush();
                 // A client that stops reading blocks this write; being closed as lagging ends
                 // it without waiting for the socket.
                 tokio::select! {
@@ -896,17 +873,32 @@ async fn run_client<S>(
                 }
             }
             message = ws.next() => match message {
-                Some(Ok(Message::Text(text))) => {
+                Ok(Some(WsIncoming::Text(text))) => {
                     zombie.as_mut().reset(tokio::time::Instant::now() + silence);
                     let mut state = shared.lock();
-                    state.hub.client_text(client, text.as_bytes(), &mut actions);
+                    state.hub.client_text(client, &text, &mut actions);
                     state.apply(&mut actions);
                 }
-                Some(Ok(Message::Binary(_))) => {
+                Ok(Some(WsIncoming::Binary(_))) => {
                     closing = Some((close::DECODE_ERROR, "decode error"));
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
+                Ok(Some(WsIncoming::Ping(payload))) => {
+                    ws.push_pong(&payload);
+                    if ws.flush().await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Some(WsIncoming::Close(code))) => {
+                    // The client closes: answer with its code, as the RFC asks.
+                    answer = Some(code);
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(client = client.0, error = %e, "client socket ended");
+                    break;
+                }
+                Ok(Some(_)) => {}
             },
         }
     }
@@ -916,12 +908,18 @@ async fn run_client<S>(
         state.clients.remove(&client);
     }
     if let Some((code, reason)) = closing {
-        // Bounded: a client that does not read gets no close handshake.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            ws.send(close_message(code, reason)).await?;
-            SinkExt::close(&mut ws).await
-        })
-        .await;
+        ws.push_close(code, reason);
+    } else if let Some(code) = answer {
+        match code {
+            Some(code) => ws.push_close(code, ""),
+            None => ws.push_close_empty(),
+        }
     }
+    // Bounded: a client that does not read gets no close handshake.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        ws.flush().await?;
+        ws.shutdown().await
+    })
+    .await;
     info!(client = client.0, "client disconnected");
 }

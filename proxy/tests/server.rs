@@ -469,3 +469,52 @@ async fn member_chunks_go_back_to_the_client_that_asked_even_with_the_same_nonce
     }
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_ping_and_close_are_answered_as_the_rfc_asks() {
+    let (mock, proxy, url) = start(1024).await;
+    let (mut ws, ready) = connect(&url, identify()).await;
+    assert_eq!(ready["t"], "READY");
+    ws.send(Message::Ping(b"still there?".to_vec().into()))
+        .await
+        .unwrap();
+    // Bounded: the pong comes within a few frames (GUILD_CREATEs may come first).
+    let mut pong = None;
+    for _ in 0..64 {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Pong(payload)))) => {
+                pong = Some(payload);
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no pong: {other:?}"),
+        }
+    }
+    assert_eq!(pong.as_deref(), Some(&b"still there?"[..]));
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 4321.into(),
+        reason: "".into(),
+    }))
+    .await
+    .unwrap();
+    // The proxy answers with the client's code, then ends the stream.
+    let mut answered = None;
+    for _ in 0..64 {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                answered = Some(frame.map(|f| u16::from(f.code)));
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(None) => break,
+            Ok(Some(Err(e))) => panic!("the close handshake broke: {e}"),
+            Err(_) => panic!("the proxy neither answered nor ended the stream"),
+        }
+    }
+    assert_eq!(answered, Some(Some(4321)));
+    if let Some(fleet) = proxy.stop().await {
+        fleet
+            .shutdown(handover_core::StopIntent::KeepResumable)
+            .await;
+    }
+    mock.shutdown().await;
+}
