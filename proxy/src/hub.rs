@@ -963,7 +963,7 @@ impl Hub {
         if intents & Intents::GUILDS.bits() != 0 {
             for data in state.guilds.guild_creates(large_threshold) {
                 seq += 1;
-                batch.push(frames::dispatch("GUILD_CREATE", seq, &data));
+                batch.push(frames::dispatch_text("GUILD_CREATE", seq, &data));
             }
         }
         let start = state.buffer.last_pos();
@@ -1075,13 +1075,13 @@ impl Hub {
             .filter(|e| session.admits(&e.audience))
             .map(|e| {
                 next += 1;
-                frames::dispatch(&e.event_type, next, e.data.as_str())
+                frames::dispatch(&e.event_type, next, &e.data)
             })
             .collect();
         let last = state.buffer.last_pos();
         let replayed = batch.len() as u64;
         // RESUMED carries the last seq again: it is not an event a later resume must replay.
-        batch.push(frames::dispatch("RESUMED", next, "{}"));
+        batch.push(frames::dispatch_text("RESUMED", next, "{}"));
         let previous = session.client;
         let session_id = session_id.to_owned();
         if let Some(old) = previous
@@ -1236,7 +1236,7 @@ impl Hub {
                 continue;
             }
             session.seq += 1;
-            let frame = frames::dispatch(&event_type, session.seq, data.as_str());
+            let frame = frames::dispatch(&event_type, session.seq, &data);
             Hub::send_one(client, frame, out);
         }
     }

@@ -675,9 +675,10 @@ impl Encoder {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         match self {
-            Encoder::None => ws.push_text(frame),
-            Encoder::Zlib(z) => ws.push_binary(&z.compress(frame)),
-            Encoder::Zstd(z) => match z.compress(frame) {
+            Encoder::None => ws.push_frame(frame),
+            // The compressors take contiguous text (and allocate their output anyway).
+            Encoder::Zlib(z) => ws.push_binary(&z.compress(&frame.to_vec())),
+            Encoder::Zstd(z) => match z.compress(&frame.to_vec()) {
                 Ok(out) => ws.push_binary(&out),
                 Err(e) => warn!(error = %e, "zstd compression failed; frame dropped"),
             },

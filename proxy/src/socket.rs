@@ -7,6 +7,7 @@
 
 use std::io;
 
+use crate::frames::Frame;
 use bytes::{Buf, BufMut, BytesMut};
 use handover_transport_ws::frame::{self, FrameError, FrameReader, Incoming, Kind, Role};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -67,9 +68,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSocket<S> {
         }
     }
 
-    /// Queues a text frame (`payload` is UTF-8 by the caller's construction).
-    pub(crate) fn push_text(&mut self, payload: &[u8]) {
-        frame::encode(&mut self.wbuf, Role::Server, Kind::Text, payload);
+    /// Queues `frame` as a text frame, its text written straight into the send buffer.
+    pub(crate) fn push_frame(&mut self, frame: &Frame) {
+        frame::encode_with(
+            &mut self.wbuf,
+            Role::Server,
+            Kind::Text,
+            frame.len(),
+            |out| {
+                frame.write_to(out);
+            },
+        );
     }
 
     /// Queues a binary frame.
@@ -133,7 +142,8 @@ mod tests {
     async fn frames_written_read_back_at_a_client_and_client_frames_are_unmasked() {
         let (server_io, mut client_io) = tokio::io::duplex(1 << 16);
         let mut server = ClientSocket::new(server_io, 4096);
-        server.push_text(b"{\"op\":10}");
+        let ack = crate::frames::heartbeat_ack();
+        server.push_frame(&ack);
         server.push_binary(&[1, 2, 3]);
         server.push_close(4004, "authentication failed");
         server.flush().await.unwrap();
@@ -149,7 +159,7 @@ mod tests {
         assert_eq!(
             seen,
             vec![
-                Incoming::Text(Bytes::from_static(b"{\"op\":10}")),
+                Incoming::Text(Bytes::from(ack.to_vec())),
                 Incoming::Binary(Bytes::from_static(&[1, 2, 3])),
                 Incoming::Close(Some(4004)),
             ]

@@ -82,7 +82,7 @@ fn frames_to(out: &[Action], client: ClientId) -> Vec<Value> {
             _ => None,
         })
         .flatten()
-        .map(|f: Frame| serde_json::from_slice(&f).unwrap())
+        .map(|f: Frame| serde_json::from_slice(&f.to_vec()).unwrap())
         .collect()
 }
 
@@ -142,7 +142,7 @@ fn identify_is_checked_the_way_discord_checks_it() {
 fn heartbeats_are_acknowledged() {
     let mut hub = hub_with(vec![0], 1, 16);
     let (client, hello) = hub.connect();
-    let hello: Value = serde_json::from_slice(&hello).unwrap();
+    let hello: Value = serde_json::from_slice(&hello.to_vec()).unwrap();
     assert_eq!(hello["op"], 10);
     assert_eq!(hello["d"]["heartbeat_interval"], 41_250);
     for d in [json!(null), json!(42)] {
@@ -631,7 +631,7 @@ fn random_interleavings_give_each_session_its_own_stream_across_restarts() {
                             Action::Send { frames, .. } => frames.clone(),
                             _ => Vec::new(),
                         }) {
-                            let v: Value = serde_json::from_slice(&f).unwrap();
+                            let v: Value = serde_json::from_slice(&f.to_vec()).unwrap();
                             assert_eq!(
                                 v["d"].get("nonce").and_then(Value::as_str),
                                 expect_nonce[&next_event].as_deref(),
@@ -701,7 +701,8 @@ fn deliver(bots: &mut [Bot], out: &[Action]) {
             Action::Send { client, frames } => {
                 if let Some(bot) = bots.iter_mut().find(|b| b.conn == Some(*client)) {
                     for f in frames {
-                        bot.inbox.push_back(serde_json::from_slice(f).unwrap());
+                        bot.inbox
+                            .push_back(serde_json::from_slice(&f.to_vec()).unwrap());
                     }
                 }
             }

@@ -276,6 +276,21 @@ pub enum Kind {
 /// Appends one final frame of `kind` with `payload` to `out`: masked with a fresh random key
 /// when `role` is [`Role::Client`], as the RFC requires of clients; unmasked for a server.
 pub fn encode(out: &mut BytesMut, role: Role, kind: Kind, payload: &[u8]) {
+    encode_with(out, role, kind, payload.len(), |out| {
+        out.extend_from_slice(payload)
+    });
+}
+
+/// Like [`encode`], for a payload of `len` bytes that `write` appends to `out` itself (so a
+/// payload kept in pieces is copied once, into `out`). If `write` appends another number of
+/// bytes, the frame is cut or padded with zeros to `len`, so the stream stays framed.
+pub fn encode_with(
+    out: &mut BytesMut,
+    role: Role,
+    kind: Kind,
+    len: usize,
+    write: impl FnOnce(&mut BytesMut),
+) {
     let opcode = match kind {
         Kind::Text => OpCode::Data(Data::Text),
         Kind::Binary => OpCode::Data(Data::Binary),
@@ -288,12 +303,13 @@ pub fn encode(out: &mut BytesMut, role: Role, kind: Kind, payload: &[u8]) {
         mask,
         ..FrameHeader::default()
     };
-    let length = payload.len() as u64;
-    out.reserve(header.len(length) + payload.len());
+    let length = len as u64;
+    out.reserve(header.len(length) + len);
     // Writing into memory cannot fail: `BytesMut` grows as needed.
     let _ = header.format(length, &mut out.writer());
     let start = out.len();
-    out.extend_from_slice(payload);
+    write(out);
+    out.resize(start + len, 0);
     if let Some(mask) = mask {
         apply_mask(&mut out[start..], mask);
     }
