@@ -15,8 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Room asked for per read: client payloads are small (Discord's limit is 4096 bytes).
 const READ_ROOM: usize = 1024;
 
-/// Send buffer capacity kept between writes; a larger one (after a burst) is released.
-const KEEP_WRITE_BUFFER: usize = 64 * 1024;
+/// Send buffer capacity kept whatever the writes; above it, a write using under an eighth of
+/// the buffer releases it.
+const KEEP_WRITE_BUFFER: usize = 4 * 1024;
 
 /// Why reading a client's socket ended.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +112,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSocket<S> {
 
     /// Writes everything queued (in one write when the socket takes it), then flushes.
     /// Cancel-safe: what was written is gone from the buffer, the rest stays queued.
+    ///
+    /// The send buffer keeps its capacity while the writes fill it (a stream of bursts grows it
+    /// once, not once per burst) and is released by a write that uses little of it: a quiet
+    /// connection holds none.
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        let queued = self.wbuf.len();
         // Bounded: every pass writes at least one byte or returns.
         while !self.wbuf.is_empty() {
             let n = self.io.write(&self.wbuf).await?;
@@ -120,8 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSocket<S> {
             }
             self.wbuf.advance(n);
         }
-        if self.wbuf.capacity() > KEEP_WRITE_BUFFER {
-            // A burst's buffer is not kept for the quiet that follows.
+        if self.wbuf.capacity() > KEEP_WRITE_BUFFER && queued < self.wbuf.capacity() / 8 {
             self.wbuf = BytesMut::new();
         }
         self.io.flush().await
