@@ -219,16 +219,34 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async move {
-        match command {
-            CliCommand::Run(args) => run::run(args).await,
-            CliCommand::Demo(opts) => demo::run(opts).await.map(|_| ()),
-            CliCommand::MockGateway(args) => mock_gateway::run(args).await,
-            CliCommand::Proxy(args) => proxy::run(args).await,
+    // `run`, `proxy` and `mock-gateway` run as a task on the runtime's workers, not on this
+    // thread (`block_on` would poll them here): their hand-offs with the shards' tasks are then
+    // wake-ups within a worker, not across threads. The demo narrates from this thread.
+    let task = match command {
+        CliCommand::Demo(opts) => {
+            let result = runtime.block_on(demo::run(opts)).map(|_| ());
+            runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+            return exit_code(result);
         }
-    });
+        CliCommand::Run(args) => runtime.spawn(run::run(args)),
+        CliCommand::MockGateway(args) => runtime.spawn(mock_gateway::run(args)),
+        CliCommand::Proxy(args) => runtime.spawn(proxy::run(args)),
+    };
+    let result = runtime.block_on(task);
     // Socket tasks still winding down must not hold the process.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(result) => exit_code(result),
+        // The command's task panicked (the panic was printed) or was cancelled.
+        Err(e) => {
+            eprintln!("error: the command ended abnormally: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The process's exit for a command's result.
+fn exit_code(result: Result<(), CliError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
