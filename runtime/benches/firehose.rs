@@ -1051,9 +1051,9 @@ const MARKER: &[u8] = b"\"type\":\"dispatch\"";
 /// Dispatch lines in `chunk` of `handover run`'s stdout; `carry` holds the bytes just before it
 /// (fewer than the marker), so a marker split by the read boundary is counted once.
 fn count_dispatch_lines(carry: &[u8], chunk: &[u8]) -> u64 {
-    let within = chunk.windows(MARKER.len()).filter(|w| *w == MARKER).count();
+    let within = memchr::memmem::find_iter(chunk, MARKER).count();
     let mut edge = carry.to_vec();
     edge.extend_from_slice(&chunk[..chunk.len().min(MARKER.len() - 1)]);
-    let across = edge.windows(MARKER.len()).filter(|w| *w == MARKER).count();
+    let across = memchr::memmem::find_iter(&edge, MARKER).count();
     (within + across) as u64
 }
