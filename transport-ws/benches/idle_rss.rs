@@ -8,6 +8,8 @@
 //! VmRSS (from /proc/self/status) divided by N. Children keep the server out of the figure, and
 //! each kind starts from a fresh heap.
 
+#[path = "../tests/common/lines.rs"]
+mod lines;
 #[path = "../../runtime/benches/process/mod.rs"]
 mod process;
 
@@ -96,21 +98,7 @@ async fn serve(listener: TcpListener) {
         let Ok((tcp, _)) = listener.accept().await else {
             return;
         };
-        tokio::spawn(async move {
-            let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                return;
-            };
-            if ws.send(WsMessage::text("hello 600000")).await.is_err() {
-                return;
-            }
-            while let Some(Ok(msg)) = ws.next().await {
-                if msg.to_text().ok() == Some("identify")
-                    && ws.send(WsMessage::text("ready")).await.is_err()
-                {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(lines::serve_lines(tcp, 600_000, false));
     }
 }
 

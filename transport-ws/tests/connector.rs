@@ -7,16 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::LineCodec;
-use futures_util::{SinkExt, StreamExt};
 use handover_core::{Config, Connection, State, TransportId};
 use handover_transport_ws::{
     Connector, ConnectorFuture, Driver, DriverEvent, SharedConnector, TransportConfig,
     TransportEvent,
 };
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// How the in-memory server treats heartbeats.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Server {
     /// Answers every heartbeat.
     Acks,
@@ -38,24 +36,11 @@ impl Connector for MemoryNet {
             .push((conn, host.to_owned(), port));
         let (client, far) = tokio::io::duplex(64 << 10);
         let server = self.server;
-        tokio::spawn(async move {
-            let Ok(mut ws) = tokio_tungstenite::accept_async(far).await else {
-                return;
-            };
-            if ws.send(WsMessage::text("hello 1000")).await.is_err() {
-                return;
-            }
-            while let Some(Ok(msg)) = ws.next().await {
-                let reply = match (msg.to_text().unwrap_or(""), server) {
-                    ("identify", _) => "ready",
-                    ("hb", Server::Acks) => "ack",
-                    _ => continue,
-                };
-                if ws.send(WsMessage::text(reply)).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(common::lines::serve_lines(
+            far,
+            1000,
+            server == Server::Acks,
+        ));
         Box::pin(async move { Ok(Box::new(client) as handover_transport_ws::BoxByteStream) })
     }
 }

@@ -137,30 +137,10 @@ fn an_idle_open_socket_holds_no_receive_buffer() {
     );
 }
 
-/// Serves the line protocol to any number of clients: `hello`, `ready` for `identify`, `ack`
-/// for `hb`, until each client goes.
+/// Serves the line protocol to any number of clients until each goes.
 async fn serve_lines(listener: tokio::net::TcpListener) {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
     while let Ok((tcp, _)) = listener.accept().await {
-        tokio::spawn(async move {
-            let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                return;
-            };
-            if ws.send(Message::text("hello 60000")).await.is_err() {
-                return;
-            }
-            while let Some(Ok(msg)) = ws.next().await {
-                let reply = match msg.to_text().unwrap_or("") {
-                    "identify" => "ready",
-                    "hb" => "ack",
-                    _ => continue,
-                };
-                if ws.send(Message::text(reply)).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(common::lines::serve_lines(tcp, 60_000, true));
     }
 }
 
