@@ -209,17 +209,23 @@ pub fn main(cli: Cli) -> ExitCode {
         _ => "info",
     };
     init_logging(cli.log_level.as_deref(), default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One worker thread unless `TOKIO_WORKER_THREADS` asks for more (tokio reads it when the
+    // count is not set here): a bot's gateway traffic is a small part of one core, and with
+    // two workers the hand-offs between a shard's task and its consumer crossed threads
+    // (futex wake-ups, context switches): `handover run` measured 2.06-2.18 us of CPU per event
+    // on two workers against 1.70-1.78 on one (docs/benchmarks.md).
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(1);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    // `run`, `proxy` and `mock-gateway` run as a task on the runtime's workers, not on this
+    // `run`, `proxy` and `mock-gateway` run as a task on the runtime's worker, not on this
     // thread (`block_on` would poll them here): their hand-offs with the shards' tasks are then
     // wake-ups within a worker, not across threads. The demo narrates from this thread.
     let task = match command {
