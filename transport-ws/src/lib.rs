@@ -55,6 +55,15 @@ pub mod memory;
 mod read_ahead;
 mod socket;
 
+/// Counts the live heap bytes of each thread in this crate's unit tests (the socket's buffer
+/// tests read it).
+#[cfg(test)]
+#[path = "../../protocol/tests/live_bytes/mod.rs"]
+mod live_bytes;
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: live_bytes::LiveBytes = live_bytes::LiveBytes;
+
 #[cfg(feature = "planted-faults")]
 #[doc(hidden)]
 pub use config::PlantedFault;

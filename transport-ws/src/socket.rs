@@ -751,8 +751,10 @@ impl Socket {
                 }
             }
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
-            // Sends are rare (a heartbeat, a command): hold no buffer between them.
+        if self.wbuf.is_empty() {
+            // Sends are rare (a heartbeat, a command): hold no buffer between them. (Not
+            // `capacity() > 0`: a buffer written to its end has no capacity left but still
+            // holds its allocation.)
             self.wbuf = BytesMut::new();
         }
         if self.outbox.capacity() > 0 && self.outbox.is_empty() {
@@ -899,6 +901,55 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::Upgrade;
+
+    /// A socket over an in-memory pipe, its far end, and the sizes it was made with.
+    fn socket_pair() -> (super::Socket, tokio::io::DuplexStream) {
+        let (near, far) = tokio::io::duplex(1 << 16);
+        let stream = super::MaybeTls::Custom(Box::new(near));
+        let config = crate::TransportConfig::default();
+        let sizes = super::ConnectSettings::new(&config).frames;
+        let mut upgrade = Upgrade::new(stream);
+        upgrade.through = true;
+        (super::Socket::new(upgrade, sizes), far)
+    }
+
+    /// Once everything queued is written, the socket holds no send buffer and no write queue,
+    /// even when the frames filled their allocation to the last byte (a buffer advanced to its
+    /// end reports no capacity but still holds its memory).
+    #[test]
+    fn a_written_socket_keeps_no_send_buffer() {
+        use tokio::io::AsyncRead;
+        let (mut socket, mut far) = socket_pair();
+        let waker = futures_util::task::noop_waker_ref();
+        let mut cx = std::task::Context::from_waker(waker);
+        // What the far end reads goes here, allocated before counting.
+        let mut sink = vec![0u8; 4096];
+        let mut drain = |far: &mut tokio::io::DuplexStream, cx: &mut std::task::Context<'_>| {
+            let mut out = tokio::io::ReadBuf::new(&mut sink);
+            let polled = std::pin::Pin::new(far).poll_read(cx, &mut out);
+            assert!(matches!(polled, std::task::Poll::Ready(Ok(()))) && !out.filled().is_empty());
+        };
+        // Warm up: the pipe's own buffer is not the socket's.
+        socket
+            .outbox
+            .push_back(super::Outgoing::Text(bytes::Bytes::from(vec![b'w'; 1000])));
+        socket.poll_write(&mut cx).unwrap();
+        drain(&mut far, &mut cx);
+        for size in [10, 100, 1000] {
+            let payload = bytes::Bytes::from(vec![b'x'; size]);
+            let before = crate::live_bytes::live();
+            socket.outbox.push_back(super::Outgoing::Text(payload));
+            socket.poll_write(&mut cx).unwrap();
+            assert!(socket.wbuf.is_empty(), "not all written");
+            drain(&mut far, &mut cx);
+            let after = crate::live_bytes::live();
+            assert!(
+                after <= before,
+                "{} bytes still held after writing a {size}-byte message",
+                after - before
+            );
+        }
+    }
 
     const HEAD: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
 
