@@ -150,10 +150,36 @@ impl Compression {
     }
 }
 
+/// Checks a zlib stream header (RFC 1950): deflate, a window of at most 32 KiB, no preset
+/// dictionary, the check bits right.
+#[cfg(feature = "zlib")]
+fn check_zlib_header([cmf, flg]: [u8; 2]) -> Result<(), &'static str> {
+    if cmf & 0x0F != 8 || cmf >> 4 > 7 {
+        return Err("zlib: not a deflate stream header");
+    }
+    if (u16::from(cmf) << 8 | u16::from(flg)) % 31 != 0 {
+        return Err("zlib: header check bits wrong");
+    }
+    if flg & 0x20 != 0 {
+        return Err("zlib: preset dictionary asked for");
+    }
+    Ok(())
+}
+
 /// The receiving side of `zlib-stream` for one connection.
+///
+/// The stream's two-byte zlib header is checked here and the rest inflated as raw deflate: a
+/// zlib stream's Adler-32 checksum is verified only at the stream's end, which a gateway's
+/// connection-long stream never reaches, so computing it for every byte (12 % of a shard's CPU
+/// on a zlib-stream firehose) bought nothing. A stream that does end may carry the four-byte
+/// trailer, which is accepted unverified.
 #[cfg(feature = "zlib")]
 pub struct ZlibStreamDecoder {
     inflate: Decompress,
+    /// The zlib header has been read and checked.
+    header_read: bool,
+    /// The deflate stream ended (a final block): only the trailer may follow.
+    ended: bool,
     /// Compressed bytes of a message whose suffix has not arrived yet; empty (no allocation)
     /// between messages.
     buf: Vec<u8>,
@@ -167,7 +193,9 @@ impl ZlibStreamDecoder {
     /// bytes buffered while waiting for the suffix).
     pub fn new(max: usize) -> Self {
         ZlibStreamDecoder {
-            inflate: Decompress::new(true),
+            inflate: Decompress::new(false),
+            header_read: false,
+            ended: false,
             buf: Vec::new(),
             max,
             poisoned: false,
@@ -201,21 +229,52 @@ impl ZlibStreamDecoder {
         }
         // Messages split over several frames are rare: their buffer is not kept for the next.
         let input = std::mem::take(&mut self.buf);
-        let data: &[u8] = if input.is_empty() { frame } else { &input };
-        let result = with_buffers(|buffers| {
-            Self::inflate_all(&mut self.inflate, self.max, buffers, data).map(Some)
-        });
-        self.poisoned = result.is_err();
-        result
+        let mut data: &[u8] = if input.is_empty() { frame } else { &input };
+        if !self.header_read {
+            // A whole message is at least the header and the 4-byte suffix.
+            let Some((header, rest)) = data.split_first_chunk::<2>() else {
+                self.poisoned = true;
+                return Err(ProtocolError::DecompressionFailed {
+                    reason: "zlib: stream shorter than its header".into(),
+                });
+            };
+            if let Err(reason) = check_zlib_header(*header) {
+                self.poisoned = true;
+                return Err(ProtocolError::DecompressionFailed {
+                    reason: reason.into(),
+                });
+            }
+            self.header_read = true;
+            data = rest;
+        }
+        if self.ended {
+            self.poisoned = true;
+            return Err(ProtocolError::DecompressionFailed {
+                reason: "zlib: data after the end of the stream".into(),
+            });
+        }
+        let result =
+            with_buffers(|buffers| Self::inflate_all(&mut self.inflate, self.max, buffers, data));
+        match result {
+            Ok((message, ended)) => {
+                self.ended = ended;
+                Ok(Some(message))
+            }
+            Err(e) => {
+                self.poisoned = true;
+                Err(e)
+            }
+        }
     }
 
-    /// Inflates `input` straight into the thread's slab and cuts the message off it.
+    /// Inflates `input` straight into the thread's slab and cuts the message off it; also
+    /// says whether the deflate stream ended (its final block, then at most the trailer).
     fn inflate_all(
         inflate: &mut Decompress,
         max: usize,
         buffers: &mut Buffers,
         mut input: &[u8],
-    ) -> Result<Bytes, ProtocolError> {
+    ) -> Result<(Bytes, bool), ProtocolError> {
         let mut written = 0;
         loop {
             let (in0, out0) = (inflate.total_in(), inflate.total_out());
@@ -233,13 +292,18 @@ impl ZlibStreamDecoder {
             if written > max {
                 return Err(ProtocolError::DecompressedTooLarge { limit: max });
             }
-            if status == Status::StreamEnd && !input.is_empty() {
-                return Err(ProtocolError::DecompressionFailed {
-                    reason: "zlib: data after the end of the stream".into(),
-                });
+            if status == Status::StreamEnd {
+                // What follows the final block is the Adler-32 trailer (4 bytes, unverified:
+                // see the type's docs) and nothing else.
+                if input.len() > 4 {
+                    return Err(ProtocolError::DecompressionFailed {
+                        reason: "zlib: data after the end of the stream".into(),
+                    });
+                }
+                return Ok((buffers.take(written), true));
             }
             if input.is_empty() && produced < space {
-                return Ok(buffers.take(written));
+                return Ok((buffers.take(written), false));
             }
             if consumed == 0 && produced == 0 {
                 return Err(ProtocolError::DecompressionFailed {
@@ -716,6 +780,68 @@ mod tests {
             dec.push(&junk),
             Err(ProtocolError::DecompressionFailed { .. })
         ));
+    }
+
+    #[cfg(feature = "zlib")]
+    #[test]
+    fn zlib_headers_are_checked_before_inflating() {
+        let mut message = |header: [u8; 2]| {
+            let mut bytes = header.to_vec();
+            // An empty stored block, then the suffix of a sync flush.
+            bytes.extend_from_slice(&[0x00]);
+            bytes.extend_from_slice(&ZLIB_SUFFIX);
+            ZlibStreamDecoder::new(1024).push(&bytes)
+        };
+        // 0x78 0x9c: deflate, 32 KiB window, default level: fine.
+        assert_eq!(message([0x78, 0x9c]).unwrap(), Some(Vec::new()));
+        for (header, why) in [
+            ([0x79, 0x9c], "not deflate"),
+            ([0x88, 0x98], "a 64 KiB window"),
+            ([0x78, 0x9d], "check bits"),
+            ([0x78, 0xbb], "a preset dictionary"),
+        ] {
+            assert!(
+                matches!(
+                    message(header),
+                    Err(ProtocolError::DecompressionFailed { .. })
+                ),
+                "{why}"
+            );
+        }
+    }
+
+    #[cfg(feature = "zlib")]
+    #[test]
+    fn a_finished_zlib_stream_takes_its_trailer_and_nothing_more() {
+        // Two messages with sync flushes, then a finish (final block and Adler-32 trailer).
+        let mut c = Compress::new(flate2::Compression::default(), true);
+        let mut wire: Vec<Vec<u8>> = Vec::new();
+        for (text, flush) in [
+            (&b"{\"op\":10}"[..], FlushCompress::Sync),
+            (&b"{\"op\":11}"[..], FlushCompress::Finish),
+        ] {
+            let mut out = Vec::with_capacity(256);
+            c.compress_vec(text, &mut out, flush).unwrap();
+            wire.push(out);
+        }
+        let mut dec = ZlibStreamDecoder::new(1024);
+        assert_eq!(dec.push(&wire[0]).unwrap().unwrap(), b"{\"op\":10}");
+        // The finished message does not end with the sync suffix: add one empty sync flush as
+        // Discord frames do, so the decoder takes it as a whole message.
+        let mut last = wire[1].clone();
+        last.extend_from_slice(&ZLIB_SUFFIX);
+        assert!(
+            dec.push(&last).is_err(),
+            "data after the trailer is refused"
+        );
+        let mut dec = ZlibStreamDecoder::new(1024);
+        dec.push(&wire[0]).unwrap();
+        // Fed whole with its trailer, the final message comes out; anything after is refused.
+        let out =
+            with_buffers(|b| ZlibStreamDecoder::inflate_all(&mut dec.inflate, 1024, b, &wire[1]));
+        let (message, ended) = out.unwrap();
+        assert_eq!(&message[..], b"{\"op\":11}");
+        assert!(ended);
     }
 
     #[cfg(feature = "zlib")]
