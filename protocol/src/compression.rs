@@ -785,7 +785,7 @@ mod tests {
     #[cfg(feature = "zlib")]
     #[test]
     fn zlib_headers_are_checked_before_inflating() {
-        let mut message = |header: [u8; 2]| {
+        let message = |header: [u8; 2]| {
             let mut bytes = header.to_vec();
             // An empty stored block, then the suffix of a sync flush.
             bytes.extend_from_slice(&[0x00]);
