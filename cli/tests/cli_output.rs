@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cli_common::{Handover, TOKEN, http, mock_config, spawn};
-use handover_mock::{MockServer, StreamRate, StreamSpec};
+use handover_mock::{MockConfig, MockServer, StreamRate, StreamSpec};
 use serde_json::{Value, json};
 
 /// Events in the burst: a few MiB, far more than a pipe holds, so writes are cut wherever the
@@ -57,7 +57,15 @@ fn dispatches(h: &Handover) -> BTreeMap<u64, u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_is_written_once_and_a_pause_flushes_what_is_queued() {
-    let mock = MockServer::start(mock_config()).await.unwrap();
+    // Heartbeats a second apart, not the shared 200 ms: on a loaded machine a 200 ms interval
+    // let the burst delay an ACK past the probe grace, and the resume that followed wrote a
+    // RESUMED line this test does not count.
+    let config = MockConfig {
+        heartbeat_interval: Duration::from_secs(1),
+        heartbeat_grace: Some(Duration::from_secs(2)),
+        ..mock_config()
+    };
+    let mock = MockServer::start(config).await.unwrap();
     let gw = mock.handle();
     let url = mock.url();
     let args = [
