@@ -228,36 +228,24 @@ pub fn main(cli: Cli) -> ExitCode {
     // `run`, `proxy` and `mock-gateway` run as a task on the runtime's worker, not on this
     // thread (`block_on` would poll them here): their hand-offs with the shards' tasks are then
     // wake-ups within a worker, not across threads. The demo narrates from this thread.
-    let task = match command {
-        CliCommand::Demo(opts) => {
-            let result = runtime.block_on(demo::run(opts)).map(|_| ());
-            runtime.shutdown_timeout(std::time::Duration::from_millis(200));
-            return exit_code(result);
-        }
-        CliCommand::Run(args) => runtime.spawn(run::run(args)),
-        CliCommand::MockGateway(args) => runtime.spawn(mock_gateway::run(args)),
-        CliCommand::Proxy(args) => runtime.spawn(proxy::run(args)),
+    let result = match command {
+        CliCommand::Demo(opts) => Ok(runtime.block_on(demo::run(opts)).map(|_| ())),
+        CliCommand::Run(args) => runtime.block_on(runtime.spawn(run::run(args))),
+        CliCommand::MockGateway(args) => runtime.block_on(runtime.spawn(mock_gateway::run(args))),
+        CliCommand::Proxy(args) => runtime.block_on(runtime.spawn(proxy::run(args))),
     };
-    let result = runtime.block_on(task);
     // Socket tasks still winding down must not hold the process.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
-        Ok(result) => exit_code(result),
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
         // The command's task panicked (the panic was printed) or was cancelled.
         Err(e) => {
             eprintln!("error: the command ended abnormally: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// The process's exit for a command's result.
-fn exit_code(result: Result<(), CliError>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -1,50 +1,52 @@
 //! The JSON frames the proxy sends downstream.
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes};
 use handover_protocol::{EventName, RawJson};
 use serde_json::Value;
 
 /// One JSON text frame for a client. Text by construction (built from `str`s and JSON text
 /// only), so the shell writes it as a text frame without checking its UTF-8 again.
 ///
-/// A dispatch forwarded from upstream is kept in pieces, the event's name, the client's seq
-/// and `d` shared with the upstream event (no copy, no allocation per client): its text is
-/// written out only where it goes on the wire ([`write_to`](Frame::write_to)).
+/// A dispatch is kept in pieces, the event's name, the client's seq and `d` (shared with the
+/// upstream event for a forwarded one: no copy, no allocation per client): its text is written
+/// out only where it goes on the wire ([`write_to`](Frame::write_to)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame(FrameText);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum FrameText {
     Static(&'static str),
-    Owned(String),
+    Owned(Vec<u8>),
     /// `{"op":0,"t":"NAME","s":SEQ,"d":DATA}`, `name` needing no escape.
     Dispatch {
         name: EventName,
         seq: u64,
-        data: RawJson,
+        data: Bytes,
     },
 }
 
-const DISPATCH_HEAD: &str = "{\"op\":0,\"t\":\"";
-const DISPATCH_SEQ: &str = "\",\"s\":";
-const DISPATCH_DATA: &str = ",\"d\":";
+const DISPATCH_HEAD: &[u8] = b"{\"op\":0,\"t\":";
+const DISPATCH_SEQ: &[u8] = b",\"s\":";
+const DISPATCH_DATA: &[u8] = b",\"d\":";
+
+/// The pieces of `{"op":0,"t":NAME,"s":SEQ,"d":DATA}`, `name` already quoted as JSON (in one
+/// or more parts), in order.
+fn dispatch_pieces<'a>(
+    name: &[&'a [u8]],
+    seq: &'a str,
+    data: &'a [u8],
+) -> impl Iterator<Item = &'a [u8]> {
+    std::iter::once(DISPATCH_HEAD)
+        .chain(name.iter().copied())
+        .chain([DISPATCH_SEQ, seq.as_bytes(), DISPATCH_DATA, data, b"}"])
+}
 
 impl Frame {
     /// The length of the frame's text in bytes.
     pub fn len(&self) -> usize {
-        match &self.0 {
-            FrameText::Static(s) => s.len(),
-            FrameText::Owned(s) => s.len(),
-            FrameText::Dispatch { name, seq, data } => {
-                DISPATCH_HEAD.len()
-                    + name.len()
-                    + DISPATCH_SEQ.len()
-                    + itoa::Buffer::new().format(*seq).len()
-                    + DISPATCH_DATA.len()
-                    + data.as_bytes().len()
-                    + 1
-            }
-        }
+        let mut len = 0;
+        self.each_piece(|piece| len += piece.len());
+        len
     }
 
     /// Whether the frame's text is empty (never, for a frame the proxy builds).
@@ -54,19 +56,7 @@ impl Frame {
 
     /// Appends the frame's text to `out`: exactly [`len`](Frame::len) bytes.
     pub fn write_to(&self, out: &mut impl BufMut) {
-        match &self.0 {
-            FrameText::Static(s) => out.put_slice(s.as_bytes()),
-            FrameText::Owned(s) => out.put_slice(s.as_bytes()),
-            FrameText::Dispatch { name, seq, data } => {
-                out.put_slice(DISPATCH_HEAD.as_bytes());
-                out.put_slice(name.as_bytes());
-                out.put_slice(DISPATCH_SEQ.as_bytes());
-                out.put_slice(itoa::Buffer::new().format(*seq).as_bytes());
-                out.put_slice(DISPATCH_DATA.as_bytes());
-                out.put_slice(data.as_bytes());
-                out.put_u8(b'}');
-            }
-        }
+        self.each_piece(|piece| out.put_slice(piece));
     }
 
     /// The frame's text as bytes (a copy, for tests and compression).
@@ -74,6 +64,19 @@ impl Frame {
         let mut out = Vec::with_capacity(self.len());
         self.write_to(&mut out);
         out
+    }
+
+    /// Calls `f` with each piece of the frame's text, in order.
+    fn each_piece(&self, mut f: impl FnMut(&[u8])) {
+        match &self.0 {
+            FrameText::Static(s) => f(s.as_bytes()),
+            FrameText::Owned(text) => f(text),
+            FrameText::Dispatch { name, seq, data } => {
+                let mut digits = itoa::Buffer::new();
+                let name: [&[u8]; 3] = [b"\"", name.as_bytes(), b"\""];
+                dispatch_pieces(&name, digits.format(*seq), data).for_each(f);
+            }
+        }
     }
 }
 
@@ -85,39 +88,33 @@ fn plain_name(name: &str) -> bool {
 /// `{"op":0,"t":T,"s":S,"d":D}` for an event from upstream: the name and `d` are shared with
 /// the event, nothing is copied or allocated here.
 pub(crate) fn dispatch(event_type: &EventName, seq: u64, data: &RawJson) -> Frame {
-    if plain_name(event_type) {
-        Frame(FrameText::Dispatch {
-            name: event_type.clone(),
-            seq,
-            data: data.clone(),
-        })
-    } else {
-        dispatch_text(event_type, seq, data.as_str())
-    }
+    dispatch_bytes(event_type, seq, data.clone().into_bytes())
 }
 
-/// `{"op":0,"t":T,"s":S,"d":D}` with `data` written as it is (valid JSON text), in one
-/// allocation.
+/// `{"op":0,"t":T,"s":S,"d":D}` with `data` written as it is (valid JSON text).
 pub(crate) fn dispatch_text(event_type: &str, seq: u64, data: &str) -> Frame {
-    let mut out = String::with_capacity(data.len() + event_type.len() + 48);
-    out.push_str("{\"op\":0,\"t\":");
+    dispatch_bytes(
+        &EventName::new(event_type),
+        seq,
+        Bytes::copy_from_slice(data.as_bytes()),
+    )
+}
+
+fn dispatch_bytes(event_type: &EventName, seq: u64, data: Bytes) -> Frame {
     if plain_name(event_type) {
-        // Names Discord documents need no escaping: written as they are.
-        out.push('"');
-        out.push_str(event_type);
-        out.push('"');
-    } else {
-        match serde_json::to_string(event_type) {
-            Ok(quoted) => out.push_str(&quoted),
-            Err(_) => out.push_str("\"\""),
-        }
+        return Frame(FrameText::Dispatch {
+            name: event_type.clone(),
+            seq,
+            data,
+        });
     }
-    out.push_str(",\"s\":");
-    out.push_str(itoa::Buffer::new().format(seq));
-    out.push_str(",\"d\":");
-    out.push_str(data);
-    out.push('}');
-    Frame(FrameText::Owned(out))
+    // A name Discord does not document, needing escapes: written once, whole.
+    let quoted = serde_json::to_string(&**event_type).unwrap_or_else(|_| "\"\"".to_owned());
+    let mut digits = itoa::Buffer::new();
+    let mut text = Vec::new();
+    dispatch_pieces(&[quoted.as_bytes()], digits.format(seq), &data)
+        .for_each(|piece| text.extend_from_slice(piece));
+    Frame(FrameText::Owned(text))
 }
 
 pub(crate) fn dispatch_value(event_type: &str, seq: u64, data: &Value) -> Frame {
@@ -126,9 +123,12 @@ pub(crate) fn dispatch_value(event_type: &str, seq: u64, data: &Value) -> Frame 
 }
 
 pub(crate) fn hello(heartbeat_interval_ms: u64) -> Frame {
-    Frame(FrameText::Owned(format!(
-        "{{\"op\":10,\"s\":null,\"t\":null,\"d\":{{\"heartbeat_interval\":{heartbeat_interval_ms}}}}}"
-    )))
+    Frame(FrameText::Owned(
+        format!(
+            "{{\"op\":10,\"s\":null,\"t\":null,\"d\":{{\"heartbeat_interval\":{heartbeat_interval_ms}}}}}"
+        )
+        .into_bytes(),
+    ))
 }
 
 pub(crate) fn heartbeat_ack() -> Frame {
