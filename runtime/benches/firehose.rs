@@ -296,7 +296,9 @@ fn parent(plan: &Plan) -> bool {
         );
     }
     match plan.read_buffer {
-        0 => println!("read buffers: each client's default (raw 128 KiB, shard 4 KiB)"),
+        0 => println!(
+            "read buffers: each client's default (raw 128 KiB; shard 4 KiB per read, 64 KiB while a burst lasts)"
+        ),
         n => println!("read buffers: {n} bytes for every client"),
     }
     if plan.hold > 0 {

@@ -46,6 +46,13 @@ pub struct TransportConfig {
     /// needs it, so a large message arrives into one allocation). The receive buffer exists only
     /// while data is arriving: it is released whenever the socket has nothing more to give and
     /// no partial frame is held. Default 4 KiB; values under 256 are raised to 256.
+    ///
+    /// A read that finds at least this much waiting starts a burst: the following reads ask for
+    /// [`read_ahead_size`](Self::read_ahead_size) (if larger), which the read-ahead passes
+    /// straight to the socket, so a burst's bytes land where the messages are cut from, with
+    /// no copy; the first read that finds less ends it. A message kept from a quiet stream so
+    /// keeps at most this much allocated, one kept from a burst at most the read-ahead's size
+    /// (shared by every message of that read).
     pub read_buffer_size: usize,
     /// Bytes read from the socket at a time, ahead of TLS and the WebSocket parser, which then
     /// take theirs from this buffer in smaller pieces. Without it, an application that keeps

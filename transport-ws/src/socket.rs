@@ -201,6 +201,9 @@ type ConnectFuture = Pin<Box<dyn Future<Output = Result<Box<Socket>, TransportEr
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FrameSettings {
     read_buffer: usize,
+    /// Room per read while a burst lasts: the read-ahead's size (a read this large goes past
+    /// the read-ahead, straight to the socket), at least `read_buffer`.
+    burst_read: usize,
     write_buffer: usize,
     max_frame: usize,
     max_message: usize,
@@ -221,6 +224,7 @@ impl ConnectSettings {
             timeout: config.connect_timeout,
             frames: FrameSettings {
                 read_buffer: config.read_buffer_size,
+                burst_read: config.read_ahead_size.max(config.read_buffer_size),
                 write_buffer: config.write_buffer_size,
                 max_frame: config.max_frame_size,
                 max_message: config.max_message_size,
@@ -608,6 +612,9 @@ pub(crate) struct Socket {
     reader: FrameReader,
     /// Received bytes not yet cut into frames.
     rbuf: BytesMut,
+    /// Room the next read asks for: `read_buffer` normally, `burst_read` while each read
+    /// finds at least `read_buffer` bytes waiting.
+    read_room: usize,
     /// Encoded frames not yet written.
     wbuf: BytesMut,
     outbox: VecDeque<Outgoing>,
@@ -625,6 +632,7 @@ impl Socket {
             io,
             reader: FrameReader::new(Role::Client, sizes.max_frame, sizes.max_message),
             rbuf: BytesMut::new(),
+            read_room: sizes.read_buffer,
             wbuf: BytesMut::new(),
             outbox: VecDeque::new(),
             sizes,
@@ -699,15 +707,26 @@ impl Socket {
     /// Reads more of the stream into the receive buffer: the number of bytes read (0 at the
     /// end of the stream). Releases the buffer when the stream has nothing for now and the
     /// buffer holds nothing.
+    ///
+    /// A read asks for `read_buffer` bytes of room, so that a message the application keeps
+    /// from a quiet stream keeps at most that much allocated. A read that finds at least
+    /// that much waiting means a burst: the next reads ask for `burst_read`, which the
+    /// read-ahead passes straight to the socket, so a burst's bytes are received where the
+    /// messages are cut from, with no copy in between, one allocation per `burst_read` bytes.
+    /// The burst ends with the first read that finds less, or none.
     fn fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let room = self
             .reader
             .needed()
             .saturating_sub(self.rbuf.len())
-            .max(self.sizes.read_buffer);
+            .max(self.read_room);
         self.rbuf.reserve(room);
         let read = std::pin::pin!(self.io.read_buf(&mut self.rbuf));
         let result = read.poll(cx);
+        self.read_room = match result {
+            Poll::Ready(Ok(n)) if n >= self.sizes.read_buffer => self.sizes.burst_read,
+            _ => self.sizes.read_buffer,
+        };
         if !matches!(result, Poll::Ready(Ok(n)) if n > 0) && self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
@@ -949,6 +968,132 @@ mod tests {
                 after - before
             );
         }
+    }
+
+    /// A byte stream that counts the reads that returned data.
+    struct CountingReads {
+        inner: tokio::io::DuplexStream,
+        reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl tokio::io::AsyncRead for CountingReads {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+            if buf.filled().len() > before {
+                self.reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            polled
+        }
+    }
+
+    impl tokio::io::AsyncWrite for CountingReads {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Reads the socket until it has nothing more, keeping every message; returns them.
+    fn read_all_held(socket: &mut super::Socket) -> Vec<bytes::Bytes> {
+        let waker = futures_util::task::noop_waker_ref();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut held = Vec::new();
+        // Bounded: each message is read once; the pipe holds a finite amount.
+        for _ in 0..10_000 {
+            match socket.poll(
+                handover_core::TransportId(1),
+                &mut cx,
+                crate::link::ReadMode::Data,
+            ) {
+                std::task::Poll::Ready(super::SocketEvent::Message(
+                    handover_core::Message::Text(b) | handover_core::Message::Binary(b),
+                )) => held.push(b),
+                std::task::Poll::Ready(_) => panic!("the socket ended or closed"),
+                std::task::Poll::Pending => break,
+            }
+        }
+        held
+    }
+
+    /// A burst is read in reads of the read-ahead's size (64 KiB), straight into the buffer the
+    /// messages are cut from, even while the application keeps every message; a quiet stream's
+    /// read asks for the small room, so a message kept from it keeps little allocated.
+    #[test]
+    fn a_burst_is_read_in_large_reads_and_a_quiet_message_in_a_small_one() {
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counting = CountingReads {
+            inner: near,
+            reads: reads.clone(),
+        };
+        let config = crate::TransportConfig::default();
+        let sizes = super::ConnectSettings::new(&config).frames;
+        let mut upgrade = Upgrade::new(super::MaybeTls::Custom(Box::new(counting)));
+        upgrade.through = true;
+        let mut socket = super::Socket::new(upgrade, sizes);
+        let frame = |len: usize| {
+            let mut out = bytes::BytesMut::new();
+            let payload = vec![b'x'; len];
+            crate::frame::encode(
+                &mut out,
+                crate::frame::Role::Server,
+                crate::frame::Kind::Text,
+                &payload,
+            );
+            out
+        };
+        let write = |far: &mut tokio::io::DuplexStream, bytes: &[u8]| {
+            let waker = futures_util::task::noop_waker_ref();
+            let mut cx = std::task::Context::from_waker(waker);
+            let polled = std::pin::Pin::new(far).poll_write(&mut cx, bytes);
+            assert!(matches!(polled, std::task::Poll::Ready(Ok(n)) if n == bytes.len()));
+        };
+        use tokio::io::AsyncWrite;
+        // A burst: 256 messages of 1 KiB, all waiting at once.
+        let mut burst = Vec::new();
+        for _ in 0..256 {
+            burst.extend_from_slice(&frame(1020));
+        }
+        write(&mut far, &burst);
+        let held = read_all_held(&mut socket);
+        assert_eq!(held.len(), 256);
+        let burst_reads = reads.swap(0, std::sync::atomic::Ordering::Relaxed);
+        // 4 KiB first, then 64 KiB at a time: 262,656 bytes in at most 6 reads (66 at 4 KiB).
+        assert!(burst_reads <= 6, "{burst_reads} reads for a 257 KiB burst");
+        // Quiet again: one small message; the read asked for the small room.
+        let before = crate::live_bytes::live();
+        write(&mut far, &frame(100));
+        let quiet = read_all_held(&mut socket);
+        assert_eq!(quiet.len(), 1);
+        let kept = crate::live_bytes::live() - before;
+        assert!(
+            kept <= i64::try_from(config.read_buffer_size + 1024).unwrap(),
+            "a kept 100-byte message holds {kept} bytes"
+        );
+        drop(held);
     }
 
     const HEAD: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
