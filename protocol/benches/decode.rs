@@ -15,7 +15,10 @@
 //!   codec parsed it before its own scanner.
 //! - `utf8_check`, `utf8_check_simd`: `std::str::from_utf8` and `simdutf8` (what the scanner
 //!   uses) over the whole message.
-//! - `envelope_parse`: `Envelope::parse` alone (op, s, t read; d validated, kept raw).
+//! - `envelope_parse`: `Envelope::parse` alone (op, s, t read; d checked structurally, kept
+//!   raw).
+//! - `envelope_parse_tail`: `Envelope::parse_tail` alone, the codec's path (op, s, t read; d,
+//!   last as in every frame of the ring, taken unread).
 //! - `codec_plain`: `DiscordCodec::decode` of a text frame (envelope, sequence tracking, the
 //!   `Dispatch` item with `d` sharing the buffer).
 //! - `zlib_inflate_only`, `zstd_decompress_only`: the decompression step alone, with flate2 and
@@ -247,6 +250,14 @@ fn decode(c: &mut Criterion) {
             let m = &plain[i % RING];
             i += 1;
             black_box(Envelope::parse(m).ok().map(|e| e.s))
+        })
+    });
+    g.bench_function("envelope_parse_tail", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let m = &plain[i % RING];
+            i += 1;
+            black_box(Envelope::parse_tail(m).ok().map(|e| e.s))
         })
     });
     for (name, frames, compression) in [

@@ -266,7 +266,7 @@ impl DiscordCodec {
     }
 
     fn decode_json(&mut self, buf: &Bytes) -> Result<Decoded<GatewayEvent>, ProtocolError> {
-        let env = Envelope::parse(buf)?;
+        let env = Envelope::parse_tail(buf)?;
         let signal = |s| Decoded {
             signal: Some(s),
             item: None,

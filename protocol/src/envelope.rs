@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::scan::{ScanError, Scanned, scan, scan_strict};
+use super::scan::{ScanError, Scanned, scan, scan_strict, scan_tail};
 use super::{OpCode, ProtocolError};
 
 /// Largest payload the gateway accepts from a client, in bytes. A larger one makes Discord close
@@ -29,12 +29,15 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 /// checked structurally only (strings closed, with valid escapes and no control characters;
 /// brackets balanced and matched by kind; any depth), a scalar `d` fully.
 /// [`Envelope::parse_strict`] also checks the full grammar inside `d`, the rules `serde_json`
-/// applied when it parsed the envelope. `protocol/tests/envelope_oracle.rs` holds both to
-/// `serde_json` as the oracle: whatever `serde_json` accepts both read the same; whatever
-/// `parse` accepts with a `d` that is valid JSON on its own, `serde_json` reads the same (so no
-/// sequence number is ever read that a strict parser would not). What `d` means, and its full
-/// grammar, is checked where it is read: HELLO, READY and INVALID_SESSION by the codec, every
-/// other event by the application that deserializes it (a typed error there).
+/// applied when it parsed the envelope. [`Envelope::parse_tail`], the codec's path, reads
+/// nothing of an object or array `d` that follows `op`, `s` and `t` and ends the message, the
+/// order Discord sends. `protocol/tests/envelope_oracle.rs` holds all three to `serde_json` as
+/// the oracle: whatever `serde_json` accepts, `parse` and `parse_strict` read the same, and
+/// `parse_tail` the same but for members after such a `d` (see there); whatever `parse` or
+/// `parse_tail` accepts with a `d` that is valid JSON on its own, `serde_json` reads the same
+/// (so no sequence number is ever read that a strict parser would not). What `d` means, and its
+/// full grammar, is checked where it is read: HELLO, READY and INVALID_SESSION by the codec,
+/// every other event by the application that deserializes it (a typed error there).
 #[derive(Debug, Clone)]
 pub struct Envelope<'a> {
     /// The opcode number (kept raw so unknown ones can be reported with their number).
@@ -48,10 +51,24 @@ pub struct Envelope<'a> {
 }
 
 impl<'a> Envelope<'a> {
-    /// Parses the envelope of one complete JSON message, the codec's hot path: `d` is checked
-    /// structurally but not interpreted (see [`Envelope`] for what is checked).
+    /// Parses the envelope of one complete JSON message: `d` is checked structurally but not
+    /// interpreted (see [`Envelope`] for what is checked).
     pub fn parse(bytes: &'a [u8]) -> Result<Envelope<'a>, ProtocolError> {
         Self::parse_with(bytes, scan)
+    }
+
+    /// Parses the envelope like [`Envelope::parse`], except that an object or array `d` that
+    /// comes after `op`, `s` and `t` and ends the message (`{"t":..,"s":..,"op":..,"d":{..}}`,
+    /// as Discord sends every payload) is taken unread: from its opening bracket to the
+    /// closing bracket of the same kind before the envelope's `}`. The codec's hot path: the
+    /// structure of `d` is checked by whatever parses it (the codec for HELLO, READY and
+    /// INVALID_SESSION, the application for any other event), a typed error there.
+    ///
+    /// Members after such a `d`, which Discord does not send, become part of the text of `d`
+    /// (`{"op":0,"s":1,"t":"X","d":{},"x":{}}` gives `d` = `{},"x":{}`, not valid JSON on its
+    /// own); `op`, `s` and `t` are always those of the envelope, read before `d`.
+    pub fn parse_tail(bytes: &'a [u8]) -> Result<Envelope<'a>, ProtocolError> {
+        Self::parse_with(bytes, scan_tail)
     }
 
     /// Parses the envelope like [`Envelope::parse`], and checks `d` against the full JSON
@@ -108,9 +125,10 @@ pub fn encode_payload<T: Serialize + ?Sized>(op: OpCode, d: &T) -> Result<Vec<u8
     })
 }
 
-/// JSON text kept as bytes. Received event data shares the message buffer (no copy); it was
-/// checked structurally by [`Envelope::parse`], and its full grammar is checked when it is
-/// deserialized or serialized (a typed error there).
+/// JSON text kept as bytes. Received event data shares the message buffer (no copy); the codec
+/// reads it no further than [`Envelope::parse_tail`] does (an event's `d` as Discord sends it is
+/// not read at all), and its grammar is checked when it is deserialized or serialized (a typed
+/// error there).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RawJson(Bytes);
 

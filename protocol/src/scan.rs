@@ -2,23 +2,32 @@
 //! where `d` begins and ends without building anything (no allocation unless `t` or a key holds
 //! escapes).
 //!
-//! Two depths of checking, the same envelope rules in both:
+//! Three depths of checking, the same envelope rules in all:
 //!
 //! - The envelope itself, always strict: one object and nothing after it but whitespace, keys
 //!   strings, colons and commas where RFC 8259 puts them, no duplicate `op`/`d`/`s`/`t` keys,
 //!   `op` and `s` unsigned 64-bit integers (or `null`), `t` a string (or `null`), and the full
 //!   grammar of every value other than `d` (unknown keys included).
 //! - `d`: [`scan_strict`] checks its full grammar, as `serde_json::from_str` does for the
-//!   envelope struct (the property tests use serde_json as the oracle). [`scan`], the codec's
-//!   hot path, checks an object or array `d` only structurally: strings closed, with valid
-//!   escapes and no raw control characters; brackets balanced and matched by kind; any depth.
-//!   What lies between them (numbers, literals, commas, colons) is passed over unread, eight
-//!   bytes at a time. A scalar `d` (string, number, literal) gets the full grammar in both.
+//!   envelope struct (the property tests use serde_json as the oracle). [`scan`] checks an
+//!   object or array `d` only structurally: strings closed, with valid escapes and no raw
+//!   control characters; brackets balanced and matched by kind; any depth. What lies between
+//!   them (numbers, literals, commas, colons) is passed over unread. [`scan_tail`], the codec's
+//!   hot path, reads nothing of an object or array `d` that comes after `op`, `s` and `t` and
+//!   ends the message (the order Discord sends, `{"t":..,"s":..,"op":..,"d":{..}}`): `d` is
+//!   everything from its opening bracket to the closing bracket of the same kind just before
+//!   the envelope's `}`, and its structure is checked where it is parsed; any other object or
+//!   array `d` is checked as [`scan`] does. A scalar `d` (string, number, literal) gets the
+//!   full grammar in all three.
 //!
-//! So a message [`scan`] accepts is one [`scan_strict`] accepts with the same `op`, `s`, `t`
-//! and `d` whenever the text of `d` is valid JSON on its own: an application that parses `d`
-//! either gets a typed error from its own parser or reads exactly what a strict parser of the
-//! whole message would, never a different sequence number (`protocol/tests/scan_oracle.rs`).
+//! So a message [`scan`] or [`scan_tail`] accepts is one [`scan_strict`] accepts with the same
+//! `op`, `s`, `t` and `d` whenever the text of `d` is valid JSON on its own: an application
+//! that parses `d` either gets a typed error from its own parser or reads exactly what a strict
+//! parser of the whole message would, never a different sequence number, since `op`, `s` and
+//! `t` are read before a `d` taken unread (`protocol/tests/envelope_oracle.rs`). The one
+//! message a strict parser reads differently is one with members after such a `d`
+//! (`{"op":0,"s":1,"t":"X","d":{},"x":{}}`, which Discord does not send): [`scan_tail`] takes
+//! them as part of the text of `d`, which is then not valid JSON on its own.
 //!
 //! The input is `&str`: UTF-8 is checked once, by the caller, over the whole message, so the
 //! scanner itself never looks at a byte twice.
@@ -73,18 +82,35 @@ impl fmt::Display for ScanError {
 
 impl std::error::Error for ScanError {}
 
-/// Scans one complete message, `d` checked structurally (the codec's hot path; see the module
-/// documentation).
+/// How much of `d` a scan reads (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Depth {
+    /// The full grammar.
+    Strict,
+    /// The structure of an object or array `d`.
+    Structural,
+    /// Nothing of an object or array `d` that ends the message after `op`, `s` and `t`; the
+    /// structure of any other.
+    Tail,
+}
+
+/// Scans one complete message, `d` checked structurally (see the module documentation).
 pub(crate) fn scan(text: &str) -> Result<Scanned<'_>, ScanError> {
-    scan_with(text, false)
+    scan_with(text, Depth::Structural)
 }
 
 /// Scans one complete message, `d` checked against the full JSON grammar.
 pub(crate) fn scan_strict(text: &str) -> Result<Scanned<'_>, ScanError> {
-    scan_with(text, true)
+    scan_with(text, Depth::Strict)
 }
 
-fn scan_with(text: &str, strict: bool) -> Result<Scanned<'_>, ScanError> {
+/// Scans one complete message, an object or array `d` that ends it after `op`, `s` and `t`
+/// taken unread (the codec's hot path; see the module documentation).
+pub(crate) fn scan_tail(text: &str) -> Result<Scanned<'_>, ScanError> {
+    scan_with(text, Depth::Tail)
+}
+
+fn scan_with(text: &str, depth: Depth) -> Result<Scanned<'_>, ScanError> {
     let mut c = Cursor {
         b: text.as_bytes(),
         i: 0,
@@ -159,7 +185,15 @@ fn scan_with(text: &str, strict: bool) -> Result<Scanned<'_>, ScanError> {
                     } else {
                         let start = c.i;
                         match c.peek() {
-                            Some(b'{' | b'[') if !strict => c.skip_structural()?,
+                            Some(open @ (b'{' | b'[')) if depth != Depth::Strict => {
+                                let envelope_read = op.is_some() && s.is_some() && t.is_some();
+                                if depth == Depth::Structural
+                                    || !envelope_read
+                                    || !c.take_tail(open)
+                                {
+                                    c.skip_structural()?;
+                                }
+                            }
                             _ => c.skip_value()?,
                         }
                         d = Some(Some(&text[start..c.i]));
@@ -328,6 +362,24 @@ impl<'a> Cursor<'a> {
         } else {
             false
         }
+    }
+
+    /// With the cursor on the bracket that opens `d`: when the message ends with the closing
+    /// bracket of the same kind, then the envelope's `}` (whitespace around both allowed),
+    /// takes everything up to that bracket as `d`, unread, and moves the cursor past it.
+    /// False, and the cursor unmoved, otherwise.
+    fn take_tail(&mut self, open: u8) -> bool {
+        let close = if open == b'{' { b'}' } else { b']' };
+        let trimmed = self.b.trim_ascii_end();
+        let Some((b'}', inner)) = trimmed.split_last() else {
+            return false;
+        };
+        let inner = inner.trim_ascii_end();
+        if inner.len() < self.i + 2 || inner.last() != Some(&close) {
+            return false;
+        }
+        self.i = inner.len();
+        true
     }
 
     /// Skips from the opening quote past the closing one; returns whether escapes were seen.

@@ -9,8 +9,13 @@
 //!   accepts with a `d` that `serde_json` parses on its own, `serde_json` accepts as a whole
 //!   message with the same fields, so an application that parses `d` never reads a sequence
 //!   number a strict parser would not.
+//! - [`Envelope::parse_tail`], the codec's hot path, which reads nothing of an object or array
+//!   `d` that ends the message after `op`, `s` and `t`: (a) whatever [`Envelope::parse`]
+//!   accepts it accepts with the same `op`, `s` and `t`, and the same `d` or that `d` followed
+//!   by the members after it (`,"x":1`); (b) as for `parse`, whatever it accepts with a `d` that
+//!   `serde_json` parses on its own, `serde_json` reads the same as a whole.
 //!
-//! Both reject with a typed error, never a panic.
+//! All three reject with a typed error, never a panic.
 
 #[path = "fuzz_common/mod.rs"]
 mod fuzz_common;
@@ -86,6 +91,36 @@ fn check_bytes(bytes: &[u8]) {
             "fast, d valid, input: {input:?}"
         );
     }
+    let tail = fields(Envelope::parse_tail(bytes), bytes);
+    // (a) What the structural scan accepts, the tail scan reads the same, but for the members
+    // after a `d` taken unread, which its text then runs on into.
+    if let Some(f) = &fast {
+        let t = tail
+            .as_ref()
+            .unwrap_or_else(|| panic!("tail refused what the structural scan accepted: {input:?}"));
+        assert_eq!((t.0, t.1, &t.2), (f.0, f.1, &f.2), "tail, input: {input:?}");
+        if t.3 != f.3 {
+            let (Some(td), Some(fd)) = (t.3, f.3) else {
+                panic!("tail, d present in one only: {input:?}");
+            };
+            let rest = td.strip_prefix(fd).map(str::trim_ascii_start);
+            assert!(
+                rest.is_some_and(|r| r.starts_with(',')),
+                "tail, d {td:?} against {fd:?}, input: {input:?}"
+            );
+        }
+    }
+    // (b) What it accepts with a `d` that parses on its own, serde reads the same.
+    if let Some(t) = &tail
+        && t.3
+            .is_none_or(|d| serde_json::from_str::<&RawValue>(d).is_ok())
+    {
+        assert_eq!(
+            Some(t),
+            expected.as_ref(),
+            "tail, d valid, input: {input:?}"
+        );
+    }
 }
 
 fn leaf() -> impl Strategy<Value = String> {
@@ -159,9 +194,41 @@ fn envelope() -> impl Strategy<Value = String> {
     })
 }
 
+/// An envelope in the order Discord sends (`t`, `s`, `op`, then `d`), where the tail scan takes
+/// `d` unread, or with `d` moved before one of the others; sometimes with members after all four.
+fn discord_order() -> impl Strategy<Value = String> {
+    (
+        prop_oneof![
+            Just("null".to_owned()),
+            "[A-Z_]{1,16}".prop_map(|t| format!("\"{t}\"")),
+            leaf()
+        ],
+        prop_oneof![
+            Just("null".to_owned()),
+            any::<u64>().prop_map(|s| s.to_string()),
+            leaf()
+        ],
+        prop_oneof![Just("0".to_owned()), leaf()],
+        value(),
+        prop::collection::vec((key(), value()), 0..2),
+        " {0,2}",
+        prop_oneof![3 => Just(3usize), 1 => 0usize..3],
+    )
+        .prop_map(|(t, s, op, d, after, ws, at)| {
+            let mut members = vec![
+                format!(r#""t":{t}"#),
+                format!(r#""s":{s}"#),
+                format!(r#""op":{op}"#),
+            ];
+            members.insert(at, format!(r#""d":{ws}{d}{ws}"#));
+            members.extend(after.into_iter().map(|(k, v)| format!("{ws}{k}:{v}")));
+            format!("{ws}{{{}}}{ws}", members.join(","))
+        })
+}
+
 fn mutated() -> impl Strategy<Value = String> {
     (
-        envelope(),
+        prop_oneof![envelope(), discord_order()],
         prop::collection::vec((any::<prop::sample::Index>(), 0u8..4, any::<char>()), 0..3),
     )
         .prop_map(|(text, edits)| {
@@ -189,6 +256,11 @@ proptest! {
 
     #[test]
     fn envelopes_agree_with_serde(text in envelope()) {
+        check(&text);
+    }
+
+    #[test]
+    fn discord_ordered_envelopes_agree_with_serde(text in discord_order()) {
         check(&text);
     }
 
@@ -307,6 +379,19 @@ fn fixed_cases() {
         "{\"op\":0,\"d\":{\"a\":\"x\u{1f}\"},\"s\":1}",
         r#"{"op":0,"d":{"a":1}},"s":1}"#,
         r#"{"op":0,"d":{"a":1},"s":1"#,
+        // `d` in Discord's place, taken unread by the tail scan, and not in it.
+        r#"{"t":"X","s":1,"op":0,"d":{"a":[1,{"b":"}"}]}}"#,
+        r#"{"t":"X","s":1,"op":0,"d":[{"a":1}] }"#,
+        r#"{"t":"X","s":1,"op":0,"d":{"a":"x}]}"#,
+        r#"{"t":"X","s":1,"op":0,"d":{"a":1]}"#,
+        r#"{"t":"X","s":1,"op":0,"d":{}"#,
+        r#"{"t":"X","s":1,"op":0,"d":{}}}"#,
+        r#"{"t":"X","s":1,"op":0,"d":{},"x":[]}"#,
+        r#"{"t":"X","s":1,"op":0,"d":{},"s":2}"#,
+        r#"{"t":"X","s":1,"op":0,"d":{},"s":[]}"#,
+        r#"{"op":0,"d":{"a":1},"s":1,"t":"X","x":[]}"#,
+        r#"{"t":"X","op":0,"d":[1],"s":5,"y":{}}"#,
+        r#"{"s":5,"op":0,"d":{},"t":"X","y":{}}"#,
         // Grammar broken inside `d`, structure intact: the fast path keeps it (tested below).
         r#"{"op":0,"d":{"a":01,,:},"s":2}"#,
     ] {
@@ -387,4 +472,32 @@ fn fast_path_keeps_structurally_sound_d() {
         Envelope::parse(mismatched.as_bytes()),
         Err(ProtocolError::MalformedJson { .. })
     ));
+}
+
+/// What the tail path takes unread: a `d` in Discord's place, after `op`, `s` and `t`, whose
+/// structure the structural path refuses; a `d` that does not close with its own kind of
+/// bracket, or that is not last, is still checked structurally.
+#[test]
+fn tail_path_takes_discords_d_unread() {
+    let text = "{\"t\":\"X\",\"s\":3,\"op\":0,\"d\":{\"a\":\"x\u{1}\",\"b\":[}} \n";
+    assert!(matches!(
+        Envelope::parse(text.as_bytes()),
+        Err(ProtocolError::MalformedJson { .. })
+    ));
+    let e = Envelope::parse_tail(text.as_bytes()).expect("d taken unread");
+    assert_eq!((e.op, e.s, e.t.as_deref()), (0, Some(3), Some("X")));
+    assert_eq!(e.d, Some("{\"a\":\"x\u{1}\",\"b\":[}"));
+    // The same `d` closed by the other kind of bracket, or before `s`: checked, refused.
+    for text in [
+        "{\"t\":\"X\",\"s\":3,\"op\":0,\"d\":{\"a\":\"x\u{1}\",\"b\":[]}",
+        "{\"t\":\"X\",\"op\":0,\"d\":{\"a\":\"x\u{1}\",\"b\":[},\"s\":3}",
+    ] {
+        assert!(
+            matches!(
+                Envelope::parse_tail(text.as_bytes()),
+                Err(ProtocolError::MalformedJson { .. })
+            ),
+            "{text:?}"
+        );
+    }
 }
