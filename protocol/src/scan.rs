@@ -143,27 +143,27 @@ fn scan_with(text: &str, depth: Depth) -> Result<Scanned<'_>, ScanError> {
             if c.peek() != Some(b'"') {
                 return Err(c.err_or_eof("key must be a string"));
             }
-            let key = c.string(text)?;
+            let key = c.envelope_key(text)?;
             c.ws();
             if c.peek() != Some(b':') {
                 return Err(c.err_or_eof("expected `:`"));
             }
             c.i += 1;
             c.ws();
-            match key.as_ref() {
-                "op" => {
+            match key {
+                Key::Op => {
                     if op.is_some() {
                         return Err(ScanError::Duplicate("op"));
                     }
                     op = Some(c.opt_u64("op")?);
                 }
-                "s" => {
+                Key::S => {
                     if s.is_some() {
                         return Err(ScanError::Duplicate("s"));
                     }
                     s = Some(c.opt_u64("s")?);
                 }
-                "t" => {
+                Key::T => {
                     if t.is_some() {
                         return Err(ScanError::Duplicate("t"));
                     }
@@ -176,7 +176,7 @@ fn scan_with(text: &str, depth: Depth) -> Result<Scanned<'_>, ScanError> {
                         return Err(ScanError::InvalidType("t"));
                     });
                 }
-                "d" => {
+                Key::D => {
                     if d.is_some() {
                         return Err(ScanError::Duplicate("d"));
                     }
@@ -199,7 +199,7 @@ fn scan_with(text: &str, depth: Depth) -> Result<Scanned<'_>, ScanError> {
                         d = Some(Some(&text[start..c.i]));
                     }
                 }
-                _ => c.skip_value()?,
+                Key::Other => c.skip_value()?,
             }
             c.ws();
             match c.peek() {
@@ -228,6 +228,15 @@ fn scan_with(text: &str, depth: Depth) -> Result<Scanned<'_>, ScanError> {
 struct Cursor<'a> {
     b: &'a [u8],
     i: usize,
+}
+
+/// A key of the envelope.
+enum Key {
+    Op,
+    S,
+    T,
+    D,
+    Other,
 }
 
 /// Bytes that end the fast run through a string: `"`, `\` and control characters.
@@ -463,12 +472,64 @@ impl<'a> Cursor<'a> {
         })
     }
 
+    /// The envelope key at the cursor's opening quote, and the cursor past its closing one.
+    /// The four names as Discord writes them are matched in place; any other key (or one
+    /// written with escapes) is read as a string.
+    #[inline]
+    fn envelope_key(&mut self, text: &'a str) -> Result<Key, ScanError> {
+        let name = self.b.get(self.i + 1..).unwrap_or_default();
+        let plain = if name.starts_with(b"op\"") {
+            Some((Key::Op, 4))
+        } else if name.starts_with(b"s\"") {
+            Some((Key::S, 3))
+        } else if name.starts_with(b"t\"") {
+            Some((Key::T, 3))
+        } else if name.starts_with(b"d\"") {
+            Some((Key::D, 3))
+        } else {
+            None
+        };
+        if let Some((key, len)) = plain {
+            self.i += len;
+            return Ok(key);
+        }
+        Ok(match self.string(text)?.as_ref() {
+            "op" => Key::Op,
+            "s" => Key::S,
+            "t" => Key::T,
+            "d" => Key::D,
+            _ => Key::Other,
+        })
+    }
+
     /// `null` or an unsigned integer.
     fn opt_u64(&mut self, field: &'static str) -> Result<Option<u64>, ScanError> {
         if self.literal(b"null") {
             return Ok(None);
         }
         let start = self.i;
+        // Digits alone, without a leading zero, a fraction or an exponent, and within u64, in
+        // one pass; anything else by the number grammar below.
+        let mut v: u64 = 0;
+        let mut i = start;
+        while let Some(&digit @ b'0'..=b'9') = self.b.get(i) {
+            match v
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(u64::from(digit - b'0')))
+            {
+                Some(next) => v = next,
+                None => break,
+            }
+            i += 1;
+        }
+        let digits = i - start;
+        if digits > 0
+            && (digits == 1 || self.b[start] != b'0')
+            && !matches!(self.b.get(i), Some(b'0'..=b'9' | b'.' | b'e' | b'E'))
+        {
+            self.i = i;
+            return Ok(Some(v));
+        }
         match self.peek() {
             Some(b'-' | b'0'..=b'9') => {}
             _ => {
