@@ -1,6 +1,5 @@
 //! [`DiscordCodec`]: Discord gateway v10 (JSON encoding) as a [`handover_core::Codec`].
 
-use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -9,7 +8,7 @@ use serde::Deserialize;
 
 use super::commands::{ConnectionProperties, IdentifyData, ResumeData, ShardId, UpdatePresence};
 use super::compression::{Compression, DEFAULT_MAX_DECOMPRESSED_BYTES, Decompressor};
-use super::envelope::{Envelope, MAX_PAYLOAD_BYTES, RawJson, encode_payload};
+use super::envelope::{Head, MAX_PAYLOAD_BYTES, RawJson, encode_payload, head};
 use super::event_name::EventName;
 use super::limits::{RateLimitConfig, SendLimiter};
 use super::session::{DeliveryStats, Gap, Session, Tracker, Verdict};
@@ -265,8 +264,14 @@ impl DiscordCodec {
         self.conn
     }
 
-    fn decode_json(&mut self, buf: &Bytes) -> Result<Decoded<GatewayEvent>, ProtocolError> {
-        let env = Envelope::parse_tail(buf)?;
+    /// Decodes one JSON message; `utf8_checked` for a text message, whose transport checked
+    /// its UTF-8 (see [`head`]).
+    fn decode_json(
+        &mut self,
+        buf: &Bytes,
+        utf8_checked: bool,
+    ) -> Result<Decoded<GatewayEvent>, ProtocolError> {
+        let env = head(buf, utf8_checked)?;
         let signal = |s| Decoded {
             signal: Some(s),
             item: None,
@@ -278,7 +283,7 @@ impl DiscordCodec {
                     context: "hello",
                 })?;
                 let hello: HelloData =
-                    serde_json::from_str(d).map_err(|e| ProtocolError::malformed(&e))?;
+                    serde_json::from_slice(&buf[d]).map_err(|e| ProtocolError::malformed(&e))?;
                 let ms = hello
                     .heartbeat_interval
                     .ok_or(ProtocolError::MissingField {
@@ -323,7 +328,7 @@ impl DiscordCodec {
                     context: "invalid session",
                 })?;
                 let resumable: bool =
-                    serde_json::from_str(d).map_err(|e| ProtocolError::malformed(&e))?;
+                    serde_json::from_slice(&buf[d]).map_err(|e| ProtocolError::malformed(&e))?;
                 Ok(signal(Signal::SessionInvalidated { resumable }))
             }
             OpCode::Dispatch => self.decode_dispatch(buf, env),
@@ -334,20 +339,21 @@ impl DiscordCodec {
     fn decode_dispatch(
         &mut self,
         buf: &Bytes,
-        env: Envelope<'_>,
+        env: Head,
     ) -> Result<Decoded<GatewayEvent>, ProtocolError> {
-        let t = env.t.ok_or(ProtocolError::MissingField {
+        let t = env.t.as_ref().ok_or(ProtocolError::MissingField {
             field: "t",
             context: "dispatch",
         })?;
-        match &*t {
+        let t = EventName::from_message(buf, t)?;
+        match t.as_str() {
             "READY" => {
                 let d = env.d.ok_or(ProtocolError::MissingField {
                     field: "d",
                     context: "ready",
                 })?;
-                let ready: ReadyData =
-                    serde_json::from_str(d).map_err(|e| ProtocolError::malformed(&e))?;
+                let ready: ReadyData = serde_json::from_slice(&buf[d.clone()])
+                    .map_err(|e| ProtocolError::malformed(&e))?;
                 let session_id = ready.session_id.ok_or(ProtocolError::MissingField {
                     field: "session_id",
                     context: "ready",
@@ -366,7 +372,7 @@ impl DiscordCodec {
                     session_id,
                     resume_gateway_url,
                     seq: env.s,
-                    data: RawJson::from_buffer(buf, d),
+                    data: RawJson::from_range(buf, d),
                 });
                 // A READY that replaced a session we still held (a server answering a
                 // RESUME with READY): the lost session is reported first, then READY.
@@ -420,8 +426,8 @@ impl DiscordCodec {
         &mut self,
         buf: &Bytes,
         s: Option<u64>,
-        d: Option<&str>,
-        t: Cow<'_, str>,
+        d: Option<std::ops::Range<usize>>,
+        t: EventName,
     ) -> Result<Decoded<GatewayEvent>, ProtocolError> {
         let seq = s.ok_or(ProtocolError::MissingField {
             field: "s",
@@ -437,12 +443,12 @@ impl DiscordCodec {
             }
             Verdict::Deliver => {}
         }
-        let data = d.map_or_else(RawJson::null, |d| RawJson::from_buffer(buf, d));
+        let data = d.map_or_else(RawJson::null, |d| RawJson::from_range(buf, d));
         Ok(Decoded {
             signal: None,
             item: Some(GatewayEvent::Dispatch(Dispatch {
                 seq,
-                event_type: EventName::from_buffer(buf, &t),
+                event_type: t,
                 data,
             })),
         })
@@ -500,15 +506,15 @@ impl Codec for DiscordCodec {
         _now: Instant,
         msg: Message,
     ) -> Result<Decoded<GatewayEvent>, ProtocolError> {
-        let buf = match msg {
-            Message::Text(b) => b,
-            Message::Binary(b) if matches!(self.decompressor, Decompressor::None) => b,
+        let (buf, utf8_checked) = match msg {
+            Message::Text(b) => (b, true),
+            Message::Binary(b) if matches!(self.decompressor, Decompressor::None) => (b, false),
             Message::Binary(b) => match self.decompressor.push(&b)? {
-                Some(v) => v,
+                Some(v) => (v, false),
                 None => return Ok(Decoded::nothing()),
             },
         };
-        self.decode_json(&buf)
+        self.decode_json(&buf, utf8_checked)
     }
 
     fn poll_item(&mut self) -> Option<GatewayEvent> {

@@ -4,12 +4,13 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::scan::{ScanError, Scanned, scan, scan_strict, scan_tail};
+use super::scan::{ScanError, Scanned, StrAt, scan, scan_strict, scan_tail, unescape};
 use super::{OpCode, ProtocolError};
 
 /// Largest payload the gateway accepts from a client, in bytes. A larger one makes Discord close
@@ -79,37 +80,117 @@ impl<'a> Envelope<'a> {
 
     fn parse_with(
         bytes: &'a [u8],
-        scanner: fn(&'a str) -> Result<Scanned<'a>, ScanError>,
+        scanner: fn(&[u8]) -> Result<Scanned, ScanError>,
     ) -> Result<Envelope<'a>, ProtocolError> {
-        // simdutf8 picks its SIMD kernel (AVX2, SSE4.2, NEON) at run time; on the error path
-        // std's check finds the offset for the message.
-        let text = simdutf8::basic::from_utf8(bytes).map_err(|_| ProtocolError::MalformedJson {
-            reason: format!(
-                "invalid utf-8 at byte {}",
-                std::str::from_utf8(bytes).map_or_else(|e| e.valid_up_to(), str::len)
+        let text = check_utf8(bytes)?;
+        let scanned = scanner(bytes).map_err(scan_error)?;
+        // `d` starts at its first byte and ends after an ASCII one, so the range always lies on
+        // character boundaries.
+        let d = match scanned.d {
+            Some(range) => Some(
+                text.get(range)
+                    .ok_or_else(|| ProtocolError::MalformedJson {
+                        reason: "d not on character boundaries".into(),
+                    })?,
             ),
-        })?;
-        let scanned = scanner(text).map_err(|e| match e {
-            ScanError::MissingOp => ProtocolError::MissingField {
-                field: "op",
-                context: "payload",
-            },
-            // The reason names a category, a field name and a byte offset, never content.
-            other => ProtocolError::MalformedJson {
-                reason: other.to_string(),
-            },
-        })?;
+            None => None,
+        };
+        let t = match scanned.t {
+            Some(at) => Some(str_at(text, at)?),
+            None => None,
+        };
         Ok(Envelope {
             op: scanned.op,
-            d: scanned.d,
+            d,
             s: scanned.s,
-            t: scanned.t,
+            t,
         })
     }
 
     /// The opcode, if Discord defines it.
     pub fn opcode(&self) -> Result<OpCode, ProtocolError> {
         OpCode::from_code(self.op).ok_or(ProtocolError::UnknownOpcode { op: self.op })
+    }
+}
+
+/// The envelope of a message the codec reads, `d` as where it lies in the message.
+pub(crate) struct Head {
+    /// The opcode number.
+    pub(crate) op: u64,
+    /// The sequence number, if present and not `null`.
+    pub(crate) s: Option<u64>,
+    /// Where the event name lies in the message, if present and not `null`.
+    pub(crate) t: Option<StrAt>,
+    /// Where `d` lies in the message, if present and not `null`.
+    pub(crate) d: Option<Range<usize>>,
+}
+
+impl Head {
+    /// The opcode, if Discord defines it.
+    pub(crate) fn opcode(&self) -> Result<OpCode, ProtocolError> {
+        OpCode::from_code(self.op).ok_or(ProtocolError::UnknownOpcode { op: self.op })
+    }
+}
+
+/// Reads the envelope as [`Envelope::parse_tail`] does. `utf8_checked` says the bytes are a
+/// [`Message::Text`](handover_core::Message::Text), whose transport checked their UTF-8 (the
+/// type's contract): the whole message is then not checked a second time; `t` and `d` are
+/// returned as where they lie, and `t` is checked where it becomes a `str` (see
+/// [`EventName::from_message`](super::EventName)), a key written with escapes where it is
+/// decoded. Anything else (a binary message, a decompressed one) is checked whole first.
+pub(crate) fn head(bytes: &[u8], utf8_checked: bool) -> Result<Head, ProtocolError> {
+    if !utf8_checked {
+        check_utf8(bytes)?;
+    }
+    let scanned = scan_tail(bytes).map_err(scan_error)?;
+    Ok(Head {
+        op: scanned.op,
+        s: scanned.s,
+        t: scanned.t,
+        d: scanned.d,
+    })
+}
+
+/// The string at `at` in `text`, its escapes decoded.
+fn str_at(text: &str, at: StrAt) -> Result<Cow<'_, str>, ProtocolError> {
+    let quote = at.range.start.saturating_sub(1);
+    let raw = text
+        .get(at.range)
+        .ok_or_else(|| ProtocolError::MalformedJson {
+            reason: "string not on character boundaries".into(),
+        })?;
+    if !at.escaped {
+        return Ok(Cow::Borrowed(raw));
+    }
+    unescape(raw)
+        .map(Cow::Owned)
+        .ok_or_else(|| ProtocolError::MalformedJson {
+            reason: format!("lone surrogate in escape at byte {quote}"),
+        })
+}
+
+/// The message as `str`, or the offset of its first invalid byte in a typed error.
+fn check_utf8(bytes: &[u8]) -> Result<&str, ProtocolError> {
+    // simdutf8 picks its SIMD kernel (AVX2, SSE4.2, NEON) at run time; on the error path
+    // std's check finds the offset for the message.
+    simdutf8::basic::from_utf8(bytes).map_err(|_| ProtocolError::MalformedJson {
+        reason: format!(
+            "invalid utf-8 at byte {}",
+            std::str::from_utf8(bytes).map_or_else(|e| e.valid_up_to(), str::len)
+        ),
+    })
+}
+
+fn scan_error(e: ScanError) -> ProtocolError {
+    match e {
+        ScanError::MissingOp => ProtocolError::MissingField {
+            field: "op",
+            context: "payload",
+        },
+        // The reason names a category, a field name and a byte offset, never content.
+        other => ProtocolError::MalformedJson {
+            reason: other.to_string(),
+        },
     }
 }
 
@@ -133,8 +214,14 @@ pub fn encode_payload<T: Serialize + ?Sized>(op: OpCode, d: &T) -> Result<Vec<u8
 pub struct RawJson(Bytes);
 
 impl RawJson {
+    /// The JSON text at `range` in `buf` (no copy).
+    pub(crate) fn from_range(buf: &Bytes, range: Range<usize>) -> RawJson {
+        RawJson(buf.slice(range))
+    }
+
     /// The JSON text `raw`, which borrows from `buf` when it was parsed out of it (no copy);
     /// otherwise it is copied.
+    #[cfg(test)]
     pub(crate) fn from_buffer(buf: &Bytes, raw: &str) -> RawJson {
         let sub = raw.as_bytes();
         let start = (sub.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
@@ -166,9 +253,10 @@ impl RawJson {
         &self.0
     }
 
-    /// The JSON text.
+    /// The JSON text; `null` if its bytes are not UTF-8, which only a runtime that hands the
+    /// codec a `Message::Text` its transport did not check can cause (the bytes come from a
+    /// `&str`, or from a text message, whose transport checked them).
     pub fn as_str(&self) -> &str {
-        // Invariant: the bytes always come from a `&str` (a RawValue), so they are UTF-8.
         std::str::from_utf8(&self.0).unwrap_or("null")
     }
 

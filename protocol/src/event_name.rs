@@ -13,6 +13,9 @@ use std::ops::Deref;
 
 use bytes::Bytes;
 
+use crate::ProtocolError;
+use crate::scan::{StrAt, unescape};
+
 /// The name of a dispatched event (`t`), for example `MESSAGE_CREATE`.
 ///
 /// It reads as a `&str` ([`as_str`](EventName::as_str), `Deref`, `Display`) and compares with
@@ -38,19 +41,31 @@ impl EventName {
         }
     }
 
-    /// The name `name`, which lies inside `buf` (the received message): the static copy when
-    /// Discord documents it, else a slice of `buf` (no copy). A `name` not inside `buf` is
-    /// copied.
-    pub(crate) fn from_buffer(buf: &Bytes, name: &str) -> EventName {
-        if let Some(k) = known(name) {
-            return EventName(Repr::Known(k));
+    /// The name whose text lies at `at` in `buf`, the received message, between its quotes:
+    /// the static copy when Discord documents it (matched as bytes), else a slice of `buf`
+    /// checked as UTF-8 here (the codec does not check a text message whole a second time), or,
+    /// for a name written with escapes, its decoded copy.
+    pub(crate) fn from_message(buf: &Bytes, at: &StrAt) -> Result<EventName, ProtocolError> {
+        let raw = buf.get(at.range.clone()).unwrap_or_default();
+        if !at.escaped
+            && let Some(k) = known_bytes(raw)
+        {
+            return Ok(EventName(Repr::Known(k)));
         }
-        let start = (name.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
-        match start.checked_add(name.len()) {
-            Some(end) if end <= buf.len() && start <= buf.len() => {
-                EventName(Repr::Shared(buf.slice(start..end)))
-            }
-            _ => EventName::new(name),
+        let text = std::str::from_utf8(raw).map_err(|e| ProtocolError::MalformedJson {
+            reason: format!("invalid utf-8 at byte {}", at.range.start + e.valid_up_to()),
+        })?;
+        if !at.escaped {
+            return Ok(EventName(Repr::Shared(buf.slice(at.range.clone()))));
+        }
+        match unescape(text) {
+            Some(name) => Ok(EventName::new(&name)),
+            None => Err(ProtocolError::MalformedJson {
+                reason: format!(
+                    "lone surrogate in escape at byte {}",
+                    at.range.start.saturating_sub(1)
+                ),
+            }),
         }
     }
 
@@ -255,10 +270,14 @@ const DOCUMENTED: &[&str] = &[
 
 /// The documented name equal to `name`, if any. The busiest names come first.
 fn known(name: &str) -> Option<&'static str> {
-    if name == "MESSAGE_CREATE" {
+    known_bytes(name.as_bytes())
+}
+
+fn known_bytes(name: &[u8]) -> Option<&'static str> {
+    if name == b"MESSAGE_CREATE" {
         return Some("MESSAGE_CREATE");
     }
-    DOCUMENTED.iter().copied().find(|k| *k == name)
+    DOCUMENTED.iter().copied().find(|k| k.as_bytes() == name)
 }
 
 #[cfg(test)]
@@ -268,7 +287,7 @@ mod tests {
     #[test]
     fn documented_names_need_no_buffer() {
         let buf = Bytes::from_static(br#"{"t":"MESSAGE_CREATE"}"#);
-        let name = EventName::from_buffer(&buf, std::str::from_utf8(&buf[6..20]).unwrap());
+        let name = EventName::from_message(&buf, &at(6..20, false)).unwrap();
         assert!(name.is_documented());
         assert_eq!(name, "MESSAGE_CREATE");
         assert_eq!(
@@ -280,15 +299,37 @@ mod tests {
     #[test]
     fn other_names_share_the_buffer() {
         let buf = Bytes::from(br#"{"t":"SIM_FLUSH"}"#.to_vec());
-        let name = EventName::from_buffer(&buf, std::str::from_utf8(&buf[6..15]).unwrap());
+        let name = EventName::from_message(&buf, &at(6..15, false)).unwrap();
         assert!(!name.is_documented());
         assert_eq!(name.as_str(), "SIM_FLUSH");
         let inner = name.as_ptr() as usize;
         let outer = buf.as_ptr() as usize;
         assert!(inner > outer && inner < outer + buf.len(), "copied");
-        // A name from elsewhere is copied.
-        let other = EventName::from_buffer(&buf, "SIM_FLUSH");
+        // A name built from a `str` is a copy, and equal.
+        let other = EventName::new("SIM_FLUSH");
         assert_eq!(other, name);
+    }
+
+    #[test]
+    fn escaped_names_are_decoded_and_bad_ones_refused() {
+        let buf = Bytes::from_static(br#"{"t":"MESSAGE_\u0043REATE"}"#);
+        let name = EventName::from_message(&buf, &at(6..25, true)).unwrap();
+        assert!(name.is_documented());
+        assert_eq!(name, "MESSAGE_CREATE");
+        let buf = Bytes::from_static(br#"{"t":"X\ud800"}"#);
+        assert!(matches!(
+            EventName::from_message(&buf, &at(6..13, true)),
+            Err(ProtocolError::MalformedJson { .. })
+        ));
+        let buf = Bytes::from_static(b"{\"t\":\"X\xff\"}");
+        assert!(matches!(
+            EventName::from_message(&buf, &at(6..8, false)),
+            Err(ProtocolError::MalformedJson { .. })
+        ));
+    }
+
+    fn at(range: std::ops::Range<usize>, escaped: bool) -> StrAt {
+        StrAt { range, escaped }
     }
 
     #[test]

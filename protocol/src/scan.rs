@@ -29,23 +29,26 @@
 //! (`{"op":0,"s":1,"t":"X","d":{},"x":{}}`, which Discord does not send): [`scan_tail`] takes
 //! them as part of the text of `d`, which is then not valid JSON on its own.
 //!
-//! The input is `&str`: UTF-8 is checked once, by the caller, over the whole message, so the
-//! scanner itself never looks at a byte twice.
+//! The input is bytes whose UTF-8 the caller has checked over the whole message (or, for a
+//! text message, its transport did: see `Envelope`), so the scanner reads each byte of the
+//! envelope once; the few it turns into strings (`t`, and keys) are checked again where they
+//! become `str`, the one step that needs it without `unsafe`. `d` is returned as a range.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 /// The envelope of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Scanned<'a> {
+pub(crate) struct Scanned {
     /// The opcode.
     pub(crate) op: u64,
     /// The sequence number, if present and not `null`.
     pub(crate) s: Option<u64>,
-    /// The event name, if present and not `null`.
-    pub(crate) t: Option<Cow<'a, str>>,
-    /// The raw text of `d`, if present and not `null`.
-    pub(crate) d: Option<&'a str>,
+    /// The event name, if present and not `null`: where its text lies between the quotes.
+    pub(crate) t: Option<StrAt>,
+    /// Where the raw text of `d` lies in the message, if present and not `null`.
+    pub(crate) d: Option<Range<usize>>,
 }
 
 /// Why a message is not a valid envelope.
@@ -95,26 +98,23 @@ enum Depth {
 }
 
 /// Scans one complete message, `d` checked structurally (see the module documentation).
-pub(crate) fn scan(text: &str) -> Result<Scanned<'_>, ScanError> {
+pub(crate) fn scan(text: &[u8]) -> Result<Scanned, ScanError> {
     scan_with(text, Depth::Structural)
 }
 
 /// Scans one complete message, `d` checked against the full JSON grammar.
-pub(crate) fn scan_strict(text: &str) -> Result<Scanned<'_>, ScanError> {
+pub(crate) fn scan_strict(text: &[u8]) -> Result<Scanned, ScanError> {
     scan_with(text, Depth::Strict)
 }
 
 /// Scans one complete message, an object or array `d` that ends it after `op`, `s` and `t`
 /// taken unread (the codec's hot path; see the module documentation).
-pub(crate) fn scan_tail(text: &str) -> Result<Scanned<'_>, ScanError> {
+pub(crate) fn scan_tail(text: &[u8]) -> Result<Scanned, ScanError> {
     scan_with(text, Depth::Tail)
 }
 
-fn scan_with(text: &str, depth: Depth) -> Result<Scanned<'_>, ScanError> {
-    let mut c = Cursor {
-        b: text.as_bytes(),
-        i: 0,
-    };
+fn scan_with(text: &[u8], depth: Depth) -> Result<Scanned, ScanError> {
+    let mut c = Cursor { b: text, i: 0 };
     c.ws();
     match c.peek() {
         Some(b'{') => {}
@@ -132,8 +132,8 @@ fn scan_with(text: &str, depth: Depth) -> Result<Scanned<'_>, ScanError> {
     c.i += 1;
     let mut op: Option<Option<u64>> = None;
     let mut s: Option<Option<u64>> = None;
-    let mut t: Option<Option<Cow<'_, str>>> = None;
-    let mut d: Option<Option<&str>> = None;
+    let mut t: Option<Option<StrAt>> = None;
+    let mut d: Option<Option<Range<usize>>> = None;
     c.ws();
     if c.peek() == Some(b'}') {
         c.i += 1;
@@ -143,7 +143,7 @@ fn scan_with(text: &str, depth: Depth) -> Result<Scanned<'_>, ScanError> {
             if c.peek() != Some(b'"') {
                 return Err(c.err_or_eof("key must be a string"));
             }
-            let key = c.envelope_key(text)?;
+            let key = c.envelope_key()?;
             c.ws();
             if c.peek() != Some(b':') {
                 return Err(c.err_or_eof("expected `:`"));
@@ -170,7 +170,7 @@ fn scan_with(text: &str, depth: Depth) -> Result<Scanned<'_>, ScanError> {
                     t = Some(if c.literal(b"null") {
                         None
                     } else if c.peek() == Some(b'"') {
-                        Some(c.string(text)?)
+                        Some(c.string_at()?)
                     } else {
                         c.skip_value()?;
                         return Err(ScanError::InvalidType("t"));
@@ -196,7 +196,7 @@ fn scan_with(text: &str, depth: Depth) -> Result<Scanned<'_>, ScanError> {
                             }
                             _ => c.skip_value()?,
                         }
-                        d = Some(Some(&text[start..c.i]));
+                        d = Some(Some(start..c.i));
                     }
                 }
                 Key::Other => c.skip_value()?,
@@ -228,6 +228,16 @@ fn scan_with(text: &str, depth: Depth) -> Result<Scanned<'_>, ScanError> {
 struct Cursor<'a> {
     b: &'a [u8],
     i: usize,
+}
+
+/// Where a string's text lies in the message, between its quotes, and whether it holds
+/// escapes (checked: see [`unescape`] for the decoding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StrAt {
+    /// The bytes between the quotes.
+    pub(crate) range: Range<usize>,
+    /// Whether they hold escapes.
+    pub(crate) escaped: bool,
 }
 
 /// A key of the envelope.
@@ -458,11 +468,27 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A string value or key, unescaped only when it holds escapes.
-    fn string(&mut self, text: &'a str) -> Result<Cow<'a, str>, ScanError> {
+    /// Where the string at the cursor lies, and the cursor past it.
+    fn string_at(&mut self) -> Result<StrAt, ScanError> {
         let start = self.i;
         let escaped = self.skip_string()?;
-        let raw = &text[start + 1..self.i - 1];
+        Ok(StrAt {
+            range: start + 1..self.i - 1,
+            escaped,
+        })
+    }
+
+    /// A string key written with escapes, decoded; its bytes checked as UTF-8 here, so a
+    /// message taken as checked by its transport never yields a `str` that is not.
+    fn string(&mut self) -> Result<Cow<'a, str>, ScanError> {
+        let start = self.i;
+        let escaped = self.skip_string()?;
+        let b: &'a [u8] = self.b;
+        let raw =
+            std::str::from_utf8(&b[start + 1..self.i - 1]).map_err(|e| ScanError::Syntax {
+                at: start + 1 + e.valid_up_to(),
+                what: "invalid utf-8 in string",
+            })?;
         if !escaped {
             return Ok(Cow::Borrowed(raw));
         }
@@ -476,7 +502,7 @@ impl<'a> Cursor<'a> {
     /// The four names as Discord writes them are matched in place; any other key (or one
     /// written with escapes) is read as a string.
     #[inline]
-    fn envelope_key(&mut self, text: &'a str) -> Result<Key, ScanError> {
+    fn envelope_key(&mut self) -> Result<Key, ScanError> {
         let name = self.b.get(self.i + 1..).unwrap_or_default();
         let plain = if name.starts_with(b"op\"") {
             Some((Key::Op, 4))
@@ -493,7 +519,13 @@ impl<'a> Cursor<'a> {
             self.i += len;
             return Ok(key);
         }
-        Ok(match self.string(text)?.as_ref() {
+        let start = self.i;
+        let at = self.string_at()?;
+        if !at.escaped {
+            return Ok(Key::Other);
+        }
+        self.i = start;
+        Ok(match self.string()?.as_ref() {
             "op" => Key::Op,
             "s" => Key::S,
             "t" => Key::T,
@@ -778,7 +810,7 @@ impl<'a> Cursor<'a> {
 }
 
 /// Decodes the escapes of a string's contents (already checked); `None` for a lone surrogate.
-fn unescape(raw: &str) -> Option<String> {
+pub(crate) fn unescape(raw: &str) -> Option<String> {
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.char_indices();
     while let Some((_, ch)) = chars.next() {

@@ -247,6 +247,55 @@ fn errors_are_typed_and_the_codec_stays_usable() {
     assert_eq!(c.session().unwrap().session_id, SESSION);
 }
 
+/// A text message's UTF-8 is its transport's to check (the contract of `Message::Text`): the
+/// codec does not check the whole message again, but the event name is checked where it becomes
+/// a `str`, and a binary message (plain JSON sent as binary, or a decompressed one), which no
+/// transport checks, is checked whole.
+#[test]
+fn text_is_taken_as_checked_and_the_strings_read_are_checked() {
+    use bytes::Bytes;
+    let mut c = ready_codec();
+    // Invalid UTF-8 inside `d` of a text message: the event goes through with `d` as it came,
+    // and reading `d` is the typed error.
+    let mut wire = br#"{"op":0,"t":"MESSAGE_CREATE","s":2,"d":{"content":"x"}}"#.to_vec();
+    let at = wire.windows(3).position(|w| w == b"\"x\"").unwrap() + 1;
+    wire[at] = 0xFF;
+    let d = c
+        .decode(Instant::now(), Message::Text(Bytes::from(wire.clone())))
+        .expect("a text message's bytes are the transport's to check");
+    let Some(GatewayEvent::Dispatch(dispatch)) = d.item else {
+        panic!("a dispatch: {d:?}");
+    };
+    assert_eq!(dispatch.seq, 2);
+    assert!(dispatch.data.deserialize::<Value>().is_err());
+    // The same bytes as a binary message are checked: a typed error, the seq unmoved.
+    let err = c
+        .decode(Instant::now(), Message::Binary(Bytes::from(wire)))
+        .unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::MalformedJson { .. }),
+        "{err:?}"
+    );
+    // Invalid UTF-8 in the event name of a text message: a typed error.
+    let wire = b"{\"op\":0,\"t\":\"MESSAGE_\xFF\",\"s\":3,\"d\":{}}";
+    let err = c
+        .decode(Instant::now(), Message::Text(Bytes::from_static(wire)))
+        .unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::MalformedJson { .. }),
+        "{err:?}"
+    );
+    assert_eq!(c.last_seq(), Some(2));
+    // An unknown key is passed over unread, its bytes too.
+    let wire = b"{\"op\":0,\"t\":\"X\",\"s\":3,\"k\xFF\":1,\"d\":{}}";
+    let d = c
+        .decode(Instant::now(), Message::Text(Bytes::from_static(wire)))
+        .unwrap();
+    assert!(
+        matches!(d.item, Some(GatewayEvent::Dispatch(ref x)) if x.seq == 3 && x.event_type == "X")
+    );
+}
+
 #[test]
 fn identify_carries_every_configured_field() {
     let mut cfg = config();
