@@ -15,7 +15,10 @@ use crate::types::{OpenMode, TransportId};
 /// One WebSocket data message, owned by this crate so no transport type leaks into public APIs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Message {
-    /// A text message. The bytes are valid UTF-8 (transports check before handing it over).
+    /// A text message. The bytes are valid UTF-8: a transport checks them before handing the
+    /// message over (RFC 6455 asks it to), and codecs rely on that rather than checking again
+    /// (the Discord codec reads such a message's `d` as it is); a runtime of its own that builds
+    /// one from bytes must check them first, or hand them over as [`Message::Binary`].
     Text(Bytes),
     /// A binary message (for example a compressed stream chunk).
     Binary(Bytes),
