@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::scan::{ScanError, Scanned, StrAt, scan, scan_strict, scan_tail, unescape};
+use super::scan::{ScanError, Scanned, StrAt, decode_str, scan, scan_strict, scan_tail};
 use super::{OpCode, ProtocolError};
 
 /// Largest payload the gateway accepts from a client, in bytes. A larger one makes Discord close
@@ -109,7 +109,7 @@ impl<'a> Envelope<'a> {
 
     /// The opcode, if Discord defines it.
     pub fn opcode(&self) -> Result<OpCode, ProtocolError> {
-        OpCode::from_code(self.op).ok_or(ProtocolError::UnknownOpcode { op: self.op })
+        opcode(self.op)
     }
 }
 
@@ -128,8 +128,13 @@ pub(crate) struct Head {
 impl Head {
     /// The opcode, if Discord defines it.
     pub(crate) fn opcode(&self) -> Result<OpCode, ProtocolError> {
-        OpCode::from_code(self.op).ok_or(ProtocolError::UnknownOpcode { op: self.op })
+        opcode(self.op)
     }
+}
+
+/// The opcode `op`, if Discord defines it.
+fn opcode(op: u64) -> Result<OpCode, ProtocolError> {
+    OpCode::from_code(op).ok_or(ProtocolError::UnknownOpcode { op })
 }
 
 /// Reads the envelope as [`Envelope::parse_tail`] does. `utf8_checked` says the bytes are a
@@ -153,19 +158,13 @@ pub(crate) fn head(bytes: &[u8], utf8_checked: bool) -> Result<Head, ProtocolErr
 
 /// The string at `at` in `text`, its escapes decoded.
 fn str_at(text: &str, at: StrAt) -> Result<Cow<'_, str>, ProtocolError> {
-    let quote = at.range.start.saturating_sub(1);
-    let raw = text
-        .get(at.range)
+    if at.escaped {
+        return decode_str(text.as_bytes(), &at).map_err(scan_error);
+    }
+    text.get(at.range)
+        .map(Cow::Borrowed)
         .ok_or_else(|| ProtocolError::MalformedJson {
             reason: "string not on character boundaries".into(),
-        })?;
-    if !at.escaped {
-        return Ok(Cow::Borrowed(raw));
-    }
-    unescape(raw)
-        .map(Cow::Owned)
-        .ok_or_else(|| ProtocolError::MalformedJson {
-            reason: format!("lone surrogate in escape at byte {quote}"),
         })
 }
 
@@ -181,7 +180,8 @@ fn check_utf8(bytes: &[u8]) -> Result<&str, ProtocolError> {
     })
 }
 
-fn scan_error(e: ScanError) -> ProtocolError {
+/// The typed error for a scan's.
+pub(crate) fn scan_error(e: ScanError) -> ProtocolError {
     match e {
         ScanError::MissingOp => ProtocolError::MissingField {
             field: "op",
@@ -217,18 +217,6 @@ impl RawJson {
     /// The JSON text at `range` in `buf` (no copy).
     pub(crate) fn from_range(buf: &Bytes, range: Range<usize>) -> RawJson {
         RawJson(buf.slice(range))
-    }
-
-    /// The JSON text `raw`, which borrows from `buf` when it was parsed out of it (no copy);
-    /// otherwise it is copied.
-    #[cfg(test)]
-    pub(crate) fn from_buffer(buf: &Bytes, raw: &str) -> RawJson {
-        let sub = raw.as_bytes();
-        let start = (sub.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
-        match start.checked_add(sub.len()) {
-            Some(end) if end <= buf.len() && start <= buf.len() => RawJson(buf.slice(start..end)),
-            _ => RawJson(Bytes::copy_from_slice(sub)),
-        }
     }
 
     /// Copies `raw` into a new buffer.
@@ -375,8 +363,8 @@ mod tests {
     #[test]
     fn raw_json_shares_the_buffer() {
         let buf = Bytes::from_static(br#"{"op":0,"s":3,"t":"X","d":{"k":"v"}}"#);
-        let e = Envelope::parse(&buf).unwrap();
-        let raw = RawJson::from_buffer(&buf, e.d.unwrap());
+        let h = head(&buf, false).unwrap();
+        let raw = RawJson::from_range(&buf, h.d.unwrap());
         assert_eq!(raw.as_str(), r#"{"k":"v"}"#);
         let inner = raw.as_bytes().as_ptr() as usize;
         let outer = buf.as_ptr() as usize;

@@ -6,7 +6,7 @@
 //! which the dispatch's data shares anyway. Only a name written with JSON escapes is copied
 //! (decoded) into a buffer of its own.
 
-use std::borrow::Borrow;
+use std::borrow::{Borrow, Cow};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
@@ -14,7 +14,8 @@ use std::ops::Deref;
 use bytes::Bytes;
 
 use crate::ProtocolError;
-use crate::scan::{StrAt, unescape};
+use crate::envelope::scan_error;
+use crate::scan::{StrAt, decode_str};
 
 /// The name of a dispatched event (`t`), for example `MESSAGE_CREATE`.
 ///
@@ -46,27 +47,15 @@ impl EventName {
     /// checked as UTF-8 here (the codec does not check a text message whole a second time), or,
     /// for a name written with escapes, its decoded copy.
     pub(crate) fn from_message(buf: &Bytes, at: &StrAt) -> Result<EventName, ProtocolError> {
-        let raw = buf.get(at.range.clone()).unwrap_or_default();
         if !at.escaped
-            && let Some(k) = known_bytes(raw)
+            && let Some(k) = buf.get(at.range.clone()).and_then(known_bytes)
         {
             return Ok(EventName(Repr::Known(k)));
         }
-        let text = std::str::from_utf8(raw).map_err(|e| ProtocolError::MalformedJson {
-            reason: format!("invalid utf-8 at byte {}", at.range.start + e.valid_up_to()),
-        })?;
-        if !at.escaped {
-            return Ok(EventName(Repr::Shared(buf.slice(at.range.clone()))));
-        }
-        match unescape(text) {
-            Some(name) => Ok(EventName::new(&name)),
-            None => Err(ProtocolError::MalformedJson {
-                reason: format!(
-                    "lone surrogate in escape at byte {}",
-                    at.range.start.saturating_sub(1)
-                ),
-            }),
-        }
+        Ok(match decode_str(buf, at).map_err(scan_error)? {
+            Cow::Borrowed(_) => EventName(Repr::Shared(buf.slice(at.range.clone()))),
+            Cow::Owned(name) => EventName::new(&name),
+        })
     }
 
     /// The name as text.

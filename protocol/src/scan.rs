@@ -478,26 +478,6 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    /// A string key written with escapes, decoded; its bytes checked as UTF-8 here, so a
-    /// message taken as checked by its transport never yields a `str` that is not.
-    fn string(&mut self) -> Result<Cow<'a, str>, ScanError> {
-        let start = self.i;
-        let escaped = self.skip_string()?;
-        let b: &'a [u8] = self.b;
-        let raw =
-            std::str::from_utf8(&b[start + 1..self.i - 1]).map_err(|e| ScanError::Syntax {
-                at: start + 1 + e.valid_up_to(),
-                what: "invalid utf-8 in string",
-            })?;
-        if !escaped {
-            return Ok(Cow::Borrowed(raw));
-        }
-        unescape(raw).map(Cow::Owned).ok_or(ScanError::Syntax {
-            at: start,
-            what: "lone surrogate in escape",
-        })
-    }
-
     /// The envelope key at the cursor's opening quote, and the cursor past its closing one.
     /// The four names as Discord writes them are matched in place; any other key (or one
     /// written with escapes) is read as a string.
@@ -519,13 +499,11 @@ impl<'a> Cursor<'a> {
             self.i += len;
             return Ok(key);
         }
-        let start = self.i;
         let at = self.string_at()?;
         if !at.escaped {
             return Ok(Key::Other);
         }
-        self.i = start;
-        Ok(match self.string()?.as_ref() {
+        Ok(match decode_str(self.b, &at)?.as_ref() {
             "op" => Key::Op,
             "s" => Key::S,
             "t" => Key::T,
@@ -809,8 +787,26 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The text of the string at `at` in `b`: checked as UTF-8 (the one step that needs it for a
+/// message taken as checked by its transport, without `unsafe`), its escapes decoded.
+pub(crate) fn decode_str<'a>(b: &'a [u8], at: &StrAt) -> Result<Cow<'a, str>, ScanError> {
+    let raw = std::str::from_utf8(b.get(at.range.clone()).unwrap_or_default()).map_err(|e| {
+        ScanError::Syntax {
+            at: at.range.start + e.valid_up_to(),
+            what: "invalid utf-8 in string",
+        }
+    })?;
+    if !at.escaped {
+        return Ok(Cow::Borrowed(raw));
+    }
+    unescape(raw).map(Cow::Owned).ok_or(ScanError::Syntax {
+        at: at.range.start.saturating_sub(1),
+        what: "lone surrogate in escape",
+    })
+}
+
 /// Decodes the escapes of a string's contents (already checked); `None` for a lone surrogate.
-pub(crate) fn unescape(raw: &str) -> Option<String> {
+fn unescape(raw: &str) -> Option<String> {
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.char_indices();
     while let Some((_, ch)) = chars.next() {
