@@ -8,7 +8,6 @@ use std::task::{Context, Poll, ready};
 
 use futures_core::Stream;
 use futures_util::FutureExt;
-use futures_util::stream::{SelectAll, StreamExt};
 use handover_core::{Config, RestartReason, StopIntent};
 use handover_transport_ws::{DriverGone, TransportConfig};
 
@@ -16,6 +15,7 @@ use tracing::info;
 
 use super::coordination::IdentifyCoordinator;
 use super::delivery::{Delivery, Receipt};
+use super::merge::Merge;
 use super::queue::IdentifyGate;
 use super::shard::{self, ShardConfig, ShardEvent, ShardEvents, ShardHandle};
 use super::status::ShardStatus;
@@ -191,7 +191,7 @@ pub enum FleetError {
 pub struct Fleet {
     control: FleetHandle,
     /// Every shard's events, read straight from the shards' drivers, merged as they come.
-    events: SelectAll<ShardEvents>,
+    events: Merge<ShardEvents>,
     delivery: Delivery,
 }
 
@@ -374,7 +374,7 @@ impl Fleet {
     ) -> Result<Fleet, FleetError> {
         let (ids, total) = config.shards.resolve()?;
         let mut shards = BTreeMap::new();
-        let mut events = SelectAll::new();
+        let mut events = Vec::new();
         for id in ids {
             let mut gateway = config.gateway.clone();
             gateway.shard = ShardId::new(id, total)
@@ -400,7 +400,7 @@ impl Fleet {
                     _permits: permits,
                 }),
             },
-            events,
+            events: Merge::new(events),
             delivery: config.delivery,
         })
     }
@@ -417,14 +417,16 @@ impl Fleet {
     /// returned; with [`Delivery::Confirmed`], once its [`receipt`](Self::receipt) is
     /// confirmed.
     pub async fn next_event(&mut self) -> Option<ShardEvent> {
-        let event = self.events.next().await?;
+        let event = std::future::poll_fn(|cx| self.events.poll_next_item(cx)).await?;
         Some(self.returned(event))
     }
 
     /// The next event if one is ready now, without waiting (`None` if none is). Delivery as
     /// for [`next_event`](Self::next_event).
     pub fn try_next_event(&mut self) -> Option<ShardEvent> {
-        let event = self.events.next().now_or_never().flatten()?;
+        let event = std::future::poll_fn(|cx| self.events.poll_next_item(cx))
+            .now_or_never()
+            .flatten()?;
         Some(self.returned(event))
     }
 
@@ -433,7 +435,7 @@ impl Fleet {
         if self.delivery == Delivery::OnReturn
             && let Some(shard) = self.control.shard(event.shard)
         {
-            shard.receipt(&event).confirm();
+            shard.taken(&event);
         }
         event
     }
@@ -517,7 +519,7 @@ impl Stream for Fleet {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ShardEvent>> {
         let this = self.get_mut();
-        let event = ready!(this.events.poll_next_unpin(cx));
+        let event = ready!(this.events.poll_next_item(cx));
         Poll::Ready(event.map(|e| this.returned(e)))
     }
 }

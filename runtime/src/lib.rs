@@ -18,6 +18,7 @@ mod coordination;
 pub mod delivery;
 mod fleet;
 pub mod http;
+mod merge;
 pub mod metrics;
 mod queue;
 #[cfg(feature = "redis")]

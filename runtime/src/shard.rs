@@ -297,6 +297,14 @@ impl ShardHandle {
         Receipt::new(self.ledger.clone(), Entry::of(event))
     }
 
+    /// Counts `event` taken by the sink (what confirming its receipt does, without the
+    /// receipt).
+    pub(crate) fn taken(&self, event: &ShardEvent) {
+        if let Some(entry) = Entry::of(event) {
+            self.ledger.take(&entry);
+        }
+    }
+
     /// Stop (keeping the session resumable) and end the shard's task.
     pub async fn shutdown(&self) {
         self.driver.shutdown().await
@@ -453,10 +461,8 @@ impl Shard {
         let Some(event) = ready!(self.events.poll_next_event(cx)) else {
             return Poll::Ready(None);
         };
-        if self.delivery == Delivery::OnReturn
-            && let Some(entry) = Entry::of(&event)
-        {
-            self.handle.ledger.take(&entry);
+        if self.delivery == Delivery::OnReturn {
+            self.handle.taken(&event);
         }
         Poll::Ready(Some(event))
     }
