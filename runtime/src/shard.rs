@@ -553,6 +553,7 @@ pub(crate) fn spawn(
         inner: codec,
         observed: observed.clone(),
         beat_sent_at: None,
+        event_recorded_at: None,
         latency_events: config.latency_events,
     };
     let mut transport = config.transport;
@@ -712,6 +713,9 @@ pub(crate) struct ObservedCodec {
     observed: Arc<Observer>,
     /// When the last heartbeat not yet acknowledged was sent on this connection.
     beat_sent_at: Option<Instant>,
+    /// The time of the last event recorded in the status: the messages of one burst share
+    /// one `now`, recorded once.
+    event_recorded_at: Option<Instant>,
     latency_events: bool,
 }
 
@@ -737,7 +741,10 @@ impl Codec for ObservedCodec {
             Ok(Decoded {
                 item: Some(item), ..
             }) => {
-                o.event_at(now);
+                if self.event_recorded_at != Some(now) {
+                    o.event_at(now);
+                    self.event_recorded_at = Some(now);
+                }
                 match item {
                     GatewayEvent::Ready(r) => o.set_session(&r.session_id),
                     GatewayEvent::Resumed(r) => o.set_session(&r.session_id),
