@@ -115,16 +115,25 @@ impl<S: Stream + Unpin> Merge<S> {
         }
     }
 
+    /// The next stream in the ready queue; when there is none, the reader's waker is left to
+    /// be woken by the next stream that is. Registered only then (not on every item), and the
+    /// queue looked at again after it: a stream woken in between is not missed.
+    fn next_ready(&self, cx: &Context<'_>) -> Option<usize> {
+        if let Some(index) = self.ready.pop() {
+            return Some(index);
+        }
+        self.ready.reader.register(cx.waker());
+        self.ready.pop()
+    }
+
     /// The next item of any stream; `None` once every stream has ended.
     pub(crate) fn poll_next_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
-        // Registered before the queue is looked at: a stream woken after this wakes the reader.
-        self.ready.reader.register(cx.waker());
         loop {
             let index = match self.current.take() {
                 Some(index) => index,
                 None => {
                     self.streak = 0;
-                    match self.ready.pop() {
+                    match self.next_ready(cx) {
                         Some(index) => index,
                         None if self.live == 0 => return Poll::Ready(None),
                         None => return Poll::Pending,
