@@ -22,7 +22,7 @@ use tracing::debug;
 
 use super::CliError;
 use handover_mock::{
-    DEFAULT_TOKEN, Fault, MockConfig, MockHandle, MockServer, StreamRate, StreamSpec,
+    DEFAULT_TOKEN, Fault, MockConfig, MockHandle, MockServer, StreamId, StreamRate, StreamSpec,
 };
 use handover_protocol::{CLOSE_RULES, GatewayConfig, IdentifyQueueConfig, Intents, Token};
 use handover_runtime::{Shard, ShardConfig, ShardEvent, ShardEventKind};
@@ -512,14 +512,14 @@ impl<'o> Day<'o> {
         })
     }
 
-    fn stream(&self, events: u64) {
+    fn stream(&self, events: u64) -> StreamId {
         self.mock.stream(StreamSpec {
             shard: 0.into(),
             event: "MESSAGE_CREATE".into(),
             data: serde_json::json!({ "content": "tick" }),
             count: events,
             rate: StreamRate::Every(Duration::from_millis(2)),
-        });
+        })
     }
 
     /// A fault the session survives: events stream across it, the shard must resume.
@@ -538,7 +538,7 @@ impl<'o> Day<'o> {
         let before = self.mock.counters().shard(0);
         let (d0, l0, u0) = self.tally();
         let baseline = self.delivered_total();
-        self.stream(events);
+        let stream = self.stream(events);
         self.say(&format!(
             "gateway streams {events} MESSAGE_CREATE, one every 2 ms"
         ));
@@ -553,10 +553,13 @@ impl<'o> Day<'o> {
                     let monitors_done = monitors
                         .as_ref()
                         .is_none_or(|(n, total)| n.load(Ordering::Relaxed) >= *total);
-                    // Settled: the last restart asked for has played out too.
+                    // Settled: the last restart asked for has played out too. The stream
+                    // must have written its last event: the count alone is not enough, as
+                    // each RESUMED takes a seq of the session too.
                     monitors_done
                         && d.shard.status().phase == Phase::Receiving
                         && d.recoveries.iter().any(|(t, _)| *t > fault_at)
+                        && d.mock.stream_remaining(stream) == 0
                         && d.delivered_distinct() >= target
                         && d.in_sync()
                 },
@@ -623,14 +626,15 @@ impl<'o> Day<'o> {
             .pump(|d| d.recoveries.iter().any(|(t, _)| *t > fault_at), WAIT)
             .await;
         let baseline = self.delivered_distinct();
-        self.stream(events);
+        let stream = self.stream(events);
         self.say(&format!(
             "gateway streams {events} MESSAGE_CREATE in the new session"
         ));
         recovered &= self
             .pump(
                 |d| {
-                    d.delivered_distinct() >= baseline + events
+                    d.mock.stream_remaining(stream) == 0
+                        && d.delivered_distinct() >= baseline + events
                         && d.in_sync()
                         && d.shard.status().phase == Phase::Receiving
                 },

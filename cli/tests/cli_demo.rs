@@ -41,6 +41,17 @@ async fn the_quick_demo_holds_every_invariant() {
         assert_eq!(cells[4], "1", "{s}: max sockets");
         assert_eq!((cells[6], cells[7]), ("0", "0"), "{s}: lost, duplicated");
     }
+    // Each scenario streams 60 events and ends once the last is delivered: a row counts them
+    // all, plus the seq each RESUMED (or the new session's READY) takes. A scenario that ended
+    // before the stream's last event was written counted one fewer, and left it to the next.
+    for s in &SCENARIOS[..6] {
+        let cells = row(&stdout, s);
+        let resumes: u64 = cells[3].parse().expect("resumes");
+        assert_eq!(cells[5], (60 + resumes).to_string(), "{s}: delivered");
+    }
+    for s in &SCENARIOS[6..8] {
+        assert_eq!(row(&stdout, s)[5], "61", "{s}: delivered");
+    }
     assert_eq!(
         row(&stdout, SCENARIOS[0])[2],
         "0",

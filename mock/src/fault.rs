@@ -144,6 +144,6 @@ pub struct StreamSpec {
     pub rate: StreamRate,
 }
 
-/// Names a running stream, to cancel it.
+/// Names a running stream, to cancel it or ask what it has left to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamId(pub u64);

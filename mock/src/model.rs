@@ -344,6 +344,13 @@ impl MockGateway {
         self.streams.remove(&id).is_some()
     }
 
+    /// Dispatches of stream `id` not written yet: 0 once it has written its last one (or was
+    /// cancelled, or never existed). A paced stream writes as its time comes; an
+    /// as-fast-as-read one as its reader drains it.
+    pub fn stream_remaining(&self, id: StreamId) -> u64 {
+        self.streams.get(&id).map_or(0, |s| s.remaining)
+    }
+
     /// The driver's outbound queue for `conn` ran empty: emit the next batch of every
     /// as-fast-as-read stream for its shard. Returns how many dispatches were emitted.
     pub fn pull_stream(&mut self, now: Instant, conn: TransportId) -> usize {

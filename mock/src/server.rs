@@ -154,6 +154,13 @@ impl MockHandle {
         self.inner.with(|s, _| s.model.cancel_stream(id))
     }
 
+    /// Dispatches of stream `id` not written yet (0 once it has written its last one): a
+    /// test that waits for a stream's events should wait for this too, as the events a
+    /// client has are all the gateway wrote only once nothing is left to write.
+    pub fn stream_remaining(&self, id: StreamId) -> u64 {
+        self.inner.lock().model.stream_remaining(id)
+    }
+
     /// A snapshot of every counter.
     pub fn counters(&self) -> Counters {
         self.inner.lock().model.counters()

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use handover_mock::{
-    Fault, Garbage, MockConfig, MockError, ShardKey, StreamRate, StreamSpec, Target,
+    Fault, Garbage, MockConfig, MockError, ShardKey, StreamId, StreamRate, StreamSpec, Target,
 };
 use mock_util::{Client, Frame, QUIET, WAIT, fast_config, identified, start};
 use serde_json::json;
@@ -246,7 +246,7 @@ async fn a_stream_at_a_rate_delivers_every_dispatch_in_order() {
     let (mut c, sid) = identified(&mock.url(), [0, 1]).await;
     let every = Duration::from_millis(20);
     let started = tokio::time::Instant::now();
-    handle.stream(StreamSpec {
+    let id = handle.stream(StreamSpec {
         shard: SHARD0,
         event: "TYPING_START".into(),
         data: json!({ "user_id": "1" }),
@@ -255,12 +255,39 @@ async fn a_stream_at_a_rate_delivers_every_dispatch_in_order() {
     });
     for seq in 2..7 {
         assert_eq!(c.expect_dispatch("TYPING_START").await["s"], seq);
+        // The dispatch just read was written.
+        assert!(handle.stream_remaining(id) <= 6 - seq, "after seq {seq}");
     }
+    assert_eq!(handle.stream_remaining(id), 0, "the last one written");
     assert!(started.elapsed() >= every * 4);
     assert_eq!(
         handle.counters().shard(0).sessions[&sid].seqs(),
         (1..7).collect::<Vec<_>>()
     );
+}
+
+#[tokio::test]
+async fn a_paced_stream_tells_what_it_has_not_written_yet() {
+    let mock = start(fast_config()).await;
+    let handle = mock.handle();
+    let (mut c, _sid) = identified(&mock.url(), [0, 1]).await;
+    // The first dispatch is written at once, the next ones an hour apart.
+    let id = handle.stream(StreamSpec {
+        shard: SHARD0,
+        event: "TYPING_START".into(),
+        data: json!({ "user_id": "1" }),
+        count: 3,
+        rate: StreamRate::Every(Duration::from_secs(3600)),
+    });
+    assert_eq!(c.expect_dispatch("TYPING_START").await["s"], 2);
+    assert_eq!(handle.stream_remaining(id), 2);
+    assert!(handle.cancel_stream(id));
+    assert_eq!(
+        handle.stream_remaining(id),
+        0,
+        "a cancelled stream writes nothing more"
+    );
+    assert_eq!(handle.stream_remaining(StreamId(999)), 0, "no such stream");
 }
 
 #[tokio::test]
