@@ -1,9 +1,12 @@
 //! WebSocket framing (RFC 6455, section 5) for one end of an open connection, without I/O.
 //!
 //! [`FrameReader`] cuts whole messages and control frames out of a receive buffer that its
-//! caller fills; [`encode`] appends one frame to a send buffer. Frame headers are parsed by
-//! tungstenite's [`FrameHeader`]; what this module adds is the message layer the transport
-//! needs and tungstenite's `WebSocket` did in its own way: payloads are `Bytes` cut from the
+//! caller fills; [`encode`] appends one frame to a send buffer. Frame headers are read and
+//! written here, in a few lines over a byte slice (tungstenite's `FrameHeader` reads them
+//! through `io::Read` one field at a time, a cost paid per message; the tests hold both to the
+//! same result for every first two bytes, length form and cut). What this module adds beyond
+//! headers is the message layer the transport needs and tungstenite's `WebSocket` did in its
+//! own way: payloads are `Bytes` cut from the
 //! caller's buffer (no copy, no zero-filled receive buffer), text is checked for UTF-8 once
 //! (with `simdutf8`), and the caller owns the buffer, so it can let it go whenever the socket
 //! has nothing more to read (an idle connection then holds no receive buffer at all).
@@ -15,10 +18,7 @@
 //! UTF-8 reason, text valid UTF-8. Sizes are checked from the header, before the payload
 //! arrives, so a hostile length never allocates.
 
-use std::io::Cursor;
-
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
 /// Which end of the connection the reader or writer is.
@@ -93,6 +93,91 @@ pub enum FrameError {
     },
 }
 
+/// A frame header as the wire has it (RFC 6455, 5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    /// FIN: the last frame of its message.
+    is_final: bool,
+    /// Any of RSV1-3 set.
+    reserved_bits: bool,
+    opcode: OpCode,
+    mask: Option<[u8; 4]>,
+    /// The payload length announced (the 64-bit form is taken as written).
+    length: u64,
+    /// Bytes of the header itself: 2, plus 2 or 8 of extended length, plus 4 of mask key.
+    size: usize,
+}
+
+/// Reads the frame header at the start of `buf`: `Ok(None)` while it is incomplete, whatever
+/// its content (an opcode is refused only once the whole header is there).
+fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
+    let [first, second, rest @ ..] = buf else {
+        return Ok(None);
+    };
+    let (length, rest, mut size) = match second & 0x7F {
+        126 => match rest {
+            [a, b, rest @ ..] => (u64::from(u16::from_be_bytes([*a, *b])), rest, 4),
+            _ => return Ok(None),
+        },
+        127 => match rest.split_first_chunk::<8>() {
+            Some((len, rest)) => (u64::from_be_bytes(*len), rest, 10),
+            None => return Ok(None),
+        },
+        short => (u64::from(short), rest, 2),
+    };
+    let mask = if second & 0x80 != 0 {
+        match rest.first_chunk::<4>() {
+            Some(key) => {
+                size += 4;
+                Some(*key)
+            }
+            None => return Ok(None),
+        }
+    } else {
+        None
+    };
+    let opcode = OpCode::from(first & 0x0F);
+    if matches!(
+        opcode,
+        OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_))
+    ) {
+        return Err(FrameError::ReservedOpcode);
+    }
+    Ok(Some(Header {
+        is_final: first & 0x80 != 0,
+        reserved_bits: first & 0x70 != 0,
+        opcode,
+        mask,
+        length,
+        size,
+    }))
+}
+
+/// The longest frame header: 2 bytes, 8 of extended length, 4 of mask key.
+const MAX_HEADER: usize = 14;
+
+/// Appends the header of a final frame: `opcode`, `len` bytes of payload in the shortest
+/// length form, and `mask`'s key if any.
+fn write_header(out: &mut BytesMut, opcode: u8, len: usize, mask: Option<[u8; 4]>) {
+    let masked = if mask.is_some() { 0x80 } else { 0 };
+    out.extend_from_slice(&[0x80 | opcode]);
+    match len {
+        // Each arm's range fits the byte or integer it is written as.
+        0..=125 => out.extend_from_slice(&[masked | len as u8]),
+        126..=0xFFFF => {
+            out.extend_from_slice(&[masked | 126]);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.extend_from_slice(&[masked | 127]);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    if let Some(key) = mask {
+        out.extend_from_slice(&key);
+    }
+}
+
 /// A fragmented message being put together.
 #[derive(Debug)]
 struct Partial {
@@ -142,16 +227,12 @@ impl FrameReader {
     pub fn read(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
         // Bounded: every pass consumes one whole frame of `buf` or returns.
         loop {
-            let mut cursor = Cursor::new(&buf[..]);
-            let (header, length) = match FrameHeader::parse(&mut cursor) {
-                Ok(Some(parsed)) => parsed,
-                Ok(None) => return Ok(None),
-                // Parsing from memory fails only on a reserved opcode.
-                Err(_) => return Err(FrameError::ReservedOpcode),
+            let Some(header) = parse_header(buf)? else {
+                return Ok(None);
             };
-            let head = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
-            let size = usize::try_from(length).unwrap_or(usize::MAX);
-            if header.rsv1 || header.rsv2 || header.rsv3 {
+            let head = header.size;
+            let size = usize::try_from(header.length).unwrap_or(usize::MAX);
+            if header.reserved_bits {
                 return Err(FrameError::ReservedBits);
             }
             if header.mask.is_some() != (self.role == Role::Server) {
@@ -216,7 +297,7 @@ impl FrameReader {
                 }
                 OpCode::Control(Control::Pong) => return Ok(Some(Incoming::Pong)),
                 OpCode::Control(Control::Close) => return close(&payload).map(Some),
-                // `FrameHeader::parse` refuses reserved opcodes.
+                // `parse_header` refuses reserved opcodes.
                 OpCode::Control(Control::Reserved(_)) => return Err(FrameError::ReservedOpcode),
             }
         }
@@ -292,21 +373,14 @@ pub fn encode_with(
     write: impl FnOnce(&mut BytesMut),
 ) {
     let opcode = match kind {
-        Kind::Text => OpCode::Data(Data::Text),
-        Kind::Binary => OpCode::Data(Data::Binary),
-        Kind::Pong => OpCode::Control(Control::Pong),
-        Kind::Close => OpCode::Control(Control::Close),
+        Kind::Text => 1,
+        Kind::Binary => 2,
+        Kind::Close => 8,
+        Kind::Pong => 10,
     };
     let mask = (role == Role::Client).then(rand::random::<[u8; 4]>);
-    let header = FrameHeader {
-        opcode,
-        mask,
-        ..FrameHeader::default()
-    };
-    let length = len as u64;
-    out.reserve(header.len(length) + len);
-    // Writing into memory cannot fail: `BytesMut` grows as needed.
-    let _ = header.format(length, &mut out.writer());
+    out.reserve(MAX_HEADER + len);
+    write_header(out, opcode, len, mask);
     let start = out.len();
     write(out);
     out.resize(start + len, 0);
@@ -323,6 +397,96 @@ pub fn close_payload(code: u16) -> [u8; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+    /// tungstenite's reading of a header, in `parse_header`'s terms.
+    fn tungstenite_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
+        let mut cursor = std::io::Cursor::new(buf);
+        match FrameHeader::parse(&mut cursor) {
+            Ok(Some((h, length))) => Ok(Some(Header {
+                is_final: h.is_final,
+                reserved_bits: h.rsv1 || h.rsv2 || h.rsv3,
+                opcode: h.opcode,
+                mask: h.mask,
+                length,
+                size: usize::try_from(cursor.position()).unwrap(),
+            })),
+            Ok(None) => Ok(None),
+            // From memory, only a reserved opcode fails.
+            Err(_) => Err(FrameError::ReservedOpcode),
+        }
+    }
+
+    #[test]
+    fn headers_read_as_tungstenite_reads_them() {
+        let mut checked = 0u32;
+        for first in 0..=255u8 {
+            for second in 0..=255u8 {
+                let extended: &[&[u8]] = match second & 0x7F {
+                    126 => &[&[0x01, 0x02], &[0xFF, 0xFF]],
+                    // Small, large, and with the top bit the RFC says must be 0.
+                    127 => &[&[0, 0, 0, 0, 0, 1, 0, 0], &[0x80, 0, 0, 0, 0, 0, 0, 5]],
+                    _ => &[&[]],
+                };
+                for ext in extended {
+                    let mut wire = vec![first, second];
+                    wire.extend_from_slice(ext);
+                    if second & 0x80 != 0 {
+                        wire.extend_from_slice(&[9, 8, 7, 6]);
+                    }
+                    wire.extend_from_slice(b"abc");
+                    for cut in 0..=wire.len() {
+                        let buf = &wire[..cut];
+                        assert_eq!(parse_header(buf), tungstenite_header(buf), "{buf:02x?}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 500_000, "{checked}");
+        // One worked example, so that the oracle itself is seen to say something.
+        assert_eq!(
+            parse_header(&[0x81, 0xFE, 0x01, 0x00, 1, 2, 3, 4]),
+            Ok(Some(Header {
+                is_final: true,
+                reserved_bits: false,
+                opcode: OpCode::Data(Data::Text),
+                mask: Some([1, 2, 3, 4]),
+                length: 256,
+                size: 8,
+            }))
+        );
+    }
+
+    #[test]
+    fn headers_written_as_tungstenite_writes_them() {
+        let opcodes = [
+            (1, OpCode::Data(Data::Text)),
+            (2, OpCode::Data(Data::Binary)),
+            (8, OpCode::Control(Control::Close)),
+            (10, OpCode::Control(Control::Pong)),
+        ];
+        for (code, opcode) in opcodes {
+            for len in [0, 1, 125, 126, 127, 0xFFFF, 0x1_0000, 1 << 20] {
+                for mask in [None, Some([1, 2, 3, 4])] {
+                    let mut ours = BytesMut::new();
+                    write_header(&mut ours, code, len, mask);
+                    let mut theirs = BytesMut::new();
+                    let header = FrameHeader {
+                        opcode,
+                        mask,
+                        ..FrameHeader::default()
+                    };
+                    header
+                        .format(len as u64, &mut (&mut theirs).writer())
+                        .unwrap();
+                    assert_eq!(ours, theirs, "{opcode:?} {len} {mask:?}");
+                    assert!(ours.len() <= MAX_HEADER);
+                }
+            }
+        }
+    }
 
     fn reader(role: Role) -> FrameReader {
         FrameReader::new(role, 1 << 10, 4 << 10)
