@@ -276,6 +276,9 @@ struct UpstreamSession {
 #[derive(Debug)]
 struct ShardState {
     buffer: ReplayBuffer,
+    /// The shard's client sessions, attached or resumable, by id: an upstream event walks
+    /// these, not every session of the proxy.
+    sessions: HashMap<String, Session>,
     upstream: Option<UpstreamSession>,
     /// Guilds of the upstream session, by id: the latest GUILD_CREATE's `d`, or `None` while
     /// unavailable.
@@ -433,7 +436,8 @@ pub struct Hub {
     config: HubConfig,
     shards: BTreeMap<u32, ShardState>,
     clients: HashMap<ClientId, ClientState>,
-    sessions: HashMap<String, Session>,
+    /// The shard each client session belongs to (the session itself is its shard's).
+    session_shards: HashMap<String, u32>,
     next_client: u64,
     next_session_key: u64,
     steps: u64,
@@ -452,6 +456,7 @@ impl Hub {
                     id,
                     ShardState {
                         buffer: ReplayBuffer::new(config.replay_capacity),
+                        sessions: HashMap::new(),
                         upstream: None,
                         guilds: GuildCache::new(config.cache),
                         pending: Vec::new(),
@@ -467,7 +472,7 @@ impl Hub {
             config,
             shards,
             clients: HashMap::new(),
-            sessions: HashMap::new(),
+            session_shards: HashMap::new(),
             next_client: 0,
             next_session_key: 0,
             steps: 0,
@@ -485,7 +490,7 @@ impl Hub {
     pub fn stats(&self) -> HubStats {
         HubStats {
             clients: self.clients.len(),
-            sessions: self.sessions.len(),
+            sessions: self.session_shards.len(),
             ..self.stats
         }
     }
@@ -504,13 +509,11 @@ impl Hub {
             })
             .collect();
         let mut sessions: Vec<SessionView> = self
-            .sessions
-            .iter()
-            .map(|(id, s)| {
-                let last = self
-                    .shards
-                    .get(&s.shard)
-                    .map_or(s.sent, |st| st.buffer.last_pos());
+            .shards
+            .values()
+            .flat_map(|st| st.sessions.iter().map(move |(id, s)| (st, id, s)))
+            .map(|(st, id, s)| {
+                let last = st.buffer.last_pos();
                 SessionView {
                     session_id: id.clone(),
                     shard: s.shard,
@@ -581,12 +584,29 @@ impl Hub {
         }
     }
 
+    /// The client session `id`, whichever shard it is of.
+    fn session(&self, id: &str) -> Option<&Session> {
+        let shard = self.session_shards.get(id)?;
+        self.shards.get(shard)?.sessions.get(id)
+    }
+
+    fn session_mut(&mut self, id: &str) -> Option<&mut Session> {
+        let shard = self.session_shards.get(id)?;
+        self.shards.get_mut(shard)?.sessions.get_mut(id)
+    }
+
+    fn remove_session(&mut self, id: &str) -> Option<Session> {
+        let shard = self.session_shards.remove(id)?;
+        self.shards.get_mut(&shard)?.sessions.remove(id)
+    }
+
     fn detach(&mut self, session: &str, client: ClientId) {
-        if let Some(s) = self.sessions.get_mut(session)
+        let steps = self.steps;
+        if let Some(s) = self.session_mut(session)
             && s.client == Some(client)
         {
             s.client = None;
-            s.detached_at = self.steps;
+            s.detached_at = steps;
         }
     }
 
@@ -666,7 +686,7 @@ impl Hub {
             op @ (3 | 4 | 8 | 31 | 43) => {
                 let shard = match self.clients.get(&client) {
                     Some(ClientState::Attached { session }) => {
-                        self.sessions.get(session).map(|s| s.shard)
+                        self.session(session).map(|s| s.shard)
                     }
                     _ => None,
                 };
@@ -730,7 +750,7 @@ impl Hub {
     /// The key of the session `client` is attached to, if it is.
     fn session_key(&self, client: ClientId) -> Option<u64> {
         match self.clients.get(&client) {
-            Some(ClientState::Attached { session }) => self.sessions.get(session).map(|s| s.key),
+            Some(ClientState::Attached { session }) => self.session(session).map(|s| s.key),
             _ => None,
         }
     }
@@ -968,7 +988,11 @@ impl Hub {
         }
         let start = state.buffer.last_pos();
         self.next_session_key += 1;
-        self.sessions.insert(
+        let Some(state) = self.shards.get_mut(&shard) else {
+            return;
+        };
+        self.session_shards.insert(session_id.clone(), shard);
+        state.sessions.insert(
             session_id.clone(),
             Session {
                 shard,
@@ -1012,18 +1036,20 @@ impl Hub {
 
     /// Keeps the shard's sessions within bounds: forgets the one detached longest ago.
     fn evict(&mut self, shard: u32) {
-        let of_shard = self.sessions.values().filter(|s| s.shard == shard).count();
-        if of_shard < self.config.max_sessions_per_shard.max(1) {
+        let Some(state) = self.shards.get(&shard) else {
+            return;
+        };
+        if state.sessions.len() < self.config.max_sessions_per_shard.max(1) {
             return;
         }
-        let oldest = self
+        let oldest = state
             .sessions
             .iter()
-            .filter(|(_, s)| s.shard == shard && s.client.is_none())
+            .filter(|(_, s)| s.client.is_none())
             .min_by_key(|(_, s)| s.detached_at)
             .map(|(id, _)| id.clone());
         if let Some(id) = oldest {
-            self.sessions.remove(&id);
+            self.remove_session(&id);
         }
     }
 
@@ -1049,11 +1075,14 @@ impl Hub {
             return self.invalid_session(client, out);
         };
         let seq = data.seq.unwrap_or(0);
-        let Some(session) = self.sessions.get(session_id) else {
+        let Some(&shard) = self.session_shards.get(session_id) else {
             debug!(client = client.0, "resume of an unknown session");
             return self.invalid_session(client, out);
         };
-        let Some(state) = self.shards.get(&session.shard) else {
+        let Some(state) = self.shards.get(&shard) else {
+            return self.invalid_session(client, out);
+        };
+        let Some(session) = state.sessions.get(session_id) else {
             return self.invalid_session(client, out);
         };
         let Some(pos) = session.resume_point(&state.buffer, seq) else {
@@ -1096,7 +1125,7 @@ impl Hub {
                 reason: "session resumed elsewhere",
             });
         }
-        if let Some(s) = self.sessions.get_mut(&session_id) {
+        if let Some(s) = self.session_mut(&session_id) {
             s.sent = last;
             s.seq = next;
             s.client = Some(client);
@@ -1211,10 +1240,10 @@ impl Hub {
         // The intents matter only if a session of the shard lacks some of the upstream's
         // (sessions started later never see this event): the common case parses nothing.
         let upstream = self.config.intents.bits();
-        let narrow = self
+        let narrow = state
             .sessions
             .values()
-            .any(|s| s.shard == shard && s.intents & upstream != upstream);
+            .any(|s| s.intents & upstream != upstream);
         if narrow {
             audience.intents = intents::governing(&event_type, || {
                 serde_json::from_slice::<InGuild>(data.as_bytes())
@@ -1224,10 +1253,7 @@ impl Hub {
         let pos = state
             .buffer
             .push(event_type.clone(), data.clone(), audience);
-        for session in self.sessions.values_mut() {
-            if session.shard != shard {
-                continue;
-            }
+        for session in state.sessions.values_mut() {
             let Some(client) = session.client else {
                 continue;
             };
@@ -1250,21 +1276,15 @@ impl Hub {
         state.upstream = None;
         state.buffer.clear();
         state.requests.clear();
-        let lost: Vec<String> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.shard == shard)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let lost = std::mem::take(&mut state.sessions);
         info!(
             shard,
             sessions = lost.len(),
             "upstream session lost; client sessions invalidated"
         );
-        for id in lost {
-            if let Some(session) = self.sessions.remove(&id)
-                && let Some(client) = session.client
-            {
+        for (id, session) in lost {
+            self.session_shards.remove(&id);
+            if let Some(client) = session.client {
                 self.clients.insert(client, ClientState::Hello);
                 Hub::send(client, vec![frames::invalid_session()], out);
             }

@@ -380,6 +380,78 @@ fn a_lost_upstream_session_invalidates_the_clients_and_a_resume_does_not() {
     assert_eq!(frames_to(&out, a)[0]["op"], 9);
 }
 
+/// Each shard's client sessions are its own: an event reaches only the clients of its
+/// shard, a lost upstream session invalidates only its shard's sessions, and the per-shard
+/// bound evicts only among the shard's own detached sessions.
+#[test]
+fn sessions_belong_to_their_shard_for_events_losses_and_eviction() {
+    let mut config = HubConfig::new(
+        Token::new(TOKEN).unwrap(),
+        Intents::GUILDS | Intents::GUILD_MESSAGES,
+        vec![0, 1],
+        2,
+        "ws://127.0.0.1:9".into(),
+    );
+    config.replay_capacity = 16;
+    config.max_sessions_per_shard = 3;
+    config.seed = 7;
+    let mut hub = Hub::new(config);
+    ready(&mut hub, 0, "up-0", &[]);
+    ready(&mut hub, 1, "up-1", &[]);
+    let identify_on = |hub: &mut Hub, shard: u32| {
+        let (client, _) = hub.connect();
+        let out = send(hub, client, identify(TOKEN, Some([shard, 2]), 1 << 9));
+        let id = frames_to(&out, client)[0]["d"]["session_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (client, id)
+    };
+    let (a, _) = identify_on(&mut hub, 0);
+    let (b, b_session) = identify_on(&mut hub, 1);
+    let out = dispatch(&mut hub, 0, "E", json!({"n": 1}));
+    assert_eq!(events(&frames_to(&out, a)), [(2, 1)]);
+    assert!(
+        frames_to(&out, b).is_empty(),
+        "shard 1's client got shard 0's event"
+    );
+    let out = dispatch(&mut hub, 1, "E", json!({"n": 2}));
+    assert!(
+        frames_to(&out, a).is_empty(),
+        "shard 0's client got shard 1's event"
+    );
+    assert_eq!(events(&frames_to(&out, b)), [(2, 2)]);
+    // b goes (its session is now the oldest detached one); shard 0's detached sessions fill
+    // its bound of three and evict among themselves only.
+    hub.client_gone(b);
+    for _ in 0..3 {
+        let (c, _) = identify_on(&mut hub, 0);
+        hub.client_gone(c);
+    }
+    assert_eq!(hub.stats().sessions, 4, "three of shard 0, one of shard 1");
+    // Shard 0's upstream session is lost: a learns it, shard 1's session stays resumable.
+    let mut out = Vec::new();
+    hub.upstream(Upstream::Lost { shard: 0 }, &mut out);
+    assert_eq!(
+        frames_to(&out, a),
+        [json!({"op": 9, "s": null, "t": null, "d": false})]
+    );
+    assert_eq!(hub.stats().sessions, 1);
+    dispatch(&mut hub, 1, "E", json!({"n": 3}));
+    let (b2, _) = hub.connect();
+    let out = send(
+        &mut hub,
+        b2,
+        json!({"op": 6, "d": {"token": TOKEN, "session_id": b_session, "seq": 2}}),
+    );
+    let frames = frames_to(&out, b2);
+    assert_eq!(events(&frames), [(3, 3)], "{frames:?}");
+    assert_eq!(frames.last().unwrap()["t"], "RESUMED");
+    let status = hub.status();
+    assert_eq!(status.sessions.len(), 1);
+    assert_eq!(status.sessions[0].shard, 1);
+}
+
 #[test]
 fn client_commands_are_forwarded_and_over_budget_closes_4008() {
     use handover_proxy::CommandOutcome;
