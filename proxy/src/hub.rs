@@ -200,7 +200,6 @@ enum ClientState {
 
 #[derive(Debug)]
 struct Session {
-    shard: u32,
     /// The session's number in the buffers' audiences.
     key: u64,
     /// The intents the client identified with: it sees the dispatches they govern.
@@ -510,13 +509,13 @@ impl Hub {
             .collect();
         let mut sessions: Vec<SessionView> = self
             .shards
-            .values()
-            .flat_map(|st| st.sessions.iter().map(move |(id, s)| (st, id, s)))
-            .map(|(st, id, s)| {
+            .iter()
+            .flat_map(|(&shard, st)| st.sessions.iter().map(move |(id, s)| (shard, st, id, s)))
+            .map(|(shard, st, id, s)| {
                 let last = st.buffer.last_pos();
                 SessionView {
                     session_id: id.clone(),
-                    shard: s.shard,
+                    shard,
                     client: s.client.map(|c| c.0),
                     seq: s.seq,
                     behind: last.saturating_sub(s.sent),
@@ -686,7 +685,7 @@ impl Hub {
             op @ (3 | 4 | 8 | 31 | 43) => {
                 let shard = match self.clients.get(&client) {
                     Some(ClientState::Attached { session }) => {
-                        self.session(session).map(|s| s.shard)
+                        self.session_shards.get(session).copied()
                     }
                     _ => None,
                 };
@@ -995,7 +994,6 @@ impl Hub {
         state.sessions.insert(
             session_id.clone(),
             Session {
-                shard,
                 key: self.next_session_key,
                 intents,
                 prefix: seq,

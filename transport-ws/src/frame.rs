@@ -4,12 +4,12 @@
 //! caller fills; [`encode`] appends one frame to a send buffer. Frame headers are read and
 //! written here, in a few lines over a byte slice (tungstenite's `FrameHeader` reads them
 //! through `io::Read` one field at a time, a cost paid per message; the tests hold both to the
-//! same result for every first two bytes, length form and cut). What this module adds beyond
-//! headers is the message layer the transport needs and tungstenite's `WebSocket` did in its
-//! own way: payloads are `Bytes` cut from the
-//! caller's buffer (no copy, no zero-filled receive buffer), text is checked for UTF-8 once
-//! (with `simdutf8`), and the caller owns the buffer, so it can let it go whenever the socket
-//! has nothing more to read (an idle connection then holds no receive buffer at all).
+//! same result for every first two bytes, length form and cut). Beyond headers, this module is
+//! the message layer the transport needs and tungstenite's `WebSocket` did in its own way:
+//! payloads are `Bytes` cut from the caller's buffer (no copy, no zero-filled receive buffer),
+//! text is checked for UTF-8 once (with `simdutf8`), and the caller owns the buffer, so it can
+//! let it go whenever the socket has nothing more to read (an idle connection then holds no
+//! receive buffer at all).
 //!
 //! Checked on every frame, as the RFC requires of both ends: reserved bits clear (no
 //! extension is negotiated), no reserved opcode, the mask present exactly when the sender is
