@@ -19,7 +19,11 @@
 //!   `HANDOVER_BIN`; skipped when absent) with its NDJSON stdout into a pipe that this child
 //!   reads and discards; the CPU time and memory reported are the binary's own.
 //!
-//! Each row also shows its CPU per event divided by the `raw` row's of the same run.
+//! The runs of a row are made in rounds: each round runs every selected client once, in the
+//! order of the table, so a slow phase of the (shared, virtual) machine falls on all rows of
+//! that round alike. Each row shows its median CPU per event and its ratio to the `raw` row:
+//! the median over the rounds of the round's own ratio (the row's run divided by the raw run
+//! just before it), which varies much less between invocations than a ratio of two medians.
 //!
 //! The parent runs the mock gateway (`MockServer`, 127.0.0.1 only) on a one-worker tokio
 //! runtime, a fresh one per run. Once the child reports READY, the parent starts 64 streams of
@@ -30,8 +34,8 @@
 //! The parent reports its own CPU time over the run: the mock's cost, the same work in every
 //! row. Each child runs a current-thread tokio runtime.
 //!
-//! Options: `--plain N`, `--compressed N` (dispatches per run), `--reps N` (runs per row),
-//! `--distinct N` (payloads in rotation; 1 = one payload in batches of 32), `--only CLIENT`,
+//! Options: `--plain N`, `--compressed N` (dispatches per run), `--reps N` (rounds: runs per row),
+//! `--distinct N` (payloads in rotation; 1 = one payload in batches of 32), `--only CLIENT[,CLIENT...]`,
 //! `--only-compression plain|zlib-stream|zstd-stream`, `--read-buffer BYTES` (socket read
 //! buffer of every client), `--hold N` (the raw clients keep their last N messages alive).
 //!
@@ -147,6 +151,11 @@ struct Run {
 }
 
 impl Run {
+    /// Client CPU time per event, in µs.
+    fn cpu_us(&self) -> f64 {
+        self.client_cpu / self.events.max(1) as f64 * 1e6
+    }
+
     fn rate(&self) -> f64 {
         if self.secs > 0.0 {
             self.events.saturating_sub(1) as f64 / self.secs
@@ -165,8 +174,8 @@ struct Plan {
     distinct: u64,
     /// A smoke run (no `--bench`): the numbers mean nothing.
     smoke: bool,
-    /// Only this client, if set (`--only`).
-    only_client: Option<Client>,
+    /// Only these clients, if any (`--only`, comma-separated).
+    only_clients: Vec<Client>,
     /// Only this compression, if set (`--only-compression`).
     only_compression: Option<Compression>,
     /// Socket read buffer for every client, in bytes (`--read-buffer`); 0 keeps each client's
@@ -199,7 +208,7 @@ fn main() {
             cap: Duration::from_secs(60),
             distinct: DISTINCT,
             smoke: !full,
-            only_client: None,
+            only_clients: Vec::new(),
             only_compression: None,
             read_buffer: 0,
             hold: 0,
@@ -213,7 +222,7 @@ fn main() {
             cap: Duration::from_secs(20),
             distinct: DISTINCT,
             smoke: !full,
-            only_client: None,
+            only_clients: Vec::new(),
             only_compression: None,
             read_buffer: 0,
             hold: 0,
@@ -229,7 +238,19 @@ fn main() {
         plan.distinct = n.clamp(1, 4096);
     }
     let text = |name: &str| process::flag(&args, name);
-    plan.only_client = text("--only").and_then(Client::parse);
+    if let Some(list) = text("--only") {
+        for name in list.split(',') {
+            match Client::parse(name) {
+                Some(c) => plan.only_clients.push(c),
+                None => {
+                    eprintln!(
+                        "--only: unknown client {name:?} (raw, naive, shard, twilight-raw, twilight-typed, run)"
+                    );
+                    std::process::exit(2);
+                }
+            }
+        }
+    }
     plan.only_compression = text("--only-compression").and_then(parse_compression);
     if let Some(n) = arg("--read-buffer") {
         plan.read_buffer = n;
@@ -306,7 +327,7 @@ fn parent(plan: &Plan) -> bool {
     }
     println!();
     println!(
-        "| client | compression | events | events/s (median) | events/s (min-max) | JSON MB/s | wire B/event | client CPU µs/event | ratio to raw | client busy | mock CPU µs/event | mock busy | peak RSS Δ |"
+        "| client | compression | events | events/s (median) | events/s (min-max) | JSON MB/s | wire B/event | client CPU µs/event | ratio to raw (median of rounds) | client busy | mock CPU µs/event | mock busy | peak RSS Δ |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut ok = true;
@@ -319,9 +340,13 @@ fn parent(plan: &Plan) -> bool {
         } else {
             plan.compressed
         });
-        let mut raw_cpu: Option<f64> = None;
+        // The clients of this compression, run in rounds: each round runs every one of them
+        // once, in order, so a slow phase of the machine falls on all rows alike.
+        let mut clients = Vec::new();
         for client in Client::ALL {
-            if plan.only_client.is_some_and(|c| c != client) || !client.supports(compression) {
+            if (!plan.only_clients.is_empty() && !plan.only_clients.contains(&client))
+                || !client.supports(compression)
+            {
                 continue;
             }
             if client == Client::Run && handover_bin().is_none() {
@@ -331,10 +356,14 @@ fn parent(plan: &Plan) -> bool {
                 );
                 continue;
             }
-            let mut runs = Vec::new();
-            for _ in 0..plan.reps {
-                match run_once(&rt, &exe, client, compression, count, plan) {
-                    Ok(run) if run.complete && run.events == count => runs.push(run),
+            clients.push(client);
+        }
+        // runs[client][round]: None when that run failed or did not complete.
+        let mut runs: Vec<Vec<Option<Run>>> = vec![Vec::new(); clients.len()];
+        for _ in 0..plan.reps {
+            for (i, &client) in clients.iter().enumerate() {
+                let run = match run_once(&rt, &exe, client, compression, count, plan) {
+                    Ok(run) if run.complete && run.events == count => Some(run),
                     Ok(run) => {
                         eprintln!(
                             "{} {}: incomplete, {} of {count} events before the cap",
@@ -343,57 +372,77 @@ fn parent(plan: &Plan) -> bool {
                             run.events
                         );
                         ok = false;
+                        None
                     }
                     Err(e) => {
                         eprintln!("{} {}: {e}", client.name(), compression_name(compression));
                         ok = false;
+                        None
                     }
-                }
+                };
+                runs[i].push(run);
             }
-            let cpu = print_row(client, compression, count, &mut runs, raw_cpu);
-            if client == Client::Raw {
-                raw_cpu = cpu;
-            }
+        }
+        let raw = clients.iter().position(|&c| c == Client::Raw);
+        for (i, &client) in clients.iter().enumerate() {
+            let ratio = raw.and_then(|r| paired_ratio(&runs[i], &runs[r]));
+            let mut done: Vec<Run> = runs[i].iter().flatten().cloned().collect();
+            print_row(client, compression, count, &mut done, ratio);
         }
     }
     rt.shutdown_timeout(Duration::from_secs(5));
     ok
 }
 
-/// Prints one row; returns the client's median CPU µs per event.
+/// The median over the rounds in which both runs completed of `runs`' CPU per event divided by
+/// `base`'s (the round's own ratio, so a slow phase of the machine cancels out); None without
+/// such a round or with a zero base.
+fn paired_ratio(runs: &[Option<Run>], base: &[Option<Run>]) -> Option<f64> {
+    let mut ratios: Vec<f64> = runs
+        .iter()
+        .zip(base)
+        .filter_map(|(r, b)| match (r, b) {
+            (Some(r), Some(b)) if b.cpu_us() > 0.0 => Some(r.cpu_us() / b.cpu_us()),
+            _ => None,
+        })
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let n = ratios.len();
+    Some(if n % 2 == 1 {
+        ratios[n / 2]
+    } else {
+        (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+    })
+}
+
+/// Prints one row: the medians of `runs`, and `ratio` (from [`paired_ratio`]).
 fn print_row(
     client: Client,
     compression: Compression,
     count: u64,
     runs: &mut [Run],
-    raw_cpu: Option<f64>,
-) -> Option<f64> {
+    ratio: Option<f64>,
+) {
     if runs.is_empty() {
         println!(
             "| {} | {} | {count} | failed | | | | | | | | | |",
             client.name(),
             compression_name(compression)
         );
-        return None;
+        return;
     }
     runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
     let med = &runs[runs.len() / 2];
     let (lo, hi) = (runs[0].rate(), runs[runs.len() - 1].rate());
     let n = med.events as f64;
     // CPU per event: the median over the runs (runs are sorted by rate above).
-    let mut cpus: Vec<f64> = runs
-        .iter()
-        .map(|r| r.client_cpu / r.events.max(1) as f64 * 1e6)
-        .collect();
+    let mut cpus: Vec<f64> = runs.iter().map(Run::cpu_us).collect();
     cpus.sort_by(f64::total_cmp);
     let cpu = cpus[cpus.len() / 2];
-    let ratio = raw_cpu.map_or("n/a".to_owned(), |r| {
-        if r > 0.0 {
-            format!("{:.2}", cpu / r)
-        } else {
-            "n/a".to_owned()
-        }
-    });
+    let ratio = ratio.map_or("n/a".to_owned(), |r| format!("{r:.2}"));
     let wire = if matches!(
         client,
         Client::Shard | Client::Run | Client::TwilightRaw | Client::TwilightTyped
@@ -432,7 +481,6 @@ fn print_row(
         busy(med.mock_cpu),
         rss
     );
-    Some(cpu)
 }
 
 /// The `handover` binary of the same build (`target/<profile>/handover`, next to the
