@@ -303,18 +303,12 @@ fn parent(plan: &Plan) -> Result<(), String> {
         );
     }
     round_ratios.retain(|r| r.is_finite());
-    if !round_ratios.is_empty() {
-        round_ratios.sort_by(f64::total_cmp);
-        let n = round_ratios.len();
-        let median = if n % 2 == 1 {
-            round_ratios[n / 2]
-        } else {
-            (round_ratios[n / 2 - 1] + round_ratios[n / 2]) / 2.0
-        };
+    if let Some(median) = process::median(&mut round_ratios) {
+        // Sorted by `median`.
+        let (low, high) = (round_ratios[0], round_ratios[round_ratios.len() - 1]);
         println!(
-            "proxy CPU per event / shard CPU per event, each round's own: median {median:.2}x over {n} round(s), {:.2}-{:.2}x",
-            round_ratios[0],
-            round_ratios[n - 1]
+            "proxy CPU per event / shard CPU per event, each round's own: median {median:.2}x over {} round(s), {low:.2}-{high:.2}x",
+            round_ratios.len()
         );
     }
     let mut latencies = resume_latencies(&rt, plan)?;

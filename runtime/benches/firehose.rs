@@ -406,16 +406,7 @@ fn paired_ratio(runs: &[Option<Run>], base: &[Option<Run>]) -> Option<f64> {
             _ => None,
         })
         .collect();
-    if ratios.is_empty() {
-        return None;
-    }
-    ratios.sort_by(f64::total_cmp);
-    let n = ratios.len();
-    Some(if n % 2 == 1 {
-        ratios[n / 2]
-    } else {
-        (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
-    })
+    process::median(&mut ratios)
 }
 
 /// Prints one row: the medians of `runs`, and `ratio` (from [`paired_ratio`]).

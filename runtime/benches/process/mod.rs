@@ -114,3 +114,15 @@ pub(crate) fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 pub(crate) fn flag_u64(args: &[String], name: &str) -> Option<u64> {
     flag(args, name).and_then(|v| v.parse().ok())
 }
+
+/// The median of `values` (the mean of the middle two for an even count), sorting them; None
+/// when there are none. NaNs sort last (`total_cmp`).
+pub(crate) fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
