@@ -61,7 +61,7 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use compressions::{COMPRESSIONS, compression_name, parse_compression};
+use compressions::{COMPRESSIONS, compression_name, only_compression, parse_compression};
 use process::{cpu_secs, cpu_secs_of, reap, status_kib, status_kib_of, wait_line};
 
 /// The event every stream sends.
@@ -251,7 +251,7 @@ fn main() {
             }
         }
     }
-    plan.only_compression = text("--only-compression").and_then(parse_compression);
+    plan.only_compression = only_compression(text("--only-compression"));
     if let Some(n) = arg("--read-buffer") {
         plan.read_buffer = n;
     }

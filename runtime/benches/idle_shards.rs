@@ -52,7 +52,7 @@ use handover_mock::{DEFAULT_TOKEN, MockConfig, MockServer};
 use handover_protocol::{Compression, GatewayConfig, Intents, SessionStartLimit, Token};
 use handover_runtime::{Fleet, FleetConfig, ShardEventKind, ShardSelection};
 
-use compressions::{COMPRESSIONS, compression_name, parse_compression};
+use compressions::{COMPRESSIONS, compression_name, only_compression, parse_compression};
 use process::{reap, status_kib_of, wait_line};
 
 #[global_allocator]
@@ -133,8 +133,13 @@ fn main() {
                 .unwrap_or(if full { 30 } else { 1 })
                 .min(3600),
         ),
-        only_client: text("--only").and_then(Client::parse),
-        only_compression: text("--only-compression").and_then(parse_compression),
+        only_client: text("--only").map(|name| {
+            Client::parse(name).unwrap_or_else(|| {
+                eprintln!("--only: unknown client {name:?}");
+                std::process::exit(2)
+            })
+        }),
+        only_compression: only_compression(text("--only-compression")),
         heap_profile: args.iter().any(|a| a == "--heap-profile"),
         full,
     };

@@ -19,3 +19,18 @@ pub(crate) fn compression_name(c: Compression) -> &'static str {
 pub(crate) fn parse_compression(s: &str) -> Option<Compression> {
     COMPRESSIONS.into_iter().find(|c| compression_name(*c) == s)
 }
+
+/// The value of `--only-compression`: None when the flag is absent; an unknown name ends the
+/// benchmark with a message and exit status 2 (running every compression instead would
+/// measure what nobody asked for).
+pub(crate) fn only_compression(value: Option<&str>) -> Option<Compression> {
+    let value = value?;
+    parse_compression(value).or_else(|| {
+        let names: Vec<&str> = COMPRESSIONS.into_iter().map(compression_name).collect();
+        eprintln!(
+            "--only-compression: unknown compression {value:?} ({})",
+            names.join(", ")
+        );
+        std::process::exit(2)
+    })
+}
