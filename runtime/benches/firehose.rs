@@ -384,10 +384,19 @@ fn parent(plan: &Plan) -> bool {
             }
         }
         let raw = clients.iter().position(|&c| c == Client::Raw);
+        let shard = clients.iter().position(|&c| c == Client::Shard);
         for (i, &client) in clients.iter().enumerate() {
-            let ratio = raw.and_then(|r| paired_ratio(&runs[i], &runs[r]));
+            let mut ratio = raw
+                .and_then(|r| paired_ratio(&runs[i], &runs[r]))
+                .map_or("n/a".to_owned(), |r| format!("{r:.2}"));
+            // `handover run`'s target is a multiple of the shard's CPU: that ratio too.
+            if client == Client::Run
+                && let Some(to_shard) = shard.and_then(|s| paired_ratio(&runs[i], &runs[s]))
+            {
+                ratio = format!("{ratio} ({to_shard:.2} to shard)");
+            }
             let mut done: Vec<Run> = runs[i].iter().flatten().cloned().collect();
-            print_row(client, compression, count, &mut done, ratio);
+            print_row(client, compression, count, &mut done, &ratio);
         }
     }
     rt.shutdown_timeout(Duration::from_secs(5));
@@ -409,14 +418,8 @@ fn paired_ratio(runs: &[Option<Run>], base: &[Option<Run>]) -> Option<f64> {
     process::median(&mut ratios)
 }
 
-/// Prints one row: the medians of `runs`, and `ratio` (from [`paired_ratio`]).
-fn print_row(
-    client: Client,
-    compression: Compression,
-    count: u64,
-    runs: &mut [Run],
-    ratio: Option<f64>,
-) {
+/// Prints one row: the medians of `runs`, and `ratio` as given (from [`paired_ratio`]).
+fn print_row(client: Client, compression: Compression, count: u64, runs: &mut [Run], ratio: &str) {
     if runs.is_empty() {
         println!(
             "| {} | {} | {count} | failed | | | | | | | | | |",
@@ -433,7 +436,6 @@ fn print_row(
     let mut cpus: Vec<f64> = runs.iter().map(Run::cpu_us).collect();
     cpus.sort_by(f64::total_cmp);
     let cpu = cpus[cpus.len() / 2];
-    let ratio = ratio.map_or("n/a".to_owned(), |r| format!("{r:.2}"));
     let wire = if matches!(
         client,
         Client::Shard | Client::Run | Client::TwilightRaw | Client::TwilightTyped
