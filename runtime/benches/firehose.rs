@@ -243,9 +243,8 @@ fn main() {
             match Client::parse(name) {
                 Some(c) => plan.only_clients.push(c),
                 None => {
-                    eprintln!(
-                        "--only: unknown client {name:?} (raw, naive, shard, twilight-raw, twilight-typed, run)"
-                    );
+                    let names: Vec<&str> = Client::ALL.into_iter().map(Client::name).collect();
+                    eprintln!("--only: unknown client {name:?} ({})", names.join(", "));
                     std::process::exit(2);
                 }
             }

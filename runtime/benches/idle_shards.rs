@@ -135,7 +135,8 @@ fn main() {
         ),
         only_client: text("--only").map(|name| {
             Client::parse(name).unwrap_or_else(|| {
-                eprintln!("--only: unknown client {name:?}");
+                let names: Vec<&str> = Client::ALL.into_iter().map(Client::name).collect();
+                eprintln!("--only: unknown client {name:?} ({})", names.join(", "));
                 std::process::exit(2)
             })
         }),

@@ -372,12 +372,12 @@ pub fn encode_with(
     len: usize,
     write: impl FnOnce(&mut BytesMut),
 ) {
-    let opcode = match kind {
-        Kind::Text => 1,
-        Kind::Binary => 2,
-        Kind::Close => 8,
-        Kind::Pong => 10,
-    };
+    let opcode = u8::from(match kind {
+        Kind::Text => OpCode::Data(Data::Text),
+        Kind::Binary => OpCode::Data(Data::Binary),
+        Kind::Close => OpCode::Control(Control::Close),
+        Kind::Pong => OpCode::Control(Control::Pong),
+    });
     let mask = (role == Role::Client).then(rand::random::<[u8; 4]>);
     out.reserve(MAX_HEADER + len);
     write_header(out, opcode, len, mask);
@@ -462,12 +462,13 @@ mod tests {
     #[test]
     fn headers_written_as_tungstenite_writes_them() {
         let opcodes = [
-            (1, OpCode::Data(Data::Text)),
-            (2, OpCode::Data(Data::Binary)),
-            (8, OpCode::Control(Control::Close)),
-            (10, OpCode::Control(Control::Pong)),
+            OpCode::Data(Data::Text),
+            OpCode::Data(Data::Binary),
+            OpCode::Control(Control::Close),
+            OpCode::Control(Control::Pong),
         ];
-        for (code, opcode) in opcodes {
+        for opcode in opcodes {
+            let code = u8::from(opcode);
             for len in [0, 1, 125, 126, 127, 0xFFFF, 0x1_0000, 1 << 20] {
                 for mask in [None, Some([1, 2, 3, 4])] {
                     let mut ours = BytesMut::new();
