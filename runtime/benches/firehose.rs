@@ -39,6 +39,11 @@
 //! `--only-compression plain|zlib-stream|zstd-stream`, `--read-buffer BYTES` (socket read
 //! buffer of every client), `--hold N` (the raw clients keep their last N messages alive).
 //!
+//! `FIREHOSE_CHILD_WRAP="COMMAND ARGS..."` runs each child under that command (split at
+//! whitespace, the child's own command line appended): `perf stat -x, -o FILE -e ...` to count
+//! a whole child's system calls and page faults, `valgrind --tool=callgrind` to count its
+//! instructions, `env LD_PRELOAD=...` for an allocation trace.
+//!
 //! Without `--bench` (as under `cargo test --benches`) it runs a small smoke workload only.
 //! Every run is bounded: fixed counts, and a time cap after which the child is killed.
 
@@ -500,7 +505,19 @@ fn run_once(
         .block_on(MockServer::start(mock_config(plan.distinct)))
         .map_err(|e| format!("mock: {e}"))?;
     let handle = mock.handle();
-    let mut child = Command::new(exe)
+    // A profiler or tracer around the child (see the module's documentation).
+    let wrap: Vec<String> = std::env::var("FIREHOSE_CHILD_WRAP")
+        .map(|w| w.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut cmd = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = cmd
         .args([
             "--child",
             client.name(),

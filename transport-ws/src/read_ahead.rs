@@ -71,8 +71,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             this.buf.advance(n);
             return Poll::Ready(Ok(()));
         }
-        // Nothing buffered. A read at least as large as the buffer gains nothing from it.
-        if out.remaining() >= this.capacity {
+        // Nothing buffered. A read at least half as large as the buffer gains little from it
+        // (the frame reader's reads during a burst, and into a buffer kept from the last one,
+        // whose room is often just under the read-ahead's).
+        if out.remaining() >= this.capacity / 2 {
             let polled = Pin::new(&mut this.inner).poll_read(cx, out);
             if polled.is_pending() {
                 this.release();

@@ -13,11 +13,13 @@ pub(crate) struct LiveBytes;
 
 thread_local! {
     static LIVE: Cell<i64> = const { Cell::new(0) };
+    static ALLOCATED: Cell<u64> = const { Cell::new(0) };
 }
 
 fn add(n: usize) {
     // `try_with`: thread-local storage may already be gone while a thread exits.
     let _ = LIVE.try_with(|l| l.set(l.get() + n as i64));
+    let _ = ALLOCATED.try_with(|a| a.set(a.get() + n as u64));
 }
 
 fn sub(n: usize) {
@@ -53,4 +55,11 @@ unsafe impl GlobalAlloc for LiveBytes {
 /// Bytes allocated and not yet freed by the current thread.
 pub(crate) fn live() -> i64 {
     LIVE.with(Cell::get)
+}
+
+/// Bytes the current thread has allocated so far, freed or not (a reallocation counts its
+/// new size).
+#[allow(dead_code)]
+pub(crate) fn allocated() -> u64 {
+    ALLOCATED.with(Cell::get)
 }
