@@ -1,6 +1,6 @@
-//! The stdout writer of `handover run`: a thread of its own, so a reader that stops reading
-//! never blocks the adapter (signals, draining, the control API go on), and an event counts as
-//! delivered only once its last byte is written (the sink contract).
+//! The stdout writer of `handover run`. A reader that stops reading never blocks the adapter
+//! (signals, draining, the control API go on), and an event counts as delivered only once its
+//! last byte is written (the sink contract).
 //!
 //! The writer never blocks inside a write, so that when the adapter stops it at its write
 //! deadline it stops between two writes, and what it has confirmed is exactly what was
@@ -8,14 +8,19 @@
 //!
 //! - a pipe, a FIFO or a terminal: opened a second time through `/proc/self/fd` with
 //!   `O_NONBLOCK` (a file description of its own, so the flag is never seen by the process
-//!   that shares stdout). Each write hands the kernel everything queued; the kernel takes what
-//!   fits (up to the pipe's size, 64 KiB by default) and the writer waits with `poll(2)` only
-//!   once the pipe is full (the kernel took part of the write, or nothing). Under load that is one system call per pipe-full of lines, not one
-//!   per event;
-//! - a regular file: plain writes of everything queued (they never wait for a reader);
-//! - anything else, or when the second open is refused (a socket, no `/proc`): `poll(2)` before
-//!   each write, in slices no larger than the pipe's atomic write size (`PIPE_BUF`, 4096
-//!   bytes), which a `poll` that cleared guarantees not to block.
+//!   that shares stdout), and written **by the adapter's own task**: each write hands the
+//!   kernel everything built since the last one; the kernel takes what fits (up to the pipe's
+//!   size, 64 KiB by default) and the rest waits, registered with tokio's reactor
+//!   (`AsyncFd`), until the pipe has room. Under load that is one system call per pipe-full
+//!   of lines, not one per event, and no hand-off to another thread (a thread of its own
+//!   cost the adapter and the writer a wake-up each per batch). Where the reactor refuses
+//!   the descriptor (`/dev/null` cannot be polled by epoll), the thread below writes it the
+//!   same non-blocking way, with `poll(2)` once the pipe is full;
+//! - a regular file: plain writes of everything queued, on a thread of its own (they never
+//!   wait for a reader, but may wait for the disk);
+//! - anything else, or when the second open is refused (a socket, no `/proc`): on the thread,
+//!   `poll(2)` before each write, in slices no larger than the pipe's atomic write size
+//!   (`PIPE_BUF`, 4096 bytes), which a `poll` that cleared guarantees not to block.
 //!
 //! The buffers go back to the adapter once written, so a steady stream allocates nothing per
 //! event. The session file saved after a stop resumes right after the last event written, so
@@ -31,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::fs::{FileType, Mode, OFlags};
+use tokio::net::unix::pipe;
 use tokio::sync::watch;
 
 use super::control::AdapterCounters;
@@ -92,9 +98,315 @@ enum WriteMode {
     Sliced,
 }
 
+/// The adapter's writer: written in the adapter's task, or by a thread of its own (see the
+/// module's documentation).
+#[derive(Debug)]
+pub(crate) enum Writer {
+    Inline(Inline),
+    Thread(ThreadWriter),
+}
+
+impl Writer {
+    /// A writer of the process's stdout (see the module's documentation for how it is
+    /// opened). Must be called inside the tokio runtime.
+    pub(crate) fn stdout(counters: Arc<AdapterCounters>) -> io::Result<Writer> {
+        let fd = io::stdout().as_fd().try_clone_to_owned()?;
+        Writer::spawn(fd, counters)
+    }
+
+    /// A writer of `out`: written in the caller's task when `out` is a pipe the reactor
+    /// accepts, by a thread otherwise.
+    pub(crate) fn spawn(out: OwnedFd, counters: Arc<AdapterCounters>) -> io::Result<Writer> {
+        Writer::open(out, counters, true)
+    }
+
+    fn open(out: OwnedFd, counters: Arc<AdapterCounters>, inline: bool) -> io::Result<Writer> {
+        let (out, mode) = open_for_writing(out);
+        if inline && mode == WriteMode::NonBlocking {
+            match Inline::new(out, counters.clone()) {
+                Ok(inline) => {
+                    tracing::debug!("stdout written in the adapter's task");
+                    return Ok(Writer::Inline(inline));
+                }
+                Err(out) => return ThreadWriter::spawn(out, mode, counters).map(Writer::Thread),
+            }
+        }
+        ThreadWriter::spawn(out, mode, counters).map(Writer::Thread)
+    }
+
+    /// An empty batch to build the next one in: a written one, with its buffers' capacity,
+    /// when there is one.
+    pub(crate) fn empty_batch(&mut self) -> Batch {
+        match self {
+            Writer::Inline(w) => w.spare.take().unwrap_or_default(),
+            Writer::Thread(w) => w.empty_batch(),
+        }
+    }
+
+    /// Whether a batch handed over now would be taken without waiting.
+    pub(crate) fn has_room(&self) -> bool {
+        match self {
+            Writer::Inline(w) => !w.ended && w.pending.is_empty(),
+            Writer::Thread(w) => w.has_room(),
+        }
+    }
+
+    /// Whether everything handed over is written.
+    pub(crate) fn is_idle(&self) -> bool {
+        match self {
+            Writer::Inline(w) => w.pending.is_empty(),
+            Writer::Thread(w) => w.is_idle(),
+        }
+    }
+
+    /// Whether writing failed (stdout's reader went away).
+    pub(crate) fn failed(&self) -> bool {
+        match self {
+            Writer::Inline(w) => w.failed,
+            Writer::Thread(w) => w.failed(),
+        }
+    }
+
+    /// `write(2)` calls that took bytes so far.
+    #[cfg(test)]
+    fn writes(&self) -> u64 {
+        match self {
+            Writer::Inline(w) => w.writes,
+            Writer::Thread(w) => w.progress.borrow().writes,
+        }
+    }
+
+    /// Hands `batch` over if there is room (see [`has_room`](Self::has_room)); gives it back
+    /// otherwise. After the writer ended, the batch is dropped (its receipts unconfirmed).
+    /// Written in the caller's task, this writes what the pipe takes at once.
+    pub(crate) fn offer(&mut self, batch: Batch) -> Result<(), Batch> {
+        match self {
+            Writer::Inline(w) => w.offer(batch),
+            Writer::Thread(w) => w.offer(batch),
+        }
+    }
+
+    /// Waits until the writer has made progress (a write, a failure, its end). Cancel-safe.
+    pub(crate) async fn changed(&mut self) {
+        match self {
+            Writer::Inline(w) => w.changed().await,
+            Writer::Thread(w) => w.changed().await,
+        }
+    }
+
+    /// Stops the writer between two lines and waits (at most `bound`) until it has ended.
+    /// Returns whether it ended in time. What it had not written stays unconfirmed.
+    pub(crate) async fn stop(&mut self, bound: Duration) -> bool {
+        match self {
+            Writer::Inline(w) => w.stop(bound).await,
+            Writer::Thread(w) => w.stop(bound).await,
+        }
+    }
+}
+
+/// Writes a batch's bytes from `at` with one `write(2)`, confirming each event whose last
+/// byte is then out (its receipt taken out of `marks`, which are in order). Returns the bytes
+/// written.
+fn write_and_confirm(
+    write: impl FnOnce(&[u8]) -> io::Result<usize>,
+    batch: &mut Batch,
+    at: usize,
+    end: usize,
+    counters: &AdapterCounters,
+) -> io::Result<usize> {
+    let n = match write(&batch.bytes[at..end]) {
+        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+        Ok(n) => n,
+        Err(e) => return Err(e),
+    };
+    let written = at + n;
+    let whole = batch.marks.partition_point(|(end, _)| *end <= written);
+    let mut confirmed = 0;
+    for (_, receipt) in batch.marks.drain(..whole) {
+        if receipt.counts() {
+            confirmed += 1;
+        }
+        receipt.confirm();
+    }
+    if confirmed > 0 {
+        counters
+            .events_written
+            .fetch_add(confirmed, Ordering::Relaxed);
+    }
+    Ok(n)
+}
+
+/// A batch written back to the adapter for reuse, emptied, unless it grew too large to keep.
+fn recycled(mut batch: Batch) -> Option<Batch> {
+    (batch.bytes.capacity() <= KEEP_CAPACITY).then(|| {
+        batch.bytes.clear();
+        batch.marks.clear();
+        batch
+    })
+}
+
+/// The writer that writes in the adapter's task: a non-blocking pipe registered with tokio's
+/// reactor.
+#[derive(Debug)]
+pub(crate) struct Inline {
+    out: pipe::Sender,
+    counters: Arc<AdapterCounters>,
+    /// The batch being written (empty when everything handed over is out).
+    pending: Batch,
+    /// Bytes of `pending` written.
+    written: usize,
+    /// The last batch written, emptied, for the next one.
+    spare: Option<Batch>,
+    failed: bool,
+    ended: bool,
+    /// `write(2)` calls that took bytes.
+    writes: u64,
+}
+
+impl Inline {
+    /// Registers `out` (a FIFO opened non-blocking) with the reactor; gives it back when the
+    /// reactor refuses it, when it is no FIFO (a terminal), or without a runtime.
+    fn new(out: File, counters: Arc<AdapterCounters>) -> Result<Inline, File> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(out);
+        }
+        // `from_file` takes the file even when it refuses it: it is given a duplicate (the
+        // same file description) and the original is kept for the thread.
+        let Ok(again) = out.try_clone() else {
+            return Err(out);
+        };
+        let out = match pipe::Sender::from_file(again) {
+            Ok(sender) => sender,
+            Err(e) => {
+                tracing::debug!(error = %e, "stdout not registered with the reactor");
+                return Err(out);
+            }
+        };
+        Ok(Inline {
+            out,
+            counters,
+            pending: Batch::default(),
+            written: 0,
+            spare: None,
+            failed: false,
+            ended: false,
+            writes: 0,
+        })
+    }
+
+    fn offer(&mut self, batch: Batch) -> Result<(), Batch> {
+        if batch.is_empty() || self.ended {
+            return Ok(());
+        }
+        if !self.pending.is_empty() {
+            return Err(batch);
+        }
+        self.pending = batch;
+        self.written = 0;
+        self.write_while_it_takes(None, false);
+        Ok(())
+    }
+
+    /// Writes `pending` (up to `limit`, or all of it) until done, until the pipe is full,
+    /// or until a write fails. Whether the last write found the pipe full (`EAGAIN`).
+    ///
+    /// `after_wait`: the reactor has just said the pipe is writable, and a full pipe clears
+    /// that (`try_write`). Otherwise the write goes straight to the kernel: the reactor may not
+    /// have seen the pipe yet (a new registration is not ready until its first event, and
+    /// `try_write` would not even try), and a full pipe is found again after the next wait.
+    fn write_while_it_takes(&mut self, limit: Option<usize>, after_wait: bool) -> bool {
+        let end = limit.unwrap_or(self.pending.bytes.len());
+        while self.written < end {
+            let out = &self.out;
+            match write_and_confirm(
+                |b| {
+                    if after_wait {
+                        out.try_write(b)
+                    } else {
+                        rustix::io::write(out, b).map_err(io::Error::from)
+                    }
+                },
+                &mut self.pending,
+                self.written,
+                end,
+                &self.counters,
+            ) {
+                Ok(n) => {
+                    self.written += n;
+                    self.writes += 1;
+                    if self.written < end {
+                        // The pipe took part: it is full now.
+                        return false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "stdout closed");
+                    self.failed = true;
+                    self.ended = true;
+                    self.pending = Batch::default();
+                    return false;
+                }
+            }
+        }
+        if limit.is_none() {
+            self.spare = recycled(std::mem::take(&mut self.pending));
+            self.written = 0;
+        }
+        false
+    }
+
+    /// Waits for room in the pipe and writes on. Never returns while there is nothing to
+    /// write (the adapter's other branches wake it then).
+    async fn changed(&mut self) {
+        if self.ended || self.pending.is_empty() {
+            return std::future::pending().await;
+        }
+        self.wait_and_write(None).await;
+    }
+
+    /// Waits until the pipe has room, then writes what it takes of `pending` up to `limit`.
+    async fn wait_and_write(&mut self, limit: Option<usize>) {
+        loop {
+            if let Err(e) = self.out.writable().await {
+                tracing::warn!(error = %e, "stdout cannot be waited for");
+                self.failed = true;
+                self.ended = true;
+                return;
+            }
+            // A write that finds the pipe full (`EAGAIN`) marks it not ready again
+            // (`try_write`), and the wait goes on; any progress ends it.
+            if !self.write_while_it_takes(limit, true) {
+                return;
+            }
+        }
+    }
+
+    /// Ends writing. A line begun is finished first, for at most [`FINISH_LINE`] (and
+    /// `bound`), so a reader rarely sees half a line.
+    async fn stop(&mut self, bound: Duration) -> bool {
+        let bytes = &self.pending.bytes;
+        let mid_line = self.written > 0 && bytes[self.written - 1] != b'\n';
+        if !self.ended && mid_line {
+            let end = line_end(bytes, self.written);
+            let finish = async {
+                while !self.ended && self.written < end {
+                    self.wait_and_write(Some(end)).await;
+                }
+            };
+            let _ = tokio::time::timeout(bound.min(FINISH_LINE), finish).await;
+        }
+        // What was not written stays unconfirmed (the receipts are dropped).
+        self.pending = Batch::default();
+        self.ended = true;
+        true
+    }
+}
+
 /// The adapter's side of the writer thread.
 #[derive(Debug)]
-pub(crate) struct Writer {
+pub(crate) struct ThreadWriter {
     tx: Option<SyncSender<Batch>>,
     /// Written batches coming back, emptied, for reuse.
     spare: Receiver<Batch>,
@@ -103,17 +415,9 @@ pub(crate) struct Writer {
     sent: u64,
 }
 
-impl Writer {
-    /// Starts the thread writing to the process's stdout (see the module's documentation for
-    /// how it is opened).
-    pub(crate) fn stdout(counters: Arc<AdapterCounters>) -> io::Result<Writer> {
-        let fd = io::stdout().as_fd().try_clone_to_owned()?;
-        Writer::spawn(fd, counters)
-    }
-
-    /// Starts the thread writing to `out`.
-    pub(crate) fn spawn(out: OwnedFd, counters: Arc<AdapterCounters>) -> io::Result<Writer> {
-        let (out, mode) = open_for_writing(out);
+impl ThreadWriter {
+    /// Starts the thread writing to `out` the way `mode` says.
+    fn spawn(out: File, mode: WriteMode, counters: Arc<AdapterCounters>) -> io::Result<Self> {
         let (tx, rx) = sync_channel(QUEUED_BATCHES);
         let (spare_tx, spare) = channel();
         let (progress_tx, progress) = watch::channel(Progress::default());
@@ -134,7 +438,7 @@ impl Writer {
                 };
                 thread.run(rx);
             })?;
-        Ok(Writer {
+        Ok(ThreadWriter {
             tx: Some(tx),
             spare,
             progress,
@@ -143,32 +447,25 @@ impl Writer {
         })
     }
 
-    /// An empty batch to build the next one in: a written one, with its buffers' capacity,
-    /// when there is one.
-    pub(crate) fn empty_batch(&mut self) -> Batch {
+    fn empty_batch(&mut self) -> Batch {
         // None written yet (or the thread is gone): a fresh one.
         self.spare.try_recv().unwrap_or_default()
     }
 
-    /// Whether a batch handed over now would be taken without waiting.
-    pub(crate) fn has_room(&self) -> bool {
+    fn has_room(&self) -> bool {
         let p = *self.progress.borrow();
         !p.ended && self.sent.saturating_sub(p.batches) <= QUEUED_BATCHES as u64
     }
 
-    /// Whether everything handed over is written.
-    pub(crate) fn is_idle(&self) -> bool {
+    fn is_idle(&self) -> bool {
         self.progress.borrow().batches >= self.sent
     }
 
-    /// Whether writing failed (stdout's reader went away).
-    pub(crate) fn failed(&self) -> bool {
+    fn failed(&self) -> bool {
         self.progress.borrow().failed
     }
 
-    /// Hands `batch` over if there is room (see [`has_room`](Self::has_room)); gives it back
-    /// otherwise. After the thread ended, the batch is dropped (its receipts unconfirmed).
-    pub(crate) fn offer(&mut self, batch: Batch) -> Result<(), Batch> {
+    fn offer(&mut self, batch: Batch) -> Result<(), Batch> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -191,17 +488,14 @@ impl Writer {
         }
     }
 
-    /// Waits until the writer has made progress (a batch written, a failure, its end).
-    pub(crate) async fn changed(&mut self) {
+    async fn changed(&mut self) {
         if self.progress.changed().await.is_err() {
             // The thread is gone; nothing will change any more.
             std::future::pending::<()>().await;
         }
     }
 
-    /// Stops the thread between two writes and waits (at most `bound`) until it has ended.
-    /// Returns whether it ended in time. What it had not written stays unconfirmed.
-    pub(crate) async fn stop(&mut self, bound: Duration) -> bool {
+    async fn stop(&mut self, bound: Duration) -> bool {
         self.stop.store(true, Ordering::SeqCst);
         self.tx = None;
         let mut progress = self.progress.clone();
@@ -285,9 +579,7 @@ impl Thread {
                         p.batches += 1;
                         p.writes = writes;
                     });
-                    if batch.bytes.capacity() <= KEEP_CAPACITY {
-                        batch.bytes.clear();
-                        batch.marks.clear();
+                    if let Some(batch) = recycled(batch) {
                         // The adapter may have ended; the batch is then dropped.
                         let _ = self.spare.send(batch);
                     }
@@ -309,13 +601,12 @@ impl Thread {
     /// Writes one batch, confirming each event once its last byte is out (its receipts are
     /// taken out of the batch). `Ok(false)` when asked to stop first.
     fn write(&mut self, batch: &mut Batch) -> io::Result<bool> {
-        let Batch { bytes, marks } = batch;
-        let mut marks = marks.drain(..).peekable();
         let mut written = 0;
         let mut stop_seen: Option<Instant> = None;
         // The non-blocking mode writes first and polls only once the pipe is full.
         let mut must_poll = self.mode == WriteMode::Sliced;
-        while written < bytes.len() {
+        while written < batch.bytes.len() {
+            let bytes = &batch.bytes;
             // At a line's end the writer may stop; inside a line it finishes the line first,
             // for at most FINISH_LINE after the stop, so a reader rarely sees half a line.
             let mid_line = written > 0 && bytes[written - 1] != b'\n';
@@ -338,8 +629,8 @@ impl Thread {
                 (_, Some(_)) => line_end(bytes, written),
                 (WriteMode::NonBlocking | WriteMode::Whole, None) => bytes.len(),
             };
-            match self.out.write(&bytes[written..end]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            let out = &self.out;
+            match write_and_confirm(|b| (&*out).write(b), batch, written, end, &self.counters) {
                 Ok(n) => {
                     // A write the kernel took only in part found the pipe full: the next one
                     // waits for room rather than failing with EAGAIN first.
@@ -347,24 +638,9 @@ impl Thread {
                     written += n;
                     self.writes += 1;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    must_poll = true;
-                    continue;
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => must_poll = true,
                 Err(e) => return Err(e),
-            }
-            let mut confirmed = 0;
-            while let Some((_, receipt)) = marks.next_if(|(at, _)| *at <= written) {
-                if receipt.counts() {
-                    confirmed += 1;
-                }
-                receipt.confirm();
-            }
-            if confirmed > 0 {
-                self.counters
-                    .events_written
-                    .fetch_add(confirmed, Ordering::Relaxed);
             }
         }
         Ok(true)
@@ -475,29 +751,55 @@ mod tests {
         assert_eq!(open_for_writing(OwnedFd::from(a)).1, WriteMode::Sliced);
     }
 
+    /// A pipe is written in the caller's task; what the reactor refuses (`/dev/null`, which
+    /// epoll cannot wait on) and what is no pipe go to the thread, and are written all the
+    /// same.
+    #[tokio::test]
+    async fn a_pipe_is_written_in_the_task_and_the_rest_by_the_thread() {
+        let counters = Arc::new(AdapterCounters::default());
+        let (_r, w) = pipe();
+        let writer = Writer::spawn(w, counters.clone()).expect("pipe");
+        assert!(matches!(writer, Writer::Inline(_)), "{writer:?}");
+        let null = File::options()
+            .write(true)
+            .open("/dev/null")
+            .expect("/dev/null");
+        let mut writer = Writer::spawn(OwnedFd::from(null), counters.clone()).expect("null");
+        assert!(matches!(writer, Writer::Thread(_)), "{writer:?}");
+        let book = ReceiptBook::new();
+        assert!(writer.offer(receipted(&book, &["gone\n".into()])).is_ok());
+        wait_idle(&mut writer).await;
+        assert_eq!(book.confirmed(), (1, 1));
+        let file = tempfile::tempfile().expect("temp file");
+        let writer = Writer::spawn(OwnedFd::from(file), counters).expect("file");
+        assert!(matches!(writer, Writer::Thread(_)), "{writer:?}");
+    }
+
     #[tokio::test]
     async fn a_pipe_takes_many_lines_in_one_write() {
+        for inline in [true, false] {
+            a_pipe_takes_many_lines_in_one_write_with(inline).await;
+        }
+    }
+
+    async fn a_pipe_takes_many_lines_in_one_write_with(inline: bool) {
         let (_r, w) = pipe();
         rustix::pipe::fcntl_setpipe_size(&w, 64 * 1024).expect("pipe size");
         let counters = Arc::new(AdapterCounters::default());
-        let mut writer = Writer::spawn(w, counters.clone()).expect("spawn");
+        let mut writer = Writer::open(w, counters.clone(), inline).expect("open");
         let book = ReceiptBook::new();
         // 64 lines of 500 bytes, 32,000 bytes: half the pipe, nobody reading.
         let lines: Vec<String> = (0..64).map(|_| "z".repeat(499) + "\n").collect();
         assert!(writer.offer(receipted(&book, &lines)).is_ok());
         wait_idle(&mut writer).await;
-        assert_eq!(
-            writer.progress.borrow().writes,
-            1,
-            "one write for the batch"
-        );
+        assert_eq!(writer.writes(), 1, "one write for the batch");
         assert_eq!(book.confirmed(), (64, 64));
         assert_eq!(counters.events_written.load(Ordering::Relaxed), 64);
         // The written batch comes back emptied, with its capacity, for the next one.
         assert!(
-            eventually(|| match writer.spare.try_recv() {
-                Ok(b) => b.is_empty() && b.marks.is_empty() && b.bytes.capacity() >= 32_000,
-                Err(_) => false,
+            eventually(|| {
+                let b = writer.empty_batch();
+                b.is_empty() && b.marks.is_empty() && b.bytes.capacity() >= 32_000
             })
             .await
         );
@@ -505,11 +807,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_line_cut_between_two_writes_counts_once_when_whole() {
+        for inline in [true, false] {
+            a_line_cut_between_two_writes_counts_once_when_whole_with(inline).await;
+        }
+    }
+
+    async fn a_line_cut_between_two_writes_counts_once_when_whole_with(inline: bool) {
         let (mut r, w) = pipe();
         let size = rustix::pipe::fcntl_setpipe_size(&w, 4096).expect("pipe size");
         assert_eq!(size, 4096);
         let counters = Arc::new(AdapterCounters::default());
-        let mut writer = Writer::spawn(w, counters.clone()).expect("spawn");
+        let mut writer = Writer::open(w, counters.clone(), inline).expect("open");
         let book = ReceiptBook::new();
         // The pipe holds the first line and the start of the second.
         let lines = vec!["a".repeat(2999) + "\n", "b".repeat(2999) + "\n"];
@@ -532,14 +840,20 @@ mod tests {
         assert_eq!(got, lines.concat().into_bytes());
         assert_eq!(book.confirmed(), (2, 2), "the second line counted once");
         assert_eq!(counters.events_written.load(Ordering::Relaxed), 2);
-        assert!(writer.progress.borrow().writes >= 2);
+        assert!(writer.writes() >= 2);
     }
 
     #[tokio::test]
     async fn a_lone_batch_is_written_without_waiting_for_more() {
+        for inline in [true, false] {
+            a_lone_batch_is_written_without_waiting_for_more_with(inline).await;
+        }
+    }
+
+    async fn a_lone_batch_is_written_without_waiting_for_more_with(inline: bool) {
         let (mut r, w) = pipe();
         let counters = Arc::new(AdapterCounters::default());
-        let mut writer = Writer::spawn(w, counters).expect("spawn");
+        let mut writer = Writer::open(w, counters, inline).expect("open");
         let book = ReceiptBook::new();
         assert!(writer.offer(receipted(&book, &["one\n".into()])).is_ok());
         // Nothing else is offered: the line reaches the reader all the same.
@@ -554,9 +868,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_reader_never_holds_the_stop() {
+        for inline in [true, false] {
+            a_stalled_reader_never_holds_the_stop_with(inline).await;
+        }
+    }
+
+    async fn a_stalled_reader_never_holds_the_stop_with(inline: bool) {
         let (mut r, w) = pipe();
         let counters = Arc::new(AdapterCounters::default());
-        let mut writer = Writer::spawn(w, counters).expect("spawn");
+        let mut writer = Writer::open(w, counters, inline).expect("open");
         // Far more than a pipe holds (64 KiB): the thread ends up waiting for the reader.
         let line = "x".repeat(1023) + "\n";
         let book = ReceiptBook::new();
@@ -586,17 +906,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_stop_in_the_middle_of_a_line_finishes_that_line_only() {
+        for inline in [true, false] {
+            a_stop_in_the_middle_of_a_line_finishes_that_line_only_with(inline).await;
+        }
+    }
+
+    async fn a_stop_in_the_middle_of_a_line_finishes_that_line_only_with(inline: bool) {
         let (mut r, w) = pipe();
         rustix::pipe::fcntl_setpipe_size(&w, 4096).expect("pipe size");
         let counters = Arc::new(AdapterCounters::default());
-        let mut writer = Writer::spawn(w, counters).expect("spawn");
+        let mut writer = Writer::open(w, counters, inline).expect("open");
         let book = ReceiptBook::new();
         // The pipe takes the first line and 1,096 bytes of the second; then it is stopped.
         let lines: Vec<String> = (0..4).map(|i| format!("{i}").repeat(2999) + "\n").collect();
         assert!(writer.offer(receipted(&book, &lines)).is_ok());
         assert!(eventually(|| unread(&r) == 4096).await);
         // Stopped before the reader reads on: the writer is in the middle of the second line.
-        writer.stop.store(true, Ordering::SeqCst);
+        // (The writer in the adapter's task writes nothing until it is called again.)
+        if let Writer::Thread(thread) = &writer {
+            thread.stop.store(true, Ordering::SeqCst);
+        }
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
             r.read_to_end(&mut got).map(|_| got)
@@ -628,9 +957,9 @@ mod tests {
         assert_eq!(line_end(bytes.as_bytes(), end - 1), end);
     }
 
-    async fn written_in_order(w: OwnedFd, mut r: impl Read + Send + 'static) {
+    async fn written_in_order(w: OwnedFd, mut r: impl Read + Send + 'static, inline: bool) {
         let counters = Arc::new(AdapterCounters::default());
-        let mut writer = Writer::spawn(w, counters).expect("spawn");
+        let mut writer = Writer::open(w, counters, inline).expect("open");
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
             r.read_to_end(&mut got).expect("read");
@@ -656,20 +985,28 @@ mod tests {
 
     #[tokio::test]
     async fn everything_is_written_in_order_to_a_reader() {
-        let (r, w) = pipe();
-        written_in_order(w, r).await;
+        for inline in [true, false] {
+            let (r, w) = pipe();
+            written_in_order(w, r, inline).await;
+        }
         // A socket: the sliced mode.
         let (a, b) = UnixStream::pair().expect("socket pair");
-        written_in_order(OwnedFd::from(a), b).await;
+        written_in_order(OwnedFd::from(a), b, true).await;
     }
 
     #[tokio::test]
     async fn a_reader_that_goes_away_is_reported() {
+        for inline in [true, false] {
+            a_reader_that_goes_away_is_reported_with(inline).await;
+        }
+    }
+
+    async fn a_reader_that_goes_away_is_reported_with(inline: bool) {
         let (r, w) = pipe();
         // The second open needs a reader; without one the writer falls back to the sliced
         // mode, which reports the broken pipe the same way.
         let counters = Arc::new(AdapterCounters::default());
-        let mut writer = Writer::spawn(w, counters).expect("spawn");
+        let mut writer = Writer::open(w, counters, inline).expect("open");
         drop(r);
         assert!(writer.offer(batch(&["hello\n"])).is_ok());
         tokio::time::timeout(Duration::from_secs(5), async {
