@@ -1037,6 +1037,21 @@ mod tests {
         }
     }
 
+    /// `count` text frames of `len` bytes each, as a server sends them.
+    fn server_frames(count: usize, len: usize) -> bytes::BytesMut {
+        let mut out = bytes::BytesMut::new();
+        let payload = vec![b'x'; len];
+        for _ in 0..count {
+            crate::frame::encode(
+                &mut out,
+                crate::frame::Role::Server,
+                crate::frame::Kind::Text,
+                &payload,
+            );
+        }
+        out
+    }
+
     /// Reads the socket until it has nothing more, keeping every message; returns them.
     fn read_all_held(socket: &mut super::Socket) -> Vec<bytes::Bytes> {
         let waker = futures_util::task::noop_waker_ref();
@@ -1075,17 +1090,7 @@ mod tests {
         let mut upgrade = Upgrade::new(super::MaybeTls::Custom(Box::new(counting)));
         upgrade.through = true;
         let mut socket = super::Socket::new(upgrade, sizes);
-        let frame = |len: usize| {
-            let mut out = bytes::BytesMut::new();
-            let payload = vec![b'x'; len];
-            crate::frame::encode(
-                &mut out,
-                crate::frame::Role::Server,
-                crate::frame::Kind::Text,
-                &payload,
-            );
-            out
-        };
+        let frame = |len: usize| server_frames(1, len);
         let write = |far: &mut tokio::io::DuplexStream, bytes: &[u8]| {
             let waker = futures_util::task::noop_waker_ref();
             let mut cx = std::task::Context::from_waker(waker);
@@ -1135,16 +1140,7 @@ mod tests {
         upgrade.through = true;
         let mut socket = super::Socket::new(upgrade, sizes);
         let mut write = |frames: usize, len: usize| {
-            let mut out = bytes::BytesMut::new();
-            for _ in 0..frames {
-                let payload = vec![b'x'; len];
-                crate::frame::encode(
-                    &mut out,
-                    crate::frame::Role::Server,
-                    crate::frame::Kind::Text,
-                    &payload,
-                );
-            }
+            let out = server_frames(frames, len);
             let waker = futures_util::task::noop_waker_ref();
             let mut cx = std::task::Context::from_waker(waker);
             let polled = std::pin::Pin::new(&mut far).poll_write(&mut cx, &out);
