@@ -10,8 +10,8 @@
 //!   `O_NONBLOCK` (a file description of its own, so the flag is never seen by the process
 //!   that shares stdout), and written **by the adapter's own task**: each write hands the
 //!   kernel everything built since the last one; the kernel takes what fits (up to the pipe's
-//!   size, 64 KiB by default) and the rest waits, registered with tokio's reactor
-//!   (`AsyncFd`), until the pipe has room. Under load that is one system call per pipe-full
+//!   size, 64 KiB by default) and the rest waits, the pipe registered with tokio's reactor
+//!   (`tokio::net::unix::pipe::Sender`), until it has room. Under load that is one system call per pipe-full
 //!   of lines, not one per event, and no hand-off to another thread (a thread of its own
 //!   cost the adapter and the writer a wake-up each per batch). Where the reactor refuses
 //!   the descriptor (`/dev/null` cannot be polled by epoll), the thread below writes it the
